@@ -1,0 +1,26 @@
+"""onnxslim_compress: make .onnx models smaller and faster on the runtime they ship on."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .context import Context  # noqa: E402
+from .errors import AccuracyGateError, BadInputError, CompressError, RecipeError  # noqa: E402
+from .model_io import load_model, save_model  # noqa: E402
+from .pass_api import Pass, PassResult, Pipeline  # noqa: E402
+from .runtime import Target  # noqa: E402
+
+__all__ = [
+    "AccuracyGateError",
+    "BadInputError",
+    "CompressError",
+    "Context",
+    "Pass",
+    "PassResult",
+    "Pipeline",
+    "RecipeError",
+    "Target",
+    "__version__",
+    "load_model",
+    "save_model",
+]

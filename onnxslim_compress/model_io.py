@@ -1,0 +1,262 @@
+"""Loading and saving models without ever harming the user's files.
+
+Why this module exists: real exported models come with external data, IR versions newer than the
+installed onnxruntime reads, initializers duplicated as graph inputs, and sizes over protobuf's 2 GB
+limit. Every pass and command goes through these functions so those cases are handled once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import version_converter
+
+from .errors import BadInputError, CompressError
+
+PROTOBUF_LIMIT = 2**31 - 1
+#: Above this many bytes of initializers a model is saved with external data (protobuf's hard limit
+#: is 2 GiB; leave room for the graph itself).
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX file, turning every way it can be broken into one BadInputError line."""
+    p = Path(path)
+    if not p.exists():
+        raise BadInputError(f"{p}: no such file")
+    if p.is_dir():
+        raise BadInputError(f"{p}: is a directory, expected an .onnx file")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError) as e:
+        raise BadInputError(f"{p}: not a valid ONNX model ({type(e).__name__})") from e
+    except OSError as e:
+        raise BadInputError(f"{p}: cannot read ({e.strerror or e})") from e
+    if not model.opset_import or not model.HasField("graph") or (
+        not model.graph.node and not model.graph.output
+    ):
+        raise BadInputError(f"{p}: not a valid ONNX model (no graph or opset)")
+    if load_external_data:
+        missing = sorted(
+            {
+                _external_location(t)
+                for t in _all_initializers(model.graph)
+                if t.data_location == onnx.TensorProto.EXTERNAL
+                and not (p.parent / _external_location(t)).exists()
+            }
+        )
+        if missing:
+            raise BadInputError(f"{p}: external data file missing: {missing[0]}")
+        try:
+            onnx.load_external_data_for_model(model, str(p.parent))
+        except (OSError, ValueError) as e:
+            raise BadInputError(f"{p}: cannot read external data ({e})") from e
+    return model
+
+
+def _external_location(t: onnx.TensorProto) -> str:
+    for kv in t.external_data:
+        if kv.key == "location":
+            return kv.value
+    return ""
+
+
+def _all_initializers(graph: onnx.GraphProto):
+    """Initializers of a graph and of every subgraph (If/Loop/Scan bodies)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_initializers(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_initializers(g)
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    """Approximate serialized size, without serializing (which fails above 2 GB)."""
+    total = 0
+    for t in _all_initializers(model.graph):
+        total += len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
+    return total + 1_000_000
+
+
+@functools.lru_cache(maxsize=1)
+def max_ir_version() -> int:
+    """Highest IR version the installed onnxruntime loads, found by trying (no table to go stale)."""
+    import onnxruntime as ort
+
+    from onnx import TensorProto, helper
+
+    for ir in range(onnx.IR_VERSION, 6, -1):
+        g = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "probe",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        )
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = ir
+        try:
+            ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            return ir
+        except Exception:  # noqa: BLE001 - any refusal means "too new"
+            continue
+    return 7
+
+
+def clamp_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Lower the IR version to what onnxruntime reads, but never below what the opsets need."""
+    cap = max_ir_version()
+    if model.ir_version > cap:
+        model.ir_version = cap
+    return model
+
+
+def main_opset(model: onnx.ModelProto) -> int:
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            return op.version
+    return 0
+
+
+def upgrade_opset(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, bool]:
+    """Convert to at least `target`; returns (model, changed). Raises CompressError if onnx cannot."""
+    current = main_opset(model)
+    if current >= target:
+        return model, False
+    try:
+        converted = version_converter.convert_version(model, target)
+    except Exception as e:  # the converter raises a bare RuntimeError/ValidationError
+        raise CompressError(f"cannot upgrade opset {current} -> {target}: {e}".splitlines()[0]) from e
+    clamp_ir_version(converted)
+    return converted, True
+
+
+@dataclass
+class NormalizeReport:
+    initializers_removed_from_inputs: list[str] = field(default_factory=list)
+    ir_version: tuple[int, int] | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "initializers_removed_from_inputs": len(self.initializers_removed_from_inputs),
+            "ir_version": list(self.ir_version) if self.ir_version else None,
+        }
+
+
+def normalize(model: onnx.ModelProto) -> NormalizeReport:
+    """In place: drop graph inputs that are initializers (old exporters, IR < 4) and clamp IR.
+
+    Such inputs make ORT treat weights as overridable, which blocks constant folding and makes every
+    weight look like a runtime input to the analysis.
+    """
+    rep = NormalizeReport()
+    inits = {t.name for t in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in inits]
+    if len(keep) != len(model.graph.input):
+        rep.initializers_removed_from_inputs = [i.name for i in model.graph.input if i.name in inits]
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+        model.ir_version = max(model.ir_version, 4)
+    before = model.ir_version
+    clamp_ir_version(model)
+    if before != model.ir_version:
+        rep.ir_version = (before, model.ir_version)
+    return rep
+
+
+def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike]) -> Path:
+    """Refuse an output that equals an input or sits in a folder we cannot write, before any work."""
+    o = Path(out)
+    for i in inputs:
+        ip = Path(i)
+        same = o.absolute() == ip.absolute() or (ip.exists() and o.exists() and o.resolve() == ip.resolve())
+        if same:
+            raise BadInputError(f"output {o} is the input file; choose another path")
+    parent = o.absolute().parent
+    if not parent.is_dir():
+        raise BadInputError(f"output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise BadInputError(f"output folder {parent} is not writable")
+    if o.is_dir():
+        raise BadInputError(f"output {o} is a directory")
+    return o
+
+
+def save_model(
+    model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None, check: bool = True
+) -> Path:
+    """Write atomically: into a temp folder beside the target, then rename into place.
+
+    A crash or Ctrl-C therefore never leaves a half-written model. Models above
+    EXTERNAL_DATA_THRESHOLD (or with external_data=True) keep weights in `<name>.data`.
+    """
+    out = Path(path)
+    clamp_ir_version(model)
+    big = model_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    use_ext = big if external_data is None else external_data
+    if check:
+        _check(model, big)
+    parent = out.absolute().parent
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    try:
+        tmp_model = tmpdir / out.name
+        data_name = out.name + ".data"
+        if use_ext:
+            onnx.save_model(
+                model,
+                str(tmp_model),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
+            os.replace(tmpdir / data_name, parent / data_name)
+            # saving with external data strips raw_data from the caller's proto; put the weights back
+            onnx.load_external_data_for_model(model, str(parent))
+        else:
+            onnx.save_model(model, str(tmp_model))
+        os.replace(tmp_model, out)
+    except OSError as e:
+        raise BadInputError(f"cannot write {out}: {e.strerror or e}") from e
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return out
+
+
+def _check(model: onnx.ModelProto, big: bool) -> None:
+    if big:
+        return  # the in-memory checker refuses >2 GB protos; the path-based check runs after writing
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise CompressError(f"output model fails onnx.checker: {str(e).splitlines()[0]}") from e
+
+
+@contextlib.contextmanager
+def temp_model_file(model: onnx.ModelProto):
+    """A model written to a temporary path (for ORT sessions of >2 GB models and tools wanting paths)."""
+    d = Path(tempfile.mkdtemp(prefix="osc-"))
+    try:
+        p = d / "model.onnx"
+        save_model(model, p, check=False)
+        yield p
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def serialize_for_session(model: onnx.ModelProto) -> bytes | None:
+    """Bytes for ort.InferenceSession, or None when the model must go through a file (>2 GB)."""
+    clamp_ir_version(model)
+    if model_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+        return None
+    return model.SerializeToString()

@@ -1,0 +1,24 @@
+"""The passes, one per file. REGISTRY maps the recipe/CLI name to the class.
+
+The registry is an explicit table (not a decorator side effect), so what a recipe can name is visible
+in one place and import order cannot change it.
+"""
+
+from __future__ import annotations
+
+from onnxslim_compress.pass_api import Pass
+
+from .eliminate_dead import EliminateDead
+from .fold_batchnorm import FoldBatchNorm
+from .simplify import Simplify
+
+REGISTRY: dict[str, type[Pass]] = {
+    cls.name: cls
+    for cls in (
+        Simplify,
+        FoldBatchNorm,
+        EliminateDead,
+    )
+}
+
+__all__ = ["REGISTRY", "EliminateDead", "FoldBatchNorm", "Simplify"]
