@@ -185,8 +185,12 @@ def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike]) -
     parent = o.absolute().parent
     if not parent.is_dir():
         raise BadInputError(f"output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise BadInputError(f"output folder {parent} is not writable")
+    try:  # a real probe: os.access says yes to root even where the filesystem refuses
+        fd, probe = tempfile.mkstemp(prefix=f".{o.name}.probe.", dir=parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError:
+        raise BadInputError(f"output folder {parent} is not writable") from None
     if o.is_dir():
         raise BadInputError(f"output {o} is a directory")
     return o

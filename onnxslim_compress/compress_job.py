@@ -1,0 +1,162 @@
+"""The compress job as a function: load, normalize, run a pipeline, measure, save with a report.
+
+The CLI's `compress` and deployment pipelines (`from onnxslim_compress import compress`) share this
+function, so both get the same guarantees: input untouched, atomic output, report in metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from . import __version__
+from .context import Context
+from .model_io import check_output_path, load_model, model_bytes, normalize, save_model
+from .pass_api import Pipeline, PipelineResult
+from .runtime import Target
+
+REPORT_KEY = "onnxslim_compress"
+
+
+def lossless_pipeline() -> Pipeline:
+    from onnxslim_compress.passes import EliminateDead, FoldBatchNorm, Simplify
+
+    return Pipeline([Simplify(), FoldBatchNorm(), EliminateDead()])
+
+
+def flags_pipeline(prune: dict | None = None, lowrank: dict | None = None, quantize: dict | None = None) -> Pipeline:
+    """The canonical order: simplify, prune (BN still there for bn_scale), fold BN, low rank, clean, QDQ last."""
+    from .recipe import make_pass
+
+    steps = [make_pass("simplify")]
+    if prune is not None:
+        steps.append(make_pass("prune_channels", prune))
+    steps.append(make_pass("fold_batchnorm"))
+    if lowrank is not None:
+        steps.append(make_pass("low_rank", lowrank))
+    steps.append(make_pass("eliminate_dead"))
+    if quantize is not None:
+        steps.append(make_pass("quantize", quantize))
+    return Pipeline(steps)
+
+
+@dataclass
+class CompressResult:
+    model: onnx.ModelProto
+    report: dict[str, Any]
+    output: Path | None = None
+    pipeline_result: PipelineResult | None = field(default=None, repr=False)
+
+
+def _costs(model: onnx.ModelProto, shapes: dict) -> dict[str, Any]:
+    try:
+        from .macs import count_costs
+
+        c = count_costs(model, shapes).as_dict()["total"]
+        return {"macs": c["macs"], "params": c["params"], "size_bytes": c["size_bytes"], "nodes": c["nodes"]}
+    except Exception as e:  # noqa: BLE001 - cost figures are informative, never fatal
+        return {"nodes": len(model.graph.node), "size_bytes": model_bytes(model), "error": str(e).splitlines()[0]}
+
+
+def compress(
+    model: str | os.PathLike | onnx.ModelProto,
+    output: str | os.PathLike | None = None,
+    *,
+    pipeline: Pipeline | None = None,
+    calib: Any = None,
+    eval_data: Any = None,
+    target: Target | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> CompressResult:
+    """Run `pipeline` (default: the lossless passes) and optionally save to `output`.
+
+    With `eval_data` (an iterable of feeds) the report includes the fidelity of the result against
+    the input model.
+    """
+    inputs = [model] if not isinstance(model, onnx.ModelProto) else []
+    if output is not None:
+        check_output_path(output, inputs)
+    src = load_model(model) if not isinstance(model, onnx.ModelProto) else model
+    work = onnx.ModelProto()
+    work.CopyFrom(src)
+    norm = normalize(work)
+    pipeline = pipeline or lossless_pipeline()
+    ctx = Context(target=target or Target(), calib=calib, input_shapes=dict(input_shapes or {}), seed=seed, progress=progress)
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pipeline), desc="compress", unit="pass", leave=False)
+
+        def tick(name: str) -> None:
+            bar.set_postfix_str(name)
+
+    try:
+        res = pipeline.run(work, ctx, progress=tick if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    report: dict[str, Any] = {
+        "tool": "onnxslim-compress",
+        "version": __version__,
+        "input": str(model) if inputs else None,
+        "output": str(output) if output is not None else None,
+        "seed": seed,
+        "target": ctx.target.kind,
+        "normalize": norm.as_dict(),
+        "passes": [
+            {"name": s.name, "params": s.params, "modified": s.modified, "seconds": round(s.seconds, 3), "stats": s.stats}
+            for s in res.steps
+        ],
+        "modified": res.modified,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "before": _costs(src, ctx.input_shapes),
+        "after": _costs(res.model, ctx.input_shapes),
+    }
+    if eval_data is not None:
+        from .metrics import compare_models
+
+        report["fidelity"] = compare_models(src, res.model, eval_data, target=Target(kind="cpu")).as_dict()
+    set_report(res.model, report)
+    out_path = save_model(res.model, output) if output is not None else None
+    return CompressResult(res.model, report, out_path, res)
+
+
+def set_report(model: onnx.ModelProto, report: dict[str, Any]) -> None:
+    """Store the report in metadata_props so the output file says what was done to it."""
+    for p in list(model.metadata_props):
+        if p.key == REPORT_KEY:
+            model.metadata_props.remove(p)
+    entry = model.metadata_props.add()
+    entry.key = REPORT_KEY
+    entry.value = json.dumps(report, default=_json_default, sort_keys=False)
+
+
+def get_report(model: onnx.ModelProto) -> dict[str, Any] | None:
+    for p in model.metadata_props:
+        if p.key == REPORT_KEY:
+            return json.loads(p.value)
+    return None
+
+
+def _json_default(o: Any):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)

@@ -1,0 +1,60 @@
+"""Lossless graph simplification through onnxslim (constant folding, dead code, shape-op cleanup).
+
+Reusing onnxslim instead of writing constant folding: it is maintained and tested on thousands of
+exported models. Its Conv+BN fusion is skipped by default so that `fold_batchnorm` reports what it
+folded and pruning can still read BN scales; set keep_batchnorm=false to let onnxslim fuse them.
+If onnxslim fails on a model (custom ops, odd subgraphs) the model is returned untouched and the
+reason reported: simplification is an optimisation, never a reason to fail the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+from onnx import ModelProto
+
+from onnxslim_compress.graph import op_counts
+from onnxslim_compress.model_io import clamp_ir_version
+from onnxslim_compress.pass_api import Pass, PassResult
+
+BN_FUSIONS = ["FusionConvBN", "FusionConvTransposeBN"]
+
+
+@dataclass
+class SimplifyParams:
+    keep_batchnorm: bool = True
+    constant_folding: bool = True
+
+
+class Simplify(Pass):
+    name = "simplify"
+    Params = SimplifyParams
+    lossless = True
+
+    def run(self, model: ModelProto, ctx) -> PassResult:
+        import onnxslim
+
+        p: SimplifyParams = self.params
+        before = op_counts(model)
+        kwargs: dict = {}
+        if p.keep_batchnorm:
+            kwargs["skip_fusion_patterns"] = BN_FUSIONS
+        if not p.constant_folding:
+            kwargs["skip_optimizations"] = ["constant_folding"]
+        outputs = [o.name for o in model.graph.output]
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                out = onnxslim.slim(model, **kwargs)
+        except Exception as e:  # noqa: BLE001 - onnxslim raises anything; the model stays as it was
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            return PassResult(model, False, {"skipped": [{"node": "<graph>", "reason": f"onnxslim failed: {reason}"}]})
+        if out is None or [o.name for o in out.graph.output] != outputs:
+            return PassResult(model, False, {"skipped": [{"node": "<graph>", "reason": "onnxslim changed the outputs"}]})
+        clamp_ir_version(out)
+        after = op_counts(out)
+        delta = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after))}
+        delta = {k: v for k, v in delta.items() if v}
+        n0, n1 = sum(before.values()), sum(after.values())
+        return PassResult(out, n1 != n0 or bool(delta), {"nodes_before": n0, "nodes_after": n1, "op_delta": delta})

@@ -1,0 +1,115 @@
+"""Small ONNX graphs for tests, built with onnx.helper. Weights are seeded random numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+class GraphBuilder:
+    """Accumulates nodes/initializers; `conv_bn_relu` etc. return the output tensor name."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.k = 0
+
+    def name(self, base: str) -> str:
+        self.k += 1
+        return f"{base}{self.k}"
+
+    def init(self, base: str, arr: np.ndarray) -> str:
+        n = self.name(base)
+        self.inits.append(numpy_helper.from_array(np.asarray(arr), n))
+        return n
+
+    def node(self, op: str, inputs: list[str], n_out: int = 1, domain: str = "", **attrs) -> str | list[str]:
+        nm = self.name(op.lower())
+        outs = [f"{nm}_out{i}" if n_out > 1 else f"{nm}_out" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=nm, domain=domain, **attrs))
+        return outs if n_out > 1 else outs[0]
+
+    def conv(self, x: str, cin: int, cout: int, k: int = 3, stride: int = 1, group: int = 1, bias: bool = True, dilation: int = 1) -> str:
+        w = self.init("W", (self.rng.standard_normal((cout, cin // group, k, k)) * 0.3).astype(np.float32))
+        ins = [x, w]
+        if bias:
+            ins.append(self.init("B", self.rng.standard_normal(cout).astype(np.float32) * 0.1))
+        pad = (k // 2) * dilation
+        return self.node("Conv", ins, kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, group=group, dilations=[dilation] * 2)
+
+    def bn(self, x: str, c: int) -> str:
+        r = self.rng
+        ins = [
+            x,
+            self.init("gamma", (r.random(c) + 0.5).astype(np.float32)),
+            self.init("beta", r.standard_normal(c).astype(np.float32) * 0.1),
+            self.init("mean", r.standard_normal(c).astype(np.float32) * 0.1),
+            self.init("var", (r.random(c) + 0.5).astype(np.float32)),
+        ]
+        return self.node("BatchNormalization", ins, epsilon=1e-5)
+
+    def conv_bn_relu(self, x: str, cin: int, cout: int, k: int = 3, stride: int = 1, bias: bool = False) -> str:
+        return self.node("Relu", [self.bn(self.conv(x, cin, cout, k, stride, bias=bias), cout)])
+
+    def gemm(self, x: str, k: int, n: int, trans_b: int = 1, alpha: float = 1.0, beta: float = 1.0) -> str:
+        shape = (n, k) if trans_b else (k, n)
+        w = self.init("G", (self.rng.standard_normal(shape) * 0.2).astype(np.float32))
+        b = self.init("C", self.rng.standard_normal(n).astype(np.float32) * 0.1)
+        return self.node("Gemm", [x, w, b], transB=trans_b, alpha=alpha, beta=beta)
+
+    def model(
+        self, inputs: list[tuple[str, list]], outputs: list[tuple[str, list | None]], opset: int = 13,
+        domains: dict[str, int] | None = None,
+    ) -> onnx.ModelProto:
+        g = helper.make_graph(
+            self.nodes,
+            "test",
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+            self.inits,
+        )
+        ops = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in (domains or {}).items()]
+        m = helper.make_model(g, opset_imports=ops)
+        m.ir_version = 8
+        if any(s is None for _, s in outputs):  # fill unknown output shapes from inference
+            inf = onnx.shape_inference.infer_shapes(m).graph
+            inferred = {v.name: v for v in list(inf.value_info) + list(inf.output) if v.type.tensor_type.HasField("shape")}
+            for o in m.graph.output:
+                if o.name in inferred:
+                    o.CopyFrom(inferred[o.name])
+        onnx.checker.check_model(m)
+        return m
+
+
+def resnet_like(seed: int = 0, batch: int | str = 1, opset: int = 13) -> onnx.ModelProto:
+    """Stem conv-bn-relu, one basic block with identity residual, one with a stride-2 projection, GAP, Gemm.
+
+    The MAC count for batch 1 at 3x16x16 input is computed by hand in test_macs / test_cli.
+    """
+    b = GraphBuilder(seed)
+    x = "input"
+    s = b.conv_bn_relu(x, 3, 8)  # 8x16x16
+    y = b.conv_bn_relu(s, 8, 8)
+    y = b.bn(b.conv(y, 8, 8, bias=False), 8)
+    s = b.node("Relu", [b.node("Add", [y, s])])
+    y = b.conv_bn_relu(s, 8, 16, stride=2)  # 16x8x8
+    y = b.bn(b.conv(y, 16, 16, bias=False), 16)
+    proj = b.bn(b.conv(s, 8, 16, k=1, stride=2, bias=False), 16)
+    s = b.node("Relu", [b.node("Add", [y, proj])])
+    p = b.node("GlobalAveragePool", [s])
+    f = b.node("Flatten", [p], axis=1)
+    b.gemm(f, 16, 10)
+    b.nodes[-1].output[0] = "logits"
+    return b.model([("input", [batch, 3, 16, 16])], [("logits", [batch, 10])], opset=opset)
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    from onnxslim_compress.runtime import Target, make_session
+
+    return make_session(model, Target(kind="cpu", threads=1)).run(None, feeds)
+
+
+def random_input(shape, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
