@@ -58,7 +58,7 @@ class TrainConfig:
     seed: int = 0
     test_size: int = 360
     calib_size: int = 256
-    epochs: int = 24
+    epochs: int = 14
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 5e-4
@@ -332,7 +332,7 @@ def train(cfg: TrainConfig, split: Split) -> tuple[DigitsCNN, list[dict]]:
             loss.backward()
             opt.step()
             sched.step()
-            total_loss += float(loss) * len(idx)
+            total_loss += loss.item() * len(idx)
             correct += int((logits.argmax(1) == yt[idx]).sum())
         history.append(
             {"epoch": epoch + 1, "loss": round(total_loss / len(xt), 5), "train_acc": round(correct / len(xt), 5)}

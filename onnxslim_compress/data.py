@@ -879,9 +879,10 @@ def open_data(
 
 def _open_folder(path: Path, specs: list[InputSpec], limit: int | None, image: ImageOptions | None) -> DataSource:
     try:
-        entries = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+        listing = [p for p in path.iterdir() if not p.name.startswith(".")]
     except OSError as e:
         raise BadInputError(f"{path}: cannot list folder ({e.strerror or e})") from e
+    entries = [p for p in listing if p.is_file()]
     arrays = sorted((p for p in entries if p.suffix.lower() in ARRAY_SUFFIXES), key=_natural_key)
     images = sorted((p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
     if arrays and images:
@@ -892,6 +893,11 @@ def _open_folder(path: Path, specs: list[InputSpec], limit: int | None, image: I
         return ArrayFolderSource(path, arrays, specs, limit)
     if images:
         return ImageFolderSource(path, images, specs, image or ImageOptions(), limit)
+    if any(p.is_dir() for p in listing):
+        raise BadInputError(
+            f"{path}: no .npz, .npy or image files, only subfolders (class-per-folder layouts are not read: "
+            "put the samples in one folder and give labels in a file)"
+        )
     raise BadInputError(f"{path}: empty folder (no .npz, .npy or image files)")
 
 

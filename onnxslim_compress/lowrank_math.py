@@ -1,7 +1,8 @@
-"""The numerical half of low-rank factorization: (whitened) SVD of weight groups, rank rules, ALDS.
+"""Low-rank factorization machinery: (whitened) SVD of weight groups, rank rules, ALDS, im2col Gram
+rows, the candidate forms of a layer with their cost, and the graph nodes of each form.
 
-Kept apart from passes/low_rank.py so the formulas can be tested on plain matrices against a numpy
-reference, without building graphs. Conventions: a layer is a matrix W of shape (out m, in n) acting
+Kept apart from passes/low_rank.py (which finds layers, collects data and decides) so the formulas
+can be tested on plain matrices against a numpy reference. Conventions: a layer is a matrix W of shape (out m, in n) acting
 as y = W x; its Conv form is folded to (f, c*kh*kw) in the (c, kh, kw) order of an im2col patch.
 A factorization is W' = Dec @ Enc with Enc (r, n) and Dec (m, r).
 
@@ -287,6 +288,8 @@ def patches(x: np.ndarray, kernel: list[int], strides: list[int], dilations: lis
 
 
 # ------------------------------------------------------------------- layers, options, graph forms
+
+
 @dataclass
 class Layer:
     """A factorizable node: its weight folded to (m, n) and what the data statistics need."""
@@ -305,7 +308,7 @@ class Layer:
         return self.node.name or self.node.output[0]
 
 
-def nodenode_attrs(node: onnx.NodeProto) -> dict[str, Any]:
+def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -350,6 +353,14 @@ def option_cost(L: Layer, key: tuple, measure: str) -> float | None:
     nh_out = L.rows // w_out  # batch * output height
     return nh_out * L.in_spatial[1] * c * kh + L.rows * m * kw
 
+
+def approximation(L: Layer, key: tuple, d: Decomposition, j: int) -> np.ndarray:
+    """The folded (m, n) weight that the factorization at per-group rank j computes."""
+    approx = np.concatenate([dec @ enc for enc, dec in d.factors(j)], axis=1)
+    if key[0] == "spatial":  # undo the (f*kw, c*kh) rearrangement
+        f, (kh, kw) = L.w.shape[0], L.spec[1]
+        approx = approx.reshape(f, kw, -1, kh).transpose(0, 2, 3, 1).reshape(f, -1)
+    return approx
 
 
 class Names:
@@ -400,7 +411,7 @@ def emit(L: Layer, key: tuple, j: int, d: Decomposition, names: Names, opset: in
         return nodes, inits
     if node.op_type == "Conv":
         ksz = L.spec[1]
-        e4 = np.concatenate([e.reshape((j, -1) + tuple(ksz)) for e in enc], axis=0)
+        e4 = np.concatenate([e.reshape((j, -1) + tuple(ksz)) for e in enc[::-1]], axis=0)
         kept = {kk: v for kk, v in a.items() if kk in ("auto_pad", "pads", "strides", "dilations", "kernel_shape")}
         nodes.append(helper.make_node("Conv", [node.input[0], init(e4, "enc_w")], [hid], names(f"{base}_enc"),
                                       group=k, **kept))

@@ -336,13 +336,29 @@ def gemm_macs(a_shape: list[int], b_shape: list[int], trans_a: int, trans_b: int
     return m * n * k
 
 
+def _compute_weights(node: onnx.NodeProto, consts: _Constants) -> list[str]:
+    """Source constants of a compute node's weight/bias operands (known without any shapes)."""
+    if node.op_type in _CONV_OPS:
+        spec = _CONV_OPS[node.op_type]
+        slots = [spec.w, *spec.bias]
+    else:
+        spec_m = _MATMUL_OPS[node.op_type]
+        slots = [spec_m.a, spec_m.b, *spec_m.bias]
+    weights: list[str] = []
+    for k in slots:
+        if k < len(node.input):
+            for src in consts.resolve(node.input[k]):
+                if src not in weights:
+                    weights.append(src)
+    return weights
+
+
 def _node_cost(node: onnx.NodeProto, shapes: ShapeMap, consts: _Constants) -> NodeCost:
     op = node.op_type
     ins = list(node.input)
     out = node.output[0] if node.output else ""
     out_shape = shapes.get(out)
     in_shapes = [shapes.get(i) if i else None for i in ins]
-    weight_slots: list[int]
     if op in _CONV_OPS:
         spec = _CONV_OPS[op]
         w_shape = _shape(shapes, ins[spec.w] if spec.w < len(ins) else "", "weight")
@@ -352,7 +368,6 @@ def _node_cost(node: onnx.NodeProto, shapes: ShapeMap, consts: _Constants) -> No
             macs = conv_transpose_macs(_shape(shapes, ins[spec.x], "input"), w_shape)
         else:
             macs = conv_macs(_shape(shapes, out, "output"), w_shape)
-        weight_slots = [spec.w, *spec.bias]
     else:
         spec_m = _MATMUL_OPS[op]
         a_shape = _shape(shapes, ins[spec_m.a] if spec_m.a < len(ins) else "", "input A")
@@ -361,13 +376,7 @@ def _node_cost(node: onnx.NodeProto, shapes: ShapeMap, consts: _Constants) -> No
             macs = gemm_macs(a_shape, b_shape, _attr(node, "transA", 0), _attr(node, "transB", 0))
         else:
             macs = matmul_macs(a_shape, b_shape)
-        weight_slots = [spec_m.a, spec_m.b, *spec_m.bias]
-    weights: list[str] = []
-    for k in weight_slots:
-        if k < len(ins):
-            for src in consts.resolve(ins[k]):
-                if src not in weights:
-                    weights.append(src)
+    weights = _compute_weights(node, consts)
     params = sum(consts.info[w][1] for w in weights)
     return NodeCost(
         name=node.name or out,
@@ -428,6 +437,11 @@ def count_costs(model: onnx.ModelProto, input_shapes: ShapeMap | None = None) ->
         if node.op_type == "Constant":
             continue
         if node.op_type in COMPUTE_OPS and node.domain in _STD_DOMAINS:
+            # parameters do not depend on shapes: a node whose MACs are unknown still has weights
+            for w in _compute_weights(node, consts):
+                if w not in param_tensors:
+                    param_tensors[w] = consts.info[w][1]
+                    owner_op[w] = key
             try:
                 cost = _node_cost(node, shapes, consts)
             except _Unknown as e:
@@ -435,10 +449,6 @@ def count_costs(model: onnx.ModelProto, input_shapes: ShapeMap | None = None) ->
                 continue
             nodes.append(cost)
             entry.macs += cost.macs
-            for w in cost.weights:
-                if w not in param_tensors:
-                    param_tensors[w] = consts.info[w][1]
-                    owner_op[w] = key
             continue
         for k, i in enumerate(node.input):
             if consts.is_const(i) and i not in param_tensors and _is_param_input(node, k, i, consts):

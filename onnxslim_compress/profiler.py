@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from .errors import BadInputError, ProviderError
 from .runtime import Target, make_session
@@ -80,7 +81,10 @@ class LatencyStats:
         return d
 
     def summary(self) -> str:
-        return f"median {self.median:.3f} ms, p90 {self.p90:.3f} ms, p95 {self.p95:.3f} ms, min {self.min:.3f} ms, {self.n} runs"
+        return (
+            f"median {_ms(self.median)} ms, p90 {_ms(self.p90)} ms, p95 {_ms(self.p95)} ms, "
+            f"min {_ms(self.min)} ms, {self.n} runs"
+        )
 
 
 # --------------------------------------------------------------------------------------- feeds
@@ -110,27 +114,6 @@ def _feeds_for(session, feeds: Mapping[str, np.ndarray]) -> Feeds:
     if missing:
         raise BadInputError(f"input data lacks model input {missing[0]!r} (data has {sorted(feeds)})")
     return {n: np.asarray(feeds[n]) for n in names}
-
-
-def synthetic_feeds(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None, seed: int = 0) -> Feeds:
-    """Inputs generated from the model signature (dynamic dims -> 1 unless given).
-
-    A weak fallback for timing only (latency rarely depends on values, except for data-dependent
-    ops such as NonMaxSuppression); real data is preferred whenever the user has it.
-    """
-    from .shapes import bind_input_shapes, elem_type_to_numpy, graph_inputs
-
-    bound = bind_input_shapes(model, input_shapes)
-    rng = np.random.default_rng(seed)
-    feeds: Feeds = {}
-    for vi in graph_inputs(model):
-        dtype = np.dtype(elem_type_to_numpy(vi.type.tensor_type.elem_type))
-        shape = bound.inputs[vi.name]
-        if dtype.kind == "f":
-            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
-        else:  # ids, masks, indices: zeros are valid for all of them
-            feeds[vi.name] = np.zeros(shape, dtype=dtype)
-    return feeds
 
 
 # --------------------------------------------------------------------------------------- runners
@@ -191,6 +174,21 @@ def io_binding_plan(session, feeds: Mapping[str, np.ndarray], device: str | None
     )
 
 
+def _static_output(node_arg) -> tuple[list[int], type] | None:
+    """(shape, numpy dtype) of an output whose declared shape is fully static, else None."""
+    shape, typ = node_arg.shape, str(node_arg.type)
+    if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+        return None
+    if not (typ.startswith("tensor(") and typ.endswith(")")):
+        return None
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(onnx.TensorProto.DataType.Value(typ[7:-1].upper())))
+    except (ValueError, KeyError, TypeError):
+        return None
+    # bfloat16/float8 (numpy kind 'V') and strings: let ORT allocate them
+    return (list(shape), dtype.type) if dtype.kind in "biuf" else None
+
+
 def _binding_runner(session, feeds: Mapping[str, np.ndarray], plan: IOBindingPlan) -> Callable[[], Any]:
     """Inputs copied to the device once; outputs left on the device; each call is one run."""
     import onnxruntime as ort
@@ -202,17 +200,25 @@ def _binding_runner(session, feeds: Mapping[str, np.ndarray], plan: IOBindingPla
         for name in plan.inputs:
             values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(feeds[name]), plan.device, plan.device_id)
             binding.bind_ortvalue_input(name, values[name])
+        out_types = {o.name: o for o in session.get_outputs()}
         for name in plan.outputs:
-            binding.bind_output(name, plan.device, plan.device_id)
+            fixed = _static_output(out_types[name])
+            if fixed is None:
+                binding.bind_output(name, plan.device, plan.device_id)
+            else:
+                # preallocated once: fixed addresses, which CUDA graph replay requires
+                values[name] = ort.OrtValue.ortvalue_from_shape_and_type(fixed[0], fixed[1], plan.device, plan.device_id)
+                binding.bind_ortvalue_output(name, values[name])
     except Exception as e:  # onnxruntime raises RuntimeError / Fail for a missing CUDA provider
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ProviderError(f"IO binding on {plan.device}:{plan.device_id} failed: {msg}") from e
 
     def run() -> Any:
-        # values is captured so the device buffers outlive the binding
         session.run_with_iobinding(binding)
-        return values
+        return binding
 
+    # the bound OrtValues must live as long as the binding that points at their device buffers
+    run.bound_values = values  # type: ignore[attr-defined]
     return run
 
 
@@ -282,9 +288,14 @@ class ABResult:
         threads = f"{self.threads} threads" if self.threads else "default threads"
         return (
             f"B/A latency ratio {self.ratio:.2f} (p10-p90 {self.ratio_p10:.2f}-{self.ratio_p90:.2f}), "
-            f"A median {self.a.median:.2f} ms, B median {self.b.median:.2f} ms, {self.a.n} runs, "
+            f"A median {_ms(self.a.median)} ms, B median {_ms(self.b.median)} ms, {self.a.n} runs, "
             f"{self.target}, {threads}"
         )
+
+
+def _ms(v: float) -> str:
+    """Two decimals for ordinary latencies, three significant digits for sub-millisecond ones."""
+    return f"{v:.2f}" if v >= 1.0 else f"{v:.3g}"
 
 
 def _bootstrap_ratio_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -486,15 +497,14 @@ def profile_model(
 ) -> ProfileReport:
     """Latency (and per-op-type breakdown) of a model; with model_b, also the interleaved B/A ratio.
 
-    Without data, inputs come from the model signature (see synthetic_feeds).
+    Without data, inputs come from the model signature (data.open_data's generated fallback).
     """
     target = target or Target()
     feeds_from = "data"
     if data_or_feeds is None:
-        from .model_io import load_model
+        from .data import open_data
 
-        m = model_or_path if isinstance(model_or_path, onnx.ModelProto) else load_model(model_or_path, load_external_data=False)
-        feed = synthetic_feeds(m, input_shapes)
+        feed = first_feed(open_data(None, model_or_path, input_shapes=input_shapes, limit=1))
         feeds_from = "signature"
     else:
         feed = first_feed(data_or_feeds)

@@ -10,6 +10,7 @@ from onnxslim_compress.pass_api import Pass
 
 from .eliminate_dead import EliminateDead
 from .fold_batchnorm import FoldBatchNorm
+from .quantize import Quantize
 from .simplify import Simplify
 
 REGISTRY: dict[str, type[Pass]] = {
@@ -18,7 +19,8 @@ REGISTRY: dict[str, type[Pass]] = {
         Simplify,
         FoldBatchNorm,
         EliminateDead,
+        Quantize,
     )
 }
 
-__all__ = ["REGISTRY", "EliminateDead", "FoldBatchNorm", "Simplify"]
+__all__ = ["REGISTRY", "EliminateDead", "FoldBatchNorm", "Quantize", "Simplify"]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from onnxslim_compress import lowrank_math as lm
 from onnxslim_compress.activations import Moments, accumulate
@@ -70,7 +70,7 @@ def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return out
 
 
-def find_layers(model: onnx.ModelProto, shapes: dict, p: LowRankParams) -> tuple[list[Layer], list[dict]]:
+def find_layers(model: onnx.ModelProto, shapes: dict, p: LowRankParams) -> tuple[list[lm.Layer], list[dict]]:
     """Gemm/MatMul with a constant 2-D weight and group=1 Conv; everything else is skipped with a reason."""
     consts, layers, skipped = _constants(model), [], []
     for node in model.graph.node:
@@ -84,13 +84,13 @@ def find_layers(model: onnx.ModelProto, shapes: dict, p: LowRankParams) -> tuple
         if any(re.search(rx, name) for rx in p.exclude):
             skip("excluded by pattern")
             continue
-        a = _attrs(node)
-        wname = node.input[0 if node.op_type == "MatMul" and node.input[0] in consts else 1]
-        if node.op_type == "MatMul" and node.input[0] in consts:
-            skip("constant is the left MatMul operand")
+        a = lm.node_attrs(node)
+        if node.input[0] in consts:
+            skip("the data operand is a constant (weight on the left)")
             continue
-        if wname not in consts or node.input[0] in consts:
-            skip("weight is not a constant" if wname not in consts else "both operands are constant")
+        wname = node.input[1]
+        if wname not in consts:
+            skip("weight is not a constant")
             continue
         t = consts[wname]
         if t.data_type not in _FLOAT_TYPES:
@@ -106,7 +106,7 @@ def find_layers(model: onnx.ModelProto, shapes: dict, p: LowRankParams) -> tuple
             spec = ("patch", tuple(w.shape[2:]), tuple(a.get("strides", [1] * nd)), tuple(a.get("dilations", [1] * nd)),
                     tuple(a.get("pads", [0] * 2 * nd)), a.get("auto_pad", b"NOTSET").decode())
             rows = int(np.prod([out_shape[0]] + out_shape[2:])) if out_shape else None
-            layer = Layer(node, w.reshape(w.shape[0], -1).astype(np.float64), w.dtype, node.input[0], spec, rows,
+            layer = lm.Layer(node, w.reshape(w.shape[0], -1).astype(np.float64), w.dtype, node.input[0], spec, rows,
                           len(in_shape) if in_shape else None, in_shape[2:] if in_shape else None)
         else:
             if w.ndim != 2:
@@ -116,7 +116,7 @@ def find_layers(model: onnx.ModelProto, shapes: dict, p: LowRankParams) -> tuple
             wt = w if trans_b else w.T  # (out, in)
             axis = (0 if trans_a else 1) if node.op_type == "Gemm" else -1
             rows = int(np.prod(out_shape[:-1])) if out_shape else None
-            layer = Layer(node, wt.astype(np.float64), w.dtype, node.input[0], ("axis", axis), rows,
+            layer = lm.Layer(node, wt.astype(np.float64), w.dtype, node.input[0], ("axis", axis), rows,
                           len(in_shape) if in_shape else None)
         if layer.w.size < p.min_params:
             skip(f"small layer: {layer.w.size} params < min_params={p.min_params}")
@@ -125,7 +125,7 @@ def find_layers(model: onnx.ModelProto, shapes: dict, p: LowRankParams) -> tuple
     return layers, skipped
 
 
-def collect_grams(model: onnx.ModelProto, layers: list[Layer], ctx: Any, p: LowRankParams) -> dict[tuple, np.ndarray]:
+def collect_grams(model: onnx.ModelProto, layers: list[lm.Layer], ctx: Any, p: LowRankParams) -> dict[tuple, np.ndarray]:
     """Stream the Gram matrix of every target layer's input rows (im2col patches for Conv)."""
     requests = sorted({(L.act, L.spec) for L in layers}, key=repr)
     rng = np.random.default_rng(ctx.seed)
@@ -153,3 +153,132 @@ def collect_grams(model: onnx.ModelProto, layers: list[Layer], ctx: Any, p: LowR
     return ctx.cache.get_or_compute(key, compute)
 
 
+
+class LowRank(Pass):
+    """Replace large Gemm/MatMul/Conv weights by two thinner factors (see the module docstring)."""
+
+    name = "low_rank"
+    Params = LowRankParams
+    #: edits the graph it is given; Pass.__call__ hands it a copy unless the caller (Pipeline) owns one
+    in_place = True
+
+    def run(self, model: onnx.ModelProto, ctx: Any) -> PassResult:
+        p, opset = self.params, main_opset(model)
+        shapes = infer_shapes(model, ctx.input_shapes)[0]
+        layers, skipped = find_layers(model, shapes, p)
+        data_aware = p.data_aware if p.data_aware is not None else ctx.calib is not None
+        if data_aware and ctx.calib is None:
+            raise BadInputError("low_rank: data_aware=true needs calibration data (--calib)")
+        grams = collect_grams(model, layers, ctx, p) if data_aware and layers else {}
+        measure = p.alds_measure if p.mode == "alds" else "params"
+        cands = []  # (layer, [(key, decomposition, cost, allowed ranks, errors)], full size, gram)
+        for L in layers:
+            gram = grams.get((L.act, L.spec))
+            full = L.w.size if measure == "params" else (None if L.rows is None else L.w.size * L.rows)
+            opts = []
+            for key, d in lm.layer_options(L, p.mode == "alds", p.conv_form, gram, p.ridge, _MAX_K):
+                cost, errs = lm.option_cost(L, key, measure), d.rel_errors()
+                ranks = np.unique([lm.round_rank(j, p.round_to, d.max_rank) for j in range(1, d.max_rank + 1)])
+                if cost is not None:
+                    opts.append((key, d, cost, ranks, errs[ranks]))
+            if full is None or not opts:
+                skipped.append({"node": L.name, "reason": "MACs unknown (no static shape)"})
+                continue
+            cands.append((L, opts, float(full), gram))
+        decisions, alds_info = self._decide(cands, p, ctx.seed)
+        names, replace, removed, rows = lm.Names(model), {}, set(), []
+        for (L, opts, full, gram), (oi, j) in zip(cands, decisions, strict=True):
+            key, d, cost = opts[oi][:3]
+            m, n = L.w.shape
+            if j is None:
+                skipped.append({"node": L.name, "reason": f"ALDS keeps it: no saving at error level {alds_info['max_error']:.4f}"})
+                continue
+            if j * cost >= full:
+                form = "" if key == ("channel", 1) else f" (form {key[0]}, k={key[1]})"
+                skipped.append({"node": L.name, "reason": f"no saving: rank {j * key[1]} >= m*n/(m+n) = {full / cost:.1f}{form}"})
+                continue
+            replace[L.node.output[0]] = lm.emit(L, key, j, d, names, opset)
+            removed.add(L.node.input[1])
+            dw = L.w - lm.approximation(L, key, d, j)
+            params_after = j * lm.option_cost(L, key, "params")
+            mc = lm.option_cost(L, key, "macs")
+            rows.append({
+                "node": L.name, "op": L.node.op_type, "form": key[0], "k": key[1], "rank": j * key[1],
+                "shape": [m, n], "whitened": d.whitened,
+                "weight_error": float(np.linalg.norm(dw) / max(np.linalg.norm(d.w), 1e-30)),
+                "output_error": None if gram is None else lm.output_error(dw, L.w, gram),
+                "params_before": int(L.w.size), "params_after": int(params_after),
+                "macs_before": None if L.rows is None else int(L.w.size * L.rows),
+                "macs_after": None if mc is None else int(j * mc),
+            })
+        stats = self._stats(rows, skipped, cands, data_aware, alds_info)
+        if not replace:
+            return PassResult(model, False, stats)
+        rewrite(model, replace, removed)
+        return PassResult(model, True, stats)
+
+    @staticmethod
+    def _decide(cands: list, p: LowRankParams, seed: int) -> tuple[list[tuple[int, int | None]], dict | None]:
+        """(option index, per-group rank) per candidate layer, by the rank rule of the mode."""
+        if p.mode == "alds":
+            alayers = [lm.AldsLayer(full, [lm.Option(o[0], o[2], o[3], o[4]) for o in opts]) for _, opts, full, _ in cands]
+            budget = p.value * sum(c[2] for c in cands)
+            res = lm.alds(alayers, budget, p.alds_seeds, seed)
+            info = {"budget": budget, "size": res.size, "max_error": res.eps, "feasible": res.feasible,
+                    "measure": p.alds_measure}
+            return res.choice, info
+        out = []
+        for _, opts, _, _ in cands:
+            picks = []
+            for oi, (_, d, cost, _, _) in enumerate(opts):
+                j = (lm.ratio_rank(d.max_rank, p.value) if p.mode == "ratio"
+                     else lm.energy_rank(d.rel_errors(), p.value))
+                j = lm.round_rank(j, p.round_to, d.max_rank)
+                picks.append((j * cost, oi, j))
+            _, oi, j = min(picks)
+            out.append((oi, j))
+        return out, None
+
+    @staticmethod
+    def _stats(rows: list[dict], skipped: list[dict], cands: list, data_aware: bool, alds_info: dict | None) -> dict:
+        done = {r["node"]: r for r in rows}
+        total: dict[str, Any] = {"params_before": 0, "params_after": 0, "macs_before": 0, "macs_after": 0}
+        for L, *_ in cands:
+            r = done.get(L.name)
+            total["params_before"] += L.w.size
+            total["params_after"] += r["params_after"] if r else L.w.size
+            macs = None if L.rows is None else L.w.size * L.rows
+            for key, val in (("macs_before", macs), ("macs_after", r["macs_after"] if r else macs)):
+                total[key] = None if val is None or total[key] is None else total[key] + val
+        return {"factorized": len(rows), "candidates": len(cands), "data_aware": data_aware, **total,
+                "alds": alds_info, "layers": rows, "skipped": skipped}
+
+
+def rewrite(model: onnx.ModelProto, replace: dict[str, tuple[list, list]], removed: set[str]) -> None:
+    """In place: swap each node (keyed by its first output) for its new nodes, then drop dead weights."""
+    new_nodes = []
+    for node in model.graph.node:
+        if node.output and node.output[0] in replace and node.op_type in ("Gemm", "MatMul", "Conv"):
+            new_nodes.extend(replace[node.output[0]][0])
+            model.graph.initializer.extend(replace[node.output[0]][1])
+        else:
+            new_nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    _drop_unused(model, removed)
+
+
+def _drop_unused(model: onnx.ModelProto, names: set[str]) -> None:
+    """Remove replaced weights (initializers or Constant nodes) that no node or output uses any more."""
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    for n in model.graph.node:
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                used |= {i for sn in g.node for i in sn.input}
+    gone = names - used
+    keep = [t for t in model.graph.initializer if t.name not in gone]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    nodes = [n for n in model.graph.node if not (n.op_type == "Constant" and n.output[0] in gone)]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)

@@ -268,6 +268,8 @@ def test_unknown_shapes_are_skipped_not_fatal():
     cost = count_costs(m)
     assert [c.name for c in cost.nodes] == ["fine"]
     assert cost.total.macs == 2 * 5 * 3
+    # the skipped Conv's weight is still a parameter: params do not depend on shapes
+    assert cost.total.params == 4 * 2 * 9 + 3 * 5
     assert len(cost.skipped) == 1
     s = cost.skipped[0]
     assert s["node"] == "after_custom" and s["op_type"] == "Conv" and "unknown" in s["reason"]

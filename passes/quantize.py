@@ -1,0 +1,299 @@
+"""Quantize: calibrated QDQ placed for the target runtime (int8, fp8), int4 weight-only, fp16.
+
+The pass is the orchestration; the parts live in onnxslim_compress: streamed calibration
+(calibration.py), per-target placement and the QDQ rewrite (qdq_placement.py), bias correction,
+SmoothQuant and sensitivity-driven mixed precision (quant_sensitivity.py). The CPU result is checked
+against what ORT really does: the optimized model is saved and its integer kernels counted, because a
+QDQ model that ORT does not fuse runs slower than fp32.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxslim_compress import calibration as cal
+from onnxslim_compress import qdq_placement as qp
+from onnxslim_compress import quant_sensitivity as qs
+from onnxslim_compress.activations import iterate_tensors
+from onnxslim_compress.errors import AccuracyGateError, BadInputError
+from onnxslim_compress.model_io import main_opset, upgrade_opset
+from onnxslim_compress.pass_api import Pass, PassResult
+from onnxslim_compress.runtime import Target, make_session
+from onnxslim_compress.shapes import bind_input_shapes
+
+from .to_fp16 import convert_fp16
+
+QUANTIZED_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
+                 "ConvInteger", "QLinearAdd", "QLinearMul", "QGemm", "MatMulNBits", "MatMulIntegerToFloat"}
+#: what ORT's optimized model contains when QDQ units were fused into integer kernels
+INTEGER_KERNELS = {"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearConcat", "QGemm",
+                   "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSigmoid", "QLinearLeakyRelu",
+                   "QLinearSoftmax", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
+                   "DynamicQuantizeMatMul", "MatMulNBits", "QLinearWhere"}
+#: candidate ops whose inputs/outputs are probed for float dtype before placement
+_PROBE = qp.WEIGHTED | qp.CPU_QLINEAR_OUT | qp.SHARED_SCALE | qp.FOLDABLE_RELU | {"Concat", "Add"}
+
+
+@dataclass
+class QuantizeParams:
+    mode: Literal["int8", "fp8", "int4-weight", "fp16"] = "int8"
+    target: Literal["cpu", "cuda", "tensorrt"] | None = None
+    #: percentile measured best on the benchmark models (BENCHMARKS.md "Quantization"): minmax lets one
+    #: outlier sample stretch every scale, entropy/mse cost more time for no better fidelity there
+    calibration: Literal["minmax", "percentile", "entropy", "mse"] = "percentile"
+    percentile: float = 99.99
+    exclude: list[str] = field(default_factory=list)
+    min_fidelity: str | None = None
+    bias_correction: bool = True
+    smoothquant: float | None = None
+    block_size: int = 32
+    calib_samples: int = 128
+    per_channel: bool = True
+
+    def __post_init__(self):
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ValueError("block_size must be a power of two >= 16")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError("percentile must be in (50, 100]")
+        if self.calib_samples < 1:
+            raise ValueError("calib_samples must be >= 1")
+        for rx in self.exclude:
+            try:
+                re.compile(rx)
+            except re.error as e:
+                raise ValueError(f"exclude {rx!r} is not a regular expression: {e}") from None
+        if self.min_fidelity is not None:
+            qs.parse_min_fidelity(self.min_fidelity)
+        if self.smoothquant is not None and not 0.0 <= self.smoothquant <= 1.0:
+            raise ValueError("smoothquant alpha must be in [0, 1]")
+
+
+def already_quantized(model: onnx.ModelProto) -> str | None:
+    ops = sorted({n.op_type for n in model.graph.node} & QUANTIZED_OPS)
+    return f"model is already quantized (contains {', '.join(ops)})" if ops else None
+
+
+def count_integer_kernels(model: onnx.ModelProto, threads: int = 1) -> dict[str, int]:
+    """Op counts of integer kernels in ORT's optimized CPU model (what really runs)."""
+    with tempfile.TemporaryDirectory() as d:
+        p = str(Path(d) / "opt.onnx")
+        make_session(model, Target(kind="cpu", threads=threads, opt_level="all"), optimized_model_path=p)
+        opt = onnx.load(p, load_external_data=False)
+    counts: dict[str, int] = {}
+    for n in opt.graph.node:
+        if n.op_type in INTEGER_KERNELS:
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def int4_weight_only(model: onnx.ModelProto, block: int, exclude: list[str]) -> tuple[onnx.ModelProto, list[dict], list[dict]]:
+    """MatMul/Gemm constant weights -> int4 blocks along the reduction axis + DequantizeLinear (opset 21).
+
+    Per block the clip factor that minimizes the block's squared error is chosen (a small grid), which
+    beats plain absmax scaling at the same size. ORT fuses DQ(axis 0)->MatMul into MatMulNBits.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {t.name: t for t in m.graph.initializer}
+    rows, skipped, nodes = [], [], []
+    for n in m.graph.node:
+        if n.op_type in ("MatMul", "Gemm") and not any(re.search(rx, n.name) for rx in exclude):
+            w_name = n.input[1]
+            trans = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
+            if w_name not in inits or len(inits[w_name].dims) != 2:
+                skipped.append({"node": n.name, "reason": "weight is not a constant 2-D tensor"})
+            else:
+                w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+                wk = w.T if trans else w  # [K, N]; blocks run along K
+                k_dim, n_dim = wk.shape
+                pad = (-k_dim) % block
+                wp = np.pad(wk, ((0, pad), (0, 0))).reshape(-1, block, n_dim)
+                amax = np.maximum(np.abs(wp).max(1, keepdims=True), 1e-12)
+                best_s, best_e = amax / 7, np.full(amax.shape, np.inf)
+                for f in np.linspace(0.6, 1.0, 9):
+                    s = amax * f / 7
+                    e = ((np.clip(np.round(wp / s), -8, 7) * s - wp) ** 2).sum(1, keepdims=True)
+                    better = e < best_e
+                    best_s, best_e = np.where(better, s, best_s), np.where(better, e, best_e)
+                q = np.clip(np.round(wp / best_s), -8, 7).reshape(-1, n_dim)[:k_dim]
+                scale = best_s[:, 0, :]  # [ceil(K/B), N]
+                if trans:
+                    q, scale = q.T, scale.T
+                base = f"{w_name}__int4_{n.name}"
+                m.graph.initializer.extend([
+                    helper.make_tensor(base, TensorProto.INT4, q.shape, q.astype(np.int8).ravel().tolist()),
+                    numpy_helper.from_array(scale.astype(np.float32), base + "_scale"),
+                ])
+                nodes.append(helper.make_node("DequantizeLinear", [base, base + "_scale"], [base + "_dq"],
+                                              name=base + "_DQ", axis=1 if trans else 0, block_size=block))
+                n.input[1] = base + "_dq"
+                rows.append({"node": n.name, "shape": list(w.shape), "block": block})
+        nodes.append(n)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    _drop_unused_initializers(m)
+    return m, rows, skipped
+
+
+class Quantize(Pass):
+    """Quantize for the target runtime; see the module docstring and BENCHMARKS.md."""
+
+    name = "quantize"
+    Params = QuantizeParams
+
+    def run(self, model: onnx.ModelProto, ctx) -> PassResult:
+        p: QuantizeParams = self.params
+        kind = p.target or ctx.target.kind
+        reason = already_quantized(model)
+        if reason:
+            return PassResult(model, False, {"skipped": [{"node": "*", "reason": reason}]})
+        stats: dict = {"mode": p.mode, "target": kind, "opset_in": main_opset(model)}
+        mode = p.mode
+        if kind == "cuda" and mode in ("int8", "fp8"):
+            stats["note"] = f"the CUDA EP does not run QDQ as {mode}; converted to fp16 instead (use --target tensorrt for int8)"
+            mode = "fp16"
+        if mode == "fp16":
+            out, st = convert_fp16(model, keep_io_fp32=True)
+            stats.update(st)
+            return PassResult(out, True, stats)
+        model, up = upgrade_opset(model, {"int8": 13, "fp8": 19, "int4-weight": 21}[mode])
+        stats["opset_out"] = main_opset(model)
+        if mode == "int4-weight":
+            out, rows, skipped = int4_weight_only(model, p.block_size, p.exclude)
+            stats.update(layers=rows, skipped=skipped, quantized=len(rows))
+            return PassResult(out, bool(rows) or up, stats)
+        return self._static(model, ctx, kind, mode, stats)
+
+    def _static(self, model: onnx.ModelProto, ctx, kind: str, mode: str, stats: dict) -> PassResult:
+        p: QuantizeParams = self.params
+        model = _copy(model)
+        _constants_to_initializers(model)
+        qp.ensure_node_names(model)
+        data = ctx.calib
+        if data is None:
+            bound = bind_input_shapes(model, ctx.input_shapes)
+            data = cal.synthetic_feeds(model, bound.inputs, min(p.calib_samples, 16), ctx.seed)
+            stats["calibration_data"] = "synthetic (no --calib given: weak fallback)"
+        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        probe = sorted({t for n in model.graph.node if n.op_type in _PROBE for t in [*n.input, *n.output]
+                        if t and t not in inits})
+        first = next(iterate_tensors(model, probe, cal.take(data, 1)), None)
+        if first is None:
+            raise BadInputError("quantize: the calibration data set is empty")
+        is_float = {t for t, v in first.items() if v.dtype == np.float32}
+        units, skipped = qp.build_units(model, kind, is_float, inits)
+        excluded = [u.node for u in units if any(re.search(rx, u.node) for rx in p.exclude)]
+        units = [u for u in units if u.node not in excluded]
+        if p.smoothquant is not None:
+            model, n_smooth = qs.smoothquant(model, units, list(cal.take(data, min(p.calib_samples, 32))), p.smoothquant)
+            stats["smoothquant_activations"] = n_smooth
+        fmt = qp.Format()
+        if kind == "tensorrt":
+            fp8 = mode == "fp8"
+            et = TensorProto.FLOAT8E4M3FN if fp8 else TensorProto.INT8
+            fmt = qp.Format(act_type=et, act_symmetric=True, weight_type=et, weight_qmax=448.0 if fp8 else 127, int32_bias=False)
+        elif mode == "fp8":
+            raise BadInputError("quantize: fp8 is a TensorRT format (--target tensorrt); ORT's CPU EP has no fp8 kernels")
+        all_chosen, groups = qp.choose_tensors(model, units, kind, is_float)
+        hists = cal.collect_histograms(model, sorted(all_chosen), data, limit=p.calib_samples)
+        act_q = self._act_params(hists, groups, fmt)
+
+        def build(subset: list[qp.Unit], base: onnx.ModelProto = model) -> onnx.ModelProto:
+            chosen, _ = qp.choose_tensors(base, subset, kind, is_float)
+            return qp.insert_qdq(base, subset, chosen, act_q, fmt)
+
+        qmodel = build(units)
+        if p.bias_correction and units:
+            feeds = list(cal.take(data, min(p.calib_samples, 32)))
+            delta = qs.bias_shift(model, qmodel, units, feeds)
+            corrected = _copy(model)
+            qp.apply_float_bias_delta(corrected, delta, qs.bias_inputs(model, units))
+            model = corrected
+            qmodel = build(units, model)
+            stats["bias_corrected"] = len(delta)
+        if p.min_fidelity:
+            qmodel = self._mixed_precision(model, units, build, data, kind, stats)
+        _drop_unused_initializers(qmodel)
+        stats.update(quantized_units=len(units), quantized_tensors=len(all_chosen), excluded=excluded,
+                     skipped=skipped, calibration=p.calibration, activation_type=TensorProto.DataType.Name(fmt.act_type))
+        if kind == "cpu":
+            kern = count_integer_kernels(qmodel, ctx.target.threads or 1)
+            stats["integer_kernels"] = sum(kern.values())
+            stats["integer_kernels_by_op"] = kern
+        return PassResult(qmodel, True, stats)
+
+    def _act_params(self, hists: dict[str, cal.Histogram], groups: dict[str, str], fmt: qp.Format) -> dict[str, qp.ActQ]:
+        p: QuantizeParams = self.params
+        bits = 8
+        ranges = {t: cal.compute_range(h, p.calibration, symmetric=fmt.act_symmetric, percentile=p.percentile, bits=bits)
+                  for t, h in hists.items()}
+        merged: dict[str, tuple[float, float]] = {}
+        for t, (lo, hi) in ranges.items():
+            g = groups.get(t, t)
+            a, b = merged.get(g, (lo, hi))
+            merged[g] = (min(a, lo), max(b, hi))
+        out = {}
+        for t in ranges:
+            lo, hi = merged[groups.get(t, t)]
+            if fmt.act_type == TensorProto.FLOAT8E4M3FN:
+                out[t] = qp.ActQ(max(abs(lo), abs(hi)) / 448.0 or 1.0, 0.0, fmt.act_type)
+            elif fmt.act_symmetric:
+                q = cal.symmetric_qparams(lo, hi)
+                out[t] = qp.ActQ(q.scale, 0, fmt.act_type)
+            else:
+                q = cal.asymmetric_qparams(lo, hi)
+                out[t] = qp.ActQ(q.scale, q.zero_point, fmt.act_type)
+        return out
+
+    def _mixed_precision(self, model, units, build, data, kind, stats) -> onnx.ModelProto:
+        """Rank units by the error each causes alone; keep the worst float until the goal holds."""
+        goal = qs.parse_min_fidelity(self.params.min_fidelity)
+        target = Target(kind="cpu", threads=0, opt_level="all") if kind != "cpu" else Target(kind="cpu", opt_level="all")
+        feeds = list(cal.take(data, 16))
+        ref = qs.run_outputs(model, feeds, target)
+        sens = qs.layer_sensitivity(lambda s: build(s, model), units, feeds[:4], ref[:4], target)
+        ranked = [u for u, _ in sorted(sens, key=lambda r: -r[1])]
+        k, fid, tried = qs.keep_float_until(lambda s: build(s, model), ranked, feeds, ref, goal, target)
+        kept = {u.node for u in ranked[:k]}
+        stats["layer_table"] = [{"node": u.node, "op": u.op, "sensitivity": round(e, 6), "float": u.node in kept}
+                                for u, e in sorted(sens, key=lambda r: -r[1])]
+        stats.update(kept_float=sorted(kept), fidelity={goal.metric: round(fid, 6)}, fidelity_trials=tried)
+        if fid < goal.value:
+            raise AccuracyGateError(f"quantize: {goal.metric}={fid:.4f} < {goal.value} even with every unit float")
+        return build(ranked[k:], model)
+
+
+def _constants_to_initializers(model: onnx.ModelProto) -> None:
+    """In place: Constant nodes holding a tensor become initializers (paddle2onnx stores weights so)."""
+    keep = []
+    for n in model.graph.node:
+        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(n.attribute[0].t)
+            t.name = n.output[0]
+            model.graph.initializer.append(t)
+        else:
+            keep.append(n)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
