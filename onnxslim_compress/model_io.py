@@ -93,7 +93,6 @@ def model_bytes(model: onnx.ModelProto) -> int:
 def max_ir_version() -> int:
     """Highest IR version the installed onnxruntime loads, found by trying (no table to go stale)."""
     import onnxruntime as ort
-
     from onnx import TensorProto, helper
 
     for ir in range(onnx.IR_VERSION, 6, -1):

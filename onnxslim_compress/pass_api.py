@@ -127,7 +127,7 @@ class Pass(ABC):
             raise RecipeError(f"pass '{self.name}': params must be {self.Params.__name__}")
         self.params = params
 
-    def requires(self, model: onnx.ModelProto, ctx: Any) -> None:
+    def requires(self, model: onnx.ModelProto, ctx: Any) -> None:  # noqa: B027 - optional hook
         """Raise CompressError if the model is not in a state this pass can work on."""
 
     def ensures(self, model: onnx.ModelProto, ctx: Any) -> None:
@@ -181,7 +181,11 @@ class Pipeline:
     def __init__(self, passes: list[Pass]):
         self.passes = list(passes)
 
-    def run(self, model: onnx.ModelProto, ctx: Any = None, *, progress: Any = None) -> PipelineResult:
+    def run(
+        self, model: onnx.ModelProto, ctx: Any = None, *, progress: Any = None, verifier: Any = None
+    ) -> PipelineResult:
+        """Run every pass. With a `verifier` (see verify.Verifier) each pass's output is checked
+        against its input, which is then kept intact (in-place passes get a copy)."""
         from .context import Context
 
         ctx = ctx if ctx is not None else Context()
@@ -193,7 +197,10 @@ class Pipeline:
             if progress is not None:
                 progress(p.name)
             try:
-                res = p(current, ctx, copy_input=False)
+                res = p(current, ctx, copy_input=verifier is not None)
+                if verifier is not None:
+                    res, outcome = verifier.check(p, current, res, ctx)
+                    res.stats = {**res.stats, "verify": outcome.as_dict()}
             except PassFailure:
                 raise
             except Exception as e:  # noqa: BLE001 - wrapped with context, re-raised

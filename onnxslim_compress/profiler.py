@@ -41,11 +41,6 @@ _CUDA_GRAPH_OPTION = {"cuda": "enable_cuda_graph", "tensorrt": "trt_cuda_graph_e
 # --------------------------------------------------------------------------------------- statistics
 
 
-def _percentile(values: Iterable[float], q: float) -> float:
-    arr = np.asarray(list(values), dtype=np.float64)
-    return float(np.percentile(arr, q)) if arr.size else float("nan")
-
-
 @dataclass
 class LatencyStats:
     """Latencies of `n` timed runs in milliseconds, with the robust summaries a noisy machine needs."""

@@ -291,7 +291,8 @@ def insert_qdq(
     k = 0
     for n in g.node:
         u = unit_by_node.get(n.name)
-        for idx, t in enumerate(n.input):
+        original = list(n.input)
+        for idx, t in enumerate(original):
             if not t:
                 continue
             k += 1
@@ -310,7 +311,7 @@ def insert_qdq(
                 n.input[idx] = base + "_dq"
                 drop_inits.add(t)
             elif u is not None and idx == u.bias and t in inits and fmt.int32_bias:
-                x = u.acts[0] if u.acts and u.acts[0] == n.input[0] else None
+                x = original[0] if original[0] in u.acts else None
                 w_t = n.input[1]
                 if x is None or x not in act_q or not w_t.endswith("_dq"):
                     continue
@@ -351,12 +352,9 @@ def insert_qdq(
                 d = f"{t}__dq{k}"
                 nodes.append(helper.make_node("DequantizeLinear", [q_name[t], f"{t}__scale", f"{t}__zp"], [d], name=d))
                 n.input[idx] = d
-        if u is not None and u.bias is not None and bias_delta and n.name in bias_delta and len(n.input) > 2:
-            pass  # handled above when the bias is stored as int32
         nodes.append(n)
         for o in n.output:
             nodes += q_after.pop(o, [])
-    # bias deltas for float biases (TensorRT keeps the bias float; MatMul+Add biases)
     still_used = {t for n in nodes for t in n.input}
     keep = [t for t in g.initializer if t.name in still_used or t.name not in drop_inits]
     del g.node[:]

@@ -7,6 +7,7 @@ really got and raises ProviderError otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,10 +135,8 @@ def cpu_runtime_conflict() -> str | None:
         return None
     found = []
     for dist in ("onnxruntime", "onnxruntime-gpu"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             found.append(f"{dist} {version(dist)}")
-        except PackageNotFoundError:
-            pass
     if len(found) == 2:
         return (
             f"both {found[0]} and {found[1]} are installed; they overwrite one module. "

@@ -10,6 +10,8 @@ from onnxslim_compress.pass_api import Pass
 
 from .eliminate_dead import EliminateDead
 from .fold_batchnorm import FoldBatchNorm
+from .low_rank import LowRank
+from .prune_channels import PruneChannels
 from .quantize import Quantize
 from .simplify import Simplify
 
@@ -20,6 +22,8 @@ REGISTRY: dict[str, type[Pass]] = {
         FoldBatchNorm,
         EliminateDead,
         Quantize,
+        LowRank,
+        PruneChannels,
     )
 }
 

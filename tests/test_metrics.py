@@ -269,3 +269,20 @@ def test_compare_on_paths_and_generated_data(setup, tmp_path):
     r = compare_models(str(pa), str(pb), None, limit=4)
     assert r.samples == 4 and "weak fallback" in r.data
     assert 0 < r.per_output["y"]["rel_l2"] < 0.5
+
+
+# ---------------------------------------------------------------- bundled model (slow)
+
+
+@pytest.mark.slow
+def test_bundled_digits_compare_with_labels():
+    """The bundled model against itself on its own test set: perfect fidelity, accuracy as recorded."""
+    from pathlib import Path
+
+    models = Path(__file__).resolve().parent.parent / "models"
+    model, data, labels = models / "digits_cnn.onnx", models / "digits_test.npz", models / "digits_test_labels.npy"
+    if not (model.exists() and data.exists() and labels.exists()):
+        pytest.skip("bundled digits model not built yet")
+    r = compare_models(model, model, data, labels=labels)
+    assert r.worst("snr_db") == math.inf and r.worst("top1") == 1.0
+    assert r.accuracy_a == r.accuracy_b and r.accuracy_a > 0.9

@@ -1,0 +1,326 @@
+"""Training-free recovery after channel pruning: least-squares refit of the consumers.
+
+A consumer whose input channels were removed computes a different function; refitting its weights
+on the kept inputs against the ORIGINAL model's outputs (ThiNet / He et al. 2017) moves it back,
+and an intercept column in the fit is the bias compensation for the removed channels' mean
+contribution. X comes from the pruned model and Y from the original, so error that built up in
+earlier layers is absorbed too. Only Gram matrices (X^T X, X^T Y) are kept while streaming the
+calibration data; conv inputs are unfolded at a random subset of output positions. Layers whose
+unfolded width is too large for a dense solve get empirical bias correction only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .activations import iterate_tensors
+from .channel_apply import kept_positions
+from .channel_groups import ChannelAnalysis
+from .channel_rules import attr
+from .runtime import Target, make_session
+
+#: widest unfolded input (C*kh*kw) solved densely; wider layers get bias correction only
+MAX_FEATURES = 2304
+#: output positions sampled per image and conv layer (enough rows for a well-posed fit)
+POSITIONS = 256
+
+
+@dataclass
+class _Target:
+    node: int
+    kind: str  # conv | gemm | matmul
+    x: str
+    y: str
+    kept_out: np.ndarray
+    mode: str  # refit | bias
+    bias_add: tuple[int, str] | None = None  # MatMul: following Add (node, constant name)
+    gram: np.ndarray | None = None
+    cross: np.ndarray | None = None
+    kept_in: np.ndarray | None = None
+    x_sum: np.ndarray | None = None
+    rows: int = 0
+    rows_x: int = 0
+
+
+def _conv_pads(n: onnx.NodeProto, in_hw: list[int], out_hw: list[int], k: list[int], s: list[int], d: list[int]) -> list[int]:
+    ap = attr(n, "auto_pad", b"NOTSET")
+    ap = ap.decode() if isinstance(ap, bytes) else ap
+    if ap in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0, 0, 0, 0]
+        for j in range(2):
+            total = max((out_hw[j] - 1) * s[j] + (k[j] - 1) * d[j] + 1 - in_hw[j], 0)
+            small = total // 2
+            pads[j], pads[j + 2] = (small, total - small) if ap == "SAME_UPPER" else (total - small, small)
+        return pads
+    if ap == "VALID":
+        return [0, 0, 0, 0]
+    return list(attr(n, "pads", [0, 0, 0, 0]))
+
+
+def _unfold(n: onnx.NodeProto, x: np.ndarray, y: np.ndarray, w_shape: list[int], rng: np.random.Generator):
+    """Rows of the conv's input patches (c, ky, kx order) at sampled output positions, with targets."""
+    k = list(w_shape[2:])
+    s = list(attr(n, "strides", [1, 1]))
+    d = list(attr(n, "dilations", [1, 1]))
+    pads = _conv_pads(n, list(x.shape[2:]), list(y.shape[2:]), k, s, d)
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    ho, wo = y.shape[2:]
+    feats, targets = [], []
+    for b in range(x.shape[0]):
+        m = min(POSITIONS, ho * wo)
+        pos = rng.choice(ho * wo, size=m, replace=False)
+        oy, ox = pos // wo, pos % wo
+        iy = oy[:, None] * s[0] + np.arange(k[0])[None, :] * d[0]
+        ix = ox[:, None] * s[1] + np.arange(k[1])[None, :] * d[1]
+        patch = xp[b][:, iy[:, :, None], ix[:, None, :]]  # C, P, kh, kw
+        feats.append(np.transpose(patch, (1, 0, 2, 3)).reshape(m, -1))
+        targets.append(y[b][:, oy, ox].T)
+    return np.concatenate(feats), np.concatenate(targets)
+
+
+def _targets(an: ChannelAnalysis, pruned_model: onnx.ModelProto, pruned: np.ndarray) -> tuple[list[_Target], list[dict]]:
+    v = an.view
+    out: list[_Target] = []
+    skipped: list[dict] = []
+    inits = {t.name for t in pruned_model.graph.initializer}
+    uses: dict[str, int] = {}
+    for n in pruned_model.graph.node:
+        for x in n.input:
+            uses[x] = uses.get(x, 0) + 1
+    for i in an.weight_nodes:
+        n = v.nodes[i]
+        x, w, y = n.input[0], n.input[1], n.output[0]
+        if w not in v.init:
+            continue
+        rank_x = len(v.shape(x) or [])
+        in_ax = rank_x - 1 if n.op_type == "MatMul" else 1
+        if (x, in_ax) not in an.spaces or len(kept_positions(an, (x, in_ax), pruned)) == an.spaces[(x, in_ax)].size:
+            continue
+        name = n.name or f"#{i}"
+        if uses.get(w, 0) > 1:
+            skipped.append({"node": name, "reason": "shared weight"})
+            continue
+        out_ax = len(v.shape(y)) - 1 if n.op_type == "MatMul" else 1
+        kept_out = kept_positions(an, (y, out_ax), pruned) if (y, out_ax) in an.spaces else np.arange(v.dim(y, out_ax))
+        ws = list(v.shape(w))
+        if n.op_type == "Conv":
+            if attr(n, "group", 1) != 1 or len(ws) != 4:
+                skipped.append({"node": name, "reason": "grouped or non-2D conv"})
+                continue
+            feats = int(len(kept_positions(an, (w, 1), pruned)) * ws[2] * ws[3])
+            kind = "conv"
+        elif n.op_type == "Gemm":
+            if attr(n, "transA", 0) or attr(n, "alpha", 1.0) != 1.0 or attr(n, "beta", 1.0) != 1.0:
+                skipped.append({"node": name, "reason": "Gemm with transA/alpha/beta"})
+                continue
+            feats = len(kept_positions(an, (x, 1), pruned))
+            kind = "gemm"
+        elif n.op_type == "MatMul" and len(ws) == 2:
+            feats = len(kept_positions(an, (x, in_ax), pruned))
+            kind = "matmul"
+        else:
+            skipped.append({"node": name, "reason": f"{n.op_type} not refitted"})
+            continue
+        t = _Target(i, kind, x, y, kept_out, "refit" if feats <= MAX_FEATURES else "bias")
+        t.kept_in = kept_positions(an, (x, in_ax), pruned)
+        if kind == "matmul":
+            cons = [c for c in pruned_model.graph.node if y in c.input]
+            if len(cons) == 1 and cons[0].op_type == "Add":
+                other = [z for z in cons[0].input if z != y]
+                if other and other[0] in inits and uses.get(other[0], 0) == 1:
+                    t.bias_add = (list(pruned_model.graph.node).index(cons[0]), other[0])
+        out.append(t)
+    return out, skipped
+
+
+def _collect(an: ChannelAnalysis, targets: list[_Target], data: Iterable, limit: int, seed: int) -> None:
+    """Stream the ORIGINAL model once: Gram matrices of the kept inputs vs the original outputs.
+
+    Inputs come from the original model (ThiNet): every layer is fitted to reproduce its original
+    output from the original values of the channels it keeps, so fits of successive layers agree
+    with each other (fitting on the un-recovered pruned model over-compensates once the upstream
+    layers are recovered too).
+    """
+    rng = np.random.default_rng(seed)
+    v = an.view
+    names = list(dict.fromkeys([t.x for t in targets] + [t.y for t in targets]))
+    for vals in iterate_tensors(an.model, names, data, limit=limit):
+        for t in targets:
+            n = v.nodes[t.node]
+            ax = 1 if t.kind != "matmul" else vals[t.y].ndim - 1
+            xo = vals[t.x].astype(np.float64)
+            xax = 1 if t.kind != "matmul" else xo.ndim - 1
+            xrows = np.moveaxis(xo, xax, -1).reshape(-1, xo.shape[xax])
+            if t.x_sum is None:
+                t.x_sum = np.zeros(xrows.shape[1])
+            t.x_sum += xrows.sum(0)
+            t.rows_x += xrows.shape[0]
+            if t.mode != "refit":
+                continue
+            yo = np.take(vals[t.y], t.kept_out, axis=ax).astype(np.float64)
+            xk = np.take(xo, t.kept_in, axis=xax)
+            if t.kind == "conv":
+                feats, tgt = _unfold(n, xk, yo, list(v.shape(n.input[1])), rng)
+            else:
+                feats = xk.reshape(-1, xk.shape[-1])
+                tgt = np.moveaxis(yo, ax, -1).reshape(-1, yo.shape[ax])
+            feats = np.concatenate([feats, np.ones((feats.shape[0], 1))], axis=1)
+            if t.gram is None:
+                t.gram = np.zeros((feats.shape[1], feats.shape[1]))
+                t.cross = np.zeros((feats.shape[1], tgt.shape[1]))
+            t.gram += feats.T @ feats
+            t.cross += feats.T @ tgt
+            t.rows += feats.shape[0]
+
+
+def _solve(gram: np.ndarray, cross: np.ndarray, ridge: float, intercept: bool) -> np.ndarray:
+    f = gram.shape[0] - 1
+    if not intercept:
+        gram, cross = gram[:f, :f], cross[:f]
+    lam = ridge * max(np.trace(gram[:f, :f]) / max(f, 1), 1e-12)
+    reg = np.full(gram.shape[0], lam)
+    if intercept:
+        reg[-1] = 0.0
+    a = gram + np.diag(reg)
+    try:
+        return np.linalg.solve(a, cross)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(a, cross, rcond=None)[0]
+
+
+def _write(model: onnx.ModelProto, targets: list[_Target], an: ChannelAnalysis, ridge: float) -> int:
+    g = model.graph
+    by_name = {t.name: t for t in g.initializer}
+
+    def get(name: str) -> np.ndarray:
+        return numpy_helper.to_array(by_name[name])
+
+    def put(name: str, arr: np.ndarray, like: str | None = None) -> None:
+        dt = get(like or name).dtype if (like or name) in by_name else np.float32
+        t = numpy_helper.from_array(np.asarray(arr).astype(dt), name)
+        if name in by_name:
+            by_name[name].CopyFrom(t)
+        else:
+            g.initializer.append(t)
+            by_name[name] = g.initializer[-1]
+
+    done = 0
+    for t in targets:
+        n = g.node[t.node]
+        w = n.input[1]
+        bias_name = n.input[2] if len(n.input) > 2 and n.input[2] else None
+        if t.kind == "matmul":
+            bias_name = t.bias_add[1] if t.bias_add else None
+        if t.mode == "refit" and t.gram is not None:
+            sol = _solve(t.gram, t.cross, ridge, intercept=t.kind != "matmul" or bias_name is not None)
+            f = t.gram.shape[0] - 1
+            wmat, b = sol[:f], (sol[f] if sol.shape[0] > f else None)
+            old = get(w)
+            if t.kind == "conv":
+                put(w, wmat.T.reshape(old.shape))
+            elif t.kind == "gemm":
+                put(w, wmat.T if attr(n, "transB", 0) else wmat)
+            else:
+                put(w, wmat)
+            if b is not None:
+                if t.kind == "matmul":  # the fit is on the MatMul output; the Add's constant takes the offset
+                    old_b = get(bias_name)
+                    put(bias_name, (old_b.reshape(-1) + b).reshape(old_b.shape))
+                else:
+                    _set_bias(n, w, bias_name, b, put, get, by_name)
+            done += 1
+        elif t.rows_x:
+            if t.kind == "matmul" and bias_name is None:
+                continue
+            shift = _removed_contribution(an, t)
+            cur = get(bias_name).reshape(-1).astype(np.float64) if bias_name else np.zeros_like(shift)
+            if cur.size == 1 and shift.size > 1:
+                cur = np.full_like(shift, cur.item())
+            _set_bias(n, w, bias_name, cur + shift, put, get, by_name)
+            done += 1
+    return done
+
+
+def _removed_contribution(an: ChannelAnalysis, t: _Target) -> np.ndarray:
+    """W[:, removed] . E[x_removed] with the original weights (padding borders ignored)."""
+    n = an.view.nodes[t.node]
+    w = an.view.const(n.input[1]).astype(np.float64)
+    mean = t.x_sum / t.rows_x
+    removed = np.setdiff1d(np.arange(len(mean)), t.kept_in)
+    if t.kind == "conv":
+        wm = w[t.kept_out][:, removed].sum(axis=(2, 3))
+    elif t.kind == "gemm":
+        wm = (w.T if attr(n, "transB", 0) else w)[removed][:, t.kept_out].T
+    else:
+        wm = w[removed][:, t.kept_out].T
+    return wm @ mean[removed]
+
+
+def _set_bias(n, w, bias_name, b, put, get, by_name) -> None:
+    """Write a bias vector, adding a bias input to the node when it had none."""
+    if bias_name is None:
+        bias_name = f"{w}__bias"
+        while bias_name in by_name:
+            bias_name += "_"
+        put(bias_name, b, like=w)
+        n.input.append(bias_name)
+        return
+    old = get(bias_name)
+    put(bias_name, b.reshape(old.shape) if old.size == b.size else b.reshape(-1))
+
+
+def fidelity(reference: onnx.ModelProto, models: list[onnx.ModelProto], data: Iterable, limit: int) -> list[dict]:
+    """Relative L2 error and cosine of every model's outputs against the reference, over the data."""
+    tgt = Target(kind="cpu", opt_level="basic")
+    ref = make_session(reference, tgt)
+    sess = [make_session(m, tgt) for m in models]
+    names = [i.name for i in ref.get_inputs()]
+    err = np.zeros(len(models))
+    dot = np.zeros(len(models))
+    nb = np.zeros(len(models))
+    na = 0.0
+    for k, feed in enumerate(data):
+        if k >= limit:
+            break
+        f = {n: feed[n] for n in names if n in feed}
+        a = np.concatenate([np.asarray(o, np.float64).reshape(-1) for o in ref.run(None, f)])
+        na += float(a @ a)
+        for j, s in enumerate(sess):
+            b = np.concatenate([np.asarray(o, np.float64).reshape(-1) for o in s.run(None, f)])
+            err[j] += float((a - b) @ (a - b))
+            dot[j] += float(a @ b)
+            nb[j] += float(b @ b)
+    return [
+        {"rel_l2": float(np.sqrt(err[j] / max(na, 1e-30))), "cosine": float(dot[j] / max(np.sqrt(na * nb[j]), 1e-30))}
+        for j in range(len(models))
+    ]
+
+
+def recover_model(
+    an: ChannelAnalysis, pruned_model: onnx.ModelProto, pruned: np.ndarray, data: Iterable, *, ridge: float,
+    limit: int, seed: int = 0,
+) -> tuple[onnx.ModelProto, dict]:
+    """Refit consumers of pruned channels; keep the result only if fidelity improved."""
+    targets, skipped = _targets(an, pruned_model, pruned)
+    stats: dict = {"refit": 0, "bias_only": 0, "skipped": skipped}
+    if not targets:
+        return pruned_model, stats
+    _collect(an, targets, data, limit, seed)
+    rec = onnx.ModelProto()
+    rec.CopyFrom(pruned_model)
+    _write(rec, targets, an, ridge)
+    stats["refit"] = sum(1 for t in targets if t.mode == "refit")
+    stats["bias_only"] = sum(1 for t in targets if t.mode == "bias")
+    before, after = fidelity(an.model, [pruned_model, rec], data, limit)
+    stats["fidelity_before"] = before
+    stats["fidelity_after"] = after
+    if after["rel_l2"] > before["rel_l2"]:
+        stats["kept"] = "unrecovered (refit did not improve fidelity on the calibration data)"
+        return pruned_model, stats
+    stats["kept"] = "recovered"
+    return rec, stats

@@ -1,0 +1,257 @@
+"""What one trial measures: the cost of a candidate (latency, MACs or size relative to the baseline)
+and how far its quality dropped (the constraint).
+
+Why ratios: latency on a shared machine drifts, so the candidate is timed interleaved with the
+baseline in one process (profiler.compare) and only median(candidate)/median(baseline) is trusted.
+MACs and size are exact and make deterministic objectives for tests and for targets that cannot be
+measured here.
+
+Quality is one of: labelled accuracy (`accuracy`, needs labels), agreement with the original model
+(`top1`: argmax agreement; `cosine`: output cosine similarity), or the user's own
+`evaluate(session) -> float` (higher is better; Condensa's programmable objective). The drop is
+always "baseline value minus candidate value", so `max_drop` reads the same for all of them. The
+baseline's outputs are computed once and kept, so a trial only runs the candidate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+
+from ..errors import BadInputError
+from ..metrics import FidelityAccumulator, _feed_for, accuracy, predictions
+from ..model_io import model_bytes
+from ..runtime import Target, make_session
+
+ObjectiveKind = Literal["latency", "macs", "size"]
+MetricKind = Literal["accuracy", "top1", "cosine", "custom"]
+EvaluateFn = Callable[[Any], float]
+
+#: keep the baseline's eval outputs in memory up to this many bytes; above, rerun the baseline
+_MAX_CACHED_OUTPUT_BYTES = 1 << 30
+
+
+@dataclass
+class Measurement:
+    """One candidate's figures. Ratios are candidate / baseline (below 1 = better)."""
+
+    objective: float
+    drop: float
+    metric: float
+    feasible: bool
+    latency_ratio: float | None = None
+    latency_ms: float | None = None
+    baseline_latency_ms: float | None = None
+    latency_ci95: list[float] | None = None
+    macs_ratio: float | None = None
+    size_ratio: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Measurement:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def default_metric(model: onnx.ModelProto, labels: Any, evaluate: EvaluateFn | None) -> MetricKind:
+    """accuracy with labels; the user's callable if given; top1 for a [N, C] classifier output; else cosine."""
+    if evaluate is not None:
+        return "custom"
+    if labels is not None:
+        return "accuracy"
+    out = model.graph.output[0].type.tensor_type
+    rank = len(out.shape.dim) if out.HasField("shape") else 0
+    return "top1" if rank == 2 else "cosine"
+
+
+class Evaluator:
+    """Measures candidates against one baseline model; the baseline figures are computed once."""
+
+    def __init__(
+        self,
+        baseline: onnx.ModelProto,
+        *,
+        target: Target,
+        eval_data: Iterable[dict[str, np.ndarray]],
+        metric: MetricKind,
+        max_drop: float,
+        objective: ObjectiveKind = "latency",
+        labels: np.ndarray | None = None,
+        evaluate: EvaluateFn | None = None,
+        input_shapes: dict[str, list[int]] | None = None,
+        warmup: int = 10,
+        runs: int = 50,
+        metric_target: Target | None = None,
+    ):
+        if metric == "accuracy" and labels is None:
+            raise BadInputError("--metric accuracy needs --labels")
+        if metric == "custom" and evaluate is None:
+            raise BadInputError("metric 'custom' needs an evaluate(session) callable")
+        if objective not in ("latency", "macs", "size"):
+            raise BadInputError(f"unknown objective {objective!r} (latency, macs or size)")
+        if runs < 1:
+            raise BadInputError("runs must be >= 1")
+        self.baseline = baseline
+        self.target = target
+        # quality is measured where the model will run (a TensorRT int8 engine rounds differently
+        # from ORT's CPU kernels); metric_target overrides it, e.g. for a CPU-only CI
+        self.metric_target = metric_target or target
+        self.eval_data = eval_data
+        self.metric = metric
+        self.max_drop = float(max_drop)
+        self.objective = objective
+        self.labels = None if labels is None else np.asarray(labels)
+        self.evaluate = evaluate
+        self.input_shapes = dict(input_shapes or {})
+        self.warmup, self.runs = warmup, runs
+        self._feed: dict[str, np.ndarray] | None = None
+        self._base_outputs: list[dict[str, np.ndarray]] | None = None
+        self._base_value: float | None = None
+        self._base_costs: dict[str, float] | None = None
+        self._out_names = [o.name for o in baseline.graph.output]
+
+    # ------------------------------------------------------------------ baseline
+
+    @property
+    def feed(self) -> dict[str, np.ndarray]:
+        """The sample latency is measured on: the first eval sample."""
+        if self._feed is None:
+            for f in self.eval_data:
+                self._feed = {k: np.asarray(v) for k, v in f.items()}
+                break
+            else:
+                raise BadInputError("evaluation data is empty")
+        return self._feed
+
+    def _run_all(self, model: onnx.ModelProto) -> Iterable[dict[str, np.ndarray]]:
+        sess = make_session(model, self.metric_target)
+        for feed in self.eval_data:
+            outs = sess.run(self._out_names, _feed_for(sess, feed, "candidate"))
+            yield dict(zip(self._out_names, outs, strict=True))
+
+    def baseline_outputs(self) -> Iterable[dict[str, np.ndarray]]:
+        if self._base_outputs is not None:
+            return self._base_outputs
+        kept: list[dict[str, np.ndarray]] = []
+        size = 0
+        for o in self._run_all(self.baseline):
+            size += sum(v.nbytes for v in o.values())
+            if size > _MAX_CACHED_OUTPUT_BYTES:
+                return self._run_all(self.baseline)
+            kept.append(o)
+        if not kept:
+            raise BadInputError("evaluation data is empty")
+        self._base_outputs = kept
+        return kept
+
+    def baseline_value(self) -> float:
+        """The baseline's metric value (1.0 for the agreement metrics, by definition)."""
+        if self._base_value is None:
+            if self.metric in ("top1", "cosine"):
+                self._base_value = 1.0
+            elif self.metric == "accuracy":
+                self._base_value = self._accuracy(self.baseline_outputs())
+            else:
+                self._base_value = self._custom(self.baseline)
+        return self._base_value
+
+    def baseline_costs(self) -> dict[str, float]:
+        if self._base_costs is None:
+            self._base_costs = self._costs(self.baseline)
+        return self._base_costs
+
+    # ------------------------------------------------------------------ pieces
+
+    def _costs(self, model: onnx.ModelProto) -> dict[str, float]:
+        from ..macs import count_costs
+
+        out: dict[str, float] = {"size_bytes": float(model_bytes(model))}
+        if self.objective == "macs" or self.objective == "latency":
+            try:
+                out["macs"] = float(count_costs(model, self.input_shapes).as_dict()["total"]["macs"])
+            except Exception:  # noqa: BLE001 - MACs are informative for latency; required only for 'macs'
+                if self.objective == "macs":
+                    raise
+        return out
+
+    def _accuracy(self, outputs: Iterable[dict[str, np.ndarray]]) -> float:
+        first = self._out_names[0]
+        preds = np.concatenate([predictions(o[first]) for o in outputs])
+        labels = self.labels
+        assert labels is not None
+        flat = labels.argmax(-1).reshape(-1) if (labels.ndim >= 2 and labels.dtype.kind == "f") else labels.reshape(-1)
+        if flat.size < preds.size:
+            raise BadInputError(f"labels: {flat.size} labels for {preds.size} predictions of output {first!r}")
+        return accuracy(preds, flat[: preds.size])
+
+    def _custom(self, model: onnx.ModelProto) -> float:
+        assert self.evaluate is not None
+        v = self.evaluate(make_session(model, self.metric_target))
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            raise BadInputError(f"evaluate() returned {type(v).__name__}, expected a float") from None
+
+    def quality(self, model: onnx.ModelProto) -> tuple[float, float, dict[str, Any]]:
+        """(candidate value, drop, details) for the configured metric."""
+        base = self.baseline_value()
+        extra: dict[str, Any] = {}
+        if self.metric == "custom":
+            value = self._custom(model)
+        else:
+            cand = self._run_all(model)
+            if self.metric == "accuracy":
+                value = self._accuracy(cand)
+            else:
+                acc = FidelityAccumulator(self._out_names)
+                for a, b in zip(self.baseline_outputs(), cand, strict=False):
+                    acc.update(a, b)
+                res = acc.result()
+                key = "top1" if self.metric == "top1" else "cosine"
+                vals = [m[key] for m in res.values() if key in m]
+                if not vals:
+                    raise BadInputError(
+                        f"metric {self.metric} applies to no output of this model (top1 needs a float output of rank >= 2)"
+                    )
+                value = min(vals) if not any(math.isnan(v) for v in vals) else math.nan
+                extra["cosine"] = min((m["cosine"] for m in res.values()), default=None)
+        drop = base - value if not math.isnan(value) else math.inf
+        return value, drop, extra
+
+    def measure(self, model: onnx.ModelProto) -> Measurement:
+        """Quality first: a candidate that breaks the constraint still gets its cost measured, so the
+        surrogate model learns the whole trade-off and the Pareto front is complete."""
+        from ..profiler import compare
+
+        t0 = time.perf_counter()
+        value, drop, extra = self.quality(model)
+        extra["quality_seconds"] = round(time.perf_counter() - t0, 3)
+        base = self.baseline_costs()
+        costs = self._costs(model)
+        m = Measurement(objective=math.nan, drop=drop, metric=value, feasible=bool(drop <= self.max_drop + 1e-12), extra=extra)
+        m.size_ratio = costs["size_bytes"] / base["size_bytes"] if base["size_bytes"] else None
+        if "macs" in costs and base.get("macs"):
+            m.macs_ratio = costs["macs"] / base["macs"]
+        if self.objective == "latency":
+            t1 = time.perf_counter()
+            ab = compare(self.baseline, model, self.feed, self.target, warmup=self.warmup, runs=self.runs)
+            extra["latency_seconds"] = round(time.perf_counter() - t1, 3)
+            m.latency_ratio = ab.ratio
+            m.latency_ms = ab.b.median
+            m.baseline_latency_ms = ab.a.median
+            m.latency_ci95 = list(ab.ratio_ci95)
+            m.objective = ab.ratio
+        elif self.objective == "macs":
+            m.objective = float(m.macs_ratio if m.macs_ratio is not None else math.nan)
+        else:
+            m.objective = float(m.size_ratio if m.size_ratio is not None else math.nan)
+        return m

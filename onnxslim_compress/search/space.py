@@ -1,0 +1,393 @@
+"""The search space, derived from a recipe whose parameters may be ranges or choices.
+
+A search recipe is an ordinary recipe (`passes: [{name: {params}}]`) in which any parameter may be
+`{search: [lo, hi]}` (a numeric range; integers stay integers, `log: true` samples on a log scale,
+`step: s` snaps to a grid) or `{choices: [...]}` (categorical), and a pass may carry
+`enabled: {choices: [true, false]}` (or a fixed `enabled: false`). Everything else is pinned.
+
+Why a recipe and not a separate search-space file: the user already knows the recipe format, can pin
+any knob they do not want searched, and the chosen trial turns back into a plain recipe they can
+replay with `compress --recipe`. Every range end and every choice is validated by building the pass
+up front, so a typo fails before any calibration starts.
+
+The registry the passes come from is a parameter (default: onnxslim_compress.passes.REGISTRY), so
+tests and users can search over their own passes without touching the global table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import RecipeError
+from ..pass_api import Pass, Pipeline
+
+Registry = Mapping[str, type[Pass]]
+
+#: keys a search spec may hold
+_SPEC_KEYS = {"search", "choices", "log", "step"}
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched knob. `name` is the Optuna parameter name: `<slot>.<param>`."""
+
+    name: str
+    slot: str
+    param: str
+    kind: Literal["float", "int", "choice"]
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] = ()
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("float", "int")
+
+    def suggest(self, trial: Any) -> Any:
+        """Ask an Optuna trial for this knob's value."""
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        if self.kind == "float":
+            return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)
+        return trial.suggest_categorical(self.name, list(self.choices))
+
+    def distribution(self) -> Any:
+        import optuna.distributions as od
+
+        if self.kind == "int":
+            return od.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        if self.kind == "float":
+            return od.FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
+        return od.CategoricalDistribution(list(self.choices))
+
+    def midpoint(self) -> Any:
+        """A central value: the default warm-start point of a range, the first choice otherwise."""
+        if self.kind == "choice":
+            return self.choices[0]
+        lo, hi = float(self.low), float(self.high)
+        mid = math.sqrt(lo * hi) if self.log else (lo + hi) / 2
+        return self.snap(mid)
+
+    def snap(self, x: float) -> Any:
+        """`x` clipped into the range and rounded to the grid (ints stay ints)."""
+        lo, hi = float(self.low), float(self.high)
+        x = min(max(x, lo), hi)
+        if self.kind == "int":
+            step = int(self.step or 1)
+            return int(self.low) + int(round((x - lo) / step)) * step if x < hi else int(self.high)
+        if self.step:
+            k = round((x - lo) / float(self.step))
+            return min(lo + k * float(self.step), hi)
+        return float(x)
+
+    def describe(self) -> dict[str, Any]:
+        if self.kind == "choice":
+            return {"choices": list(self.choices)}
+        d: dict[str, Any] = {"search": [self.low, self.high]}
+        if self.log:
+            d["log"] = True
+        if self.step:
+            d["step"] = self.step
+        return d
+
+
+@dataclass
+class Slot:
+    """One pass of the recipe: its pinned parameters and its searched ones."""
+
+    slot: str
+    pass_name: str
+    fixed: dict[str, Any] = field(default_factory=dict)
+    dims: list[Dim] = field(default_factory=list)
+    #: the on/off knob, or None when the pass is always on (or always off, see `enabled`)
+    enabled_dim: Dim | None = None
+    enabled: bool = True
+
+
+def _is_spec(v: Any) -> bool:
+    return isinstance(v, dict) and ("search" in v or "choices" in v)
+
+
+def _parse_dim(slot: str, param: str, spec: dict, where: str) -> Dim:
+    extra = set(spec) - _SPEC_KEYS
+    if extra:
+        raise RecipeError(f"{where}: unknown key '{sorted(extra)[0]}' in the search spec of '{param}' (known: search, choices, log, step)")
+    name = f"{slot}.{param}"
+    if "choices" in spec:
+        if "search" in spec:
+            raise RecipeError(f"{where}: '{param}' has both 'search' and 'choices'")
+        ch = spec["choices"]
+        if not isinstance(ch, list) or not ch:
+            raise RecipeError(f"{where}: '{param}': choices must be a non-empty list")
+        for c in ch:
+            if not (c is None or isinstance(c, (bool, int, float, str))):
+                raise RecipeError(f"{where}: '{param}': choice {c!r} is not a number, string, boolean or null")
+        if len({json.dumps(c) for c in ch}) != len(ch):
+            raise RecipeError(f"{where}: '{param}': choices repeat a value")
+        return Dim(name, slot, param, "choice", choices=tuple(ch))
+    rng = spec["search"]
+    if not isinstance(rng, list) or len(rng) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in rng):
+        raise RecipeError(f"{where}: '{param}': search must be [low, high] numbers, got {rng!r}")
+    lo, hi = rng
+    if not lo < hi:
+        raise RecipeError(f"{where}: '{param}': search range needs low < high, got [{lo}, {hi}]")
+    log = bool(spec.get("log", False))
+    if log and lo <= 0:
+        raise RecipeError(f"{where}: '{param}': a log range needs low > 0")
+    step = spec.get("step")
+    kind: Literal["int", "float"] = "int" if isinstance(lo, int) and isinstance(hi, int) and not isinstance(step, float) else "float"
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        raise RecipeError(f"{where}: '{param}': step must be a positive number")
+    if log and step is not None:
+        raise RecipeError(f"{where}: '{param}': log and step cannot be combined")
+    if kind == "float":
+        lo, hi = float(lo), float(hi)
+    return Dim(name, slot, param, kind, low=lo, high=hi, log=log, step=step)
+
+
+class SearchSpace:
+    """Slots in recipe order; `dims` lists every knob Optuna samples."""
+
+    def __init__(self, slots: list[Slot], registry: Registry):
+        self.slots = slots
+        self.registry = registry
+        names = [d.name for d in self.dims]
+        if len(set(names)) != len(names):  # pragma: no cover - slot names are unique by construction
+            raise RecipeError("duplicate search parameter names")
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_recipe(cls, data: Any, registry: Registry | None = None, where: str = "search recipe") -> SearchSpace:
+        """Parse a recipe mapping (already loaded from YAML) into a space, validating every value."""
+        reg = registry if registry is not None else _default_registry()
+        if not isinstance(data, dict):
+            raise RecipeError(f"{where}: expected a mapping with a 'passes' list")
+        extra = set(data) - {"passes"}
+        if extra:
+            raise RecipeError(f"{where}: unknown key '{sorted(extra)[0]}' (expected 'passes')")
+        entries = data.get("passes")
+        if not isinstance(entries, list) or not entries:
+            raise RecipeError(f"{where}: 'passes' must be a non-empty list")
+        slots: list[Slot] = []
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(entries):
+            if isinstance(entry, str):
+                pname, params = entry, {}
+            elif isinstance(entry, dict) and len(entry) == 1:
+                pname, params = next(iter(entry.items()))
+                params = params or {}
+            else:
+                raise RecipeError(f"{where}: passes[{i}] must be a pass name or {{name: {{params}}}}")
+            pname = str(pname)
+            if pname not in reg:
+                raise RecipeError(f"{where}: unknown pass '{pname}' (known: {', '.join(sorted(reg))})")
+            if not isinstance(params, dict):
+                raise RecipeError(f"{where}: passes[{i}] ({pname}): parameters must be a mapping")
+            seen[pname] = seen.get(pname, 0) + 1
+            slot_name = pname if seen[pname] == 1 else f"{pname}#{seen[pname]}"
+            slot = Slot(slot_name, pname)
+            w = f"{where}: passes[{i}] ({pname})"
+            for k, v in params.items():
+                if k == "enabled":
+                    if isinstance(v, bool):
+                        slot.enabled = v
+                    elif _is_spec(v):
+                        d = _parse_dim(slot_name, "enabled", v, w)
+                        if d.kind != "choice" or any(not isinstance(c, bool) for c in d.choices):
+                            raise RecipeError(f"{w}: enabled must be true, false or {{choices: [true, false]}}")
+                        slot.enabled_dim = d
+                    else:
+                        raise RecipeError(f"{w}: enabled must be true, false or {{choices: [true, false]}}")
+                elif _is_spec(v):
+                    slot.dims.append(_parse_dim(slot_name, str(k), v, w))
+                else:
+                    slot.fixed[str(k)] = v
+            _validate_slot(slot, reg[pname], w)
+            slots.append(slot)
+        return cls(slots, reg)
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def dims(self) -> list[Dim]:
+        out: list[Dim] = []
+        for s in self.slots:
+            if s.enabled_dim is not None:
+                out.append(s.enabled_dim)
+            out.extend(s.dims)
+        return out
+
+    def one_knob(self) -> Dim | None:
+        """The single numeric knob when that is all the space searches (Condensa's one-knob mode)."""
+        dims = self.dims
+        if len(dims) == 1 and dims[0].numeric:
+            return dims[0]
+        return None
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Every knob is asked every trial (a flat space suits the GP and multivariate TPE best);
+        knobs of a disabled pass are dropped later by `effective`."""
+        return {d.name: d.suggest(trial) for d in self.dims}
+
+    def _slot_on(self, s: Slot, values: Mapping[str, Any]) -> bool:
+        if s.enabled_dim is not None:
+            return bool(values.get(s.enabled_dim.name, True))
+        return s.enabled
+
+    def effective(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The values that change the result: knobs of disabled passes are left out."""
+        out: dict[str, Any] = {}
+        for s in self.slots:
+            if s.enabled_dim is not None:
+                out[s.enabled_dim.name] = bool(values[s.enabled_dim.name])
+            if not self._slot_on(s, values):
+                continue
+            for d in s.dims:
+                out[d.name] = values[d.name]
+        return out
+
+    def key(self, values: Mapping[str, Any]) -> str:
+        """Canonical identity of a parameter set: equal keys build the same pipeline."""
+        return json.dumps(self.effective(values), sort_keys=True, default=str)
+
+    def steps(self, values: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """(pass name, full params) of the enabled passes, in order."""
+        out = []
+        for s in self.slots:
+            if not self._slot_on(s, values):
+                continue
+            params = dict(s.fixed)
+            for d in s.dims:
+                params[d.param] = values[d.name]
+            out.append((s.pass_name, params))
+        return out
+
+    def recipe(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The plain recipe of one trial (replayable with `compress --recipe`)."""
+        return {"passes": [{name: params} for name, params in self.steps(values)]}
+
+    def passes(self, values: Mapping[str, Any]) -> list[Pass]:
+        return [self.registry[name](**params) for name, params in self.steps(values)]
+
+    def pipeline(self, values: Mapping[str, Any]) -> Pipeline:
+        return Pipeline(self.passes(values))
+
+    def describe(self) -> dict[str, Any]:
+        """The search recipe back as data (stored in the study so workers rebuild the same space)."""
+        entries = []
+        for s in self.slots:
+            params: dict[str, Any] = dict(s.fixed)
+            for d in s.dims:
+                params[d.param] = d.describe()
+            if s.enabled_dim is not None:
+                params["enabled"] = s.enabled_dim.describe()
+            elif not s.enabled:
+                params["enabled"] = False
+            entries.append({s.pass_name: params} if params else s.pass_name)
+        return {"passes": entries}
+
+    def presets(self) -> list[dict[str, Any]]:
+        """Warm-start points: each optional pass alone at central settings, then all of them together.
+
+        These are the "fixed presets" a user would try by hand; starting the search from them means
+        it never ends worse than the best of them, and gives the surrogate model informative first
+        points instead of random ones.
+        """
+        base = {d.name: d.midpoint() for d in self.dims}
+        optional = [s for s in self.slots if s.enabled_dim is not None]
+        if not optional:
+            return [base]
+        out = []
+        for s in optional:
+            v = dict(base)
+            for o in optional:
+                v[o.enabled_dim.name] = o is s  # type: ignore[union-attr]
+            out.append(v)
+        if len(optional) > 1:
+            v = dict(base)
+            for o in optional:
+                v[o.enabled_dim.name] = True  # type: ignore[union-attr]
+            out.append(v)
+        for v in out:  # a preset must be a legal point even if a choice list lacks True/False
+            for o in optional:
+                d = o.enabled_dim
+                if d is not None and v[d.name] not in d.choices:
+                    v[d.name] = d.choices[0]
+        uniq: dict[str, dict[str, Any]] = {}
+        for v in out:
+            uniq.setdefault(self.key(v), v)
+        return list(uniq.values())
+
+
+def _validate_slot(slot: Slot, cls: type[Pass], where: str) -> None:
+    """Build the pass at each range end and each choice so a bad value fails now, not in trial 7."""
+    def build(override: dict[str, Any]) -> None:
+        try:
+            cls(**{**slot.fixed, **override})
+        except RecipeError as e:
+            raise RecipeError(f"{where}: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise RecipeError(f"{where}: {e}") from None
+
+    mids = {d.param: d.midpoint() for d in slot.dims}
+    build(mids)
+    for d in slot.dims:
+        values = list(d.choices) if d.kind == "choice" else [d.low, d.high]
+        for v in values:
+            build({**mids, d.param: v})
+
+
+def _default_registry() -> Registry:
+    from ..recipe import pass_registry
+
+    return pass_registry()
+
+
+#: quantization format per target for the default recipe: ORT's CPU EP runs U8S8 QDQ as integer
+#: kernels, the CUDA EP has no int8 QDQ kernels (fp16 is what speeds it up), TensorRT runs int8 QDQ.
+_QUANT_MODE = {"cpu": "int8", "cuda": "fp16", "tensorrt": "int8"}
+
+
+def default_recipe(target_kind: str = "cpu", registry: Registry | None = None) -> dict[str, Any]:
+    """The CLI's default search: every compression pass that has landed, each switchable.
+
+    Ranges are the ones worth exploring on real CNNs: pruning past ~60 % of MACs or keeping less than
+    80 % of the spectral energy rarely survives a 1 % budget without retraining. Round-to choices
+    are channel alignments the runtimes like (8/16 for tensor cores).
+    """
+    reg = registry if registry is not None else _default_registry()
+    align = [1, 8] if target_kind == "cpu" else [8, 16]
+    entries: list[Any] = []
+    if "simplify" in reg:
+        entries.append("simplify")
+    if "prune_channels" in reg:
+        entries.append({"prune_channels": {
+            "enabled": {"choices": [True, False]},
+            "ratio": {"search": [0.05, 0.6]},
+            "round_to": {"choices": align},
+        }})
+    if "fold_batchnorm" in reg:
+        entries.append("fold_batchnorm")
+    if "low_rank" in reg:
+        entries.append({"low_rank": {
+            "enabled": {"choices": [True, False]},
+            "mode": "energy",
+            "value": {"search": [0.8, 0.995]},
+        }})
+    if "eliminate_dead" in reg:
+        entries.append("eliminate_dead")
+    if "quantize" in reg:
+        q: dict[str, Any] = {"enabled": {"choices": [True, False]}, "mode": _QUANT_MODE.get(target_kind, "int8")}
+        if q["mode"] == "int8":
+            q["calibration"] = {"choices": ["percentile", "minmax", "entropy"]}
+        entries.append({"quantize": q})
+    if not any(isinstance(e, dict) for e in entries):
+        raise RecipeError("no compression pass (prune_channels, low_rank, quantize) is installed: nothing to search")
+    return {"passes": entries}
