@@ -1,0 +1,218 @@
+"""The trial loop shared by `search` (which also picks and writes the result) and `worker`.
+
+No trial redoes an earlier trial's work:
+- a parameter set already measured (in this process or by any worker, found through the study) is
+  not rebuilt: the trial copies the stored measurement and says `duplicate_of`;
+- a twin still running in another worker is waited for (the lower trial number computes, the higher
+  one copies), so two workers never build the same candidate at the same time;
+- pipeline prefixes and pass statistics are reused through TrialBuilder and the shared Context.
+The budget is the study's trial count: a trial numbered past it is pruned before doing anything, so
+several workers cannot overshoot it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..errors import CompressError
+from .build import TrialBuilder
+from .objective import Evaluator, Measurement
+from .space import SearchSpace
+from .strategy import BisectionSampler, constraint_of
+
+#: how long a trial waits for a twin running in another worker before computing it itself
+_TWIN_WAIT_S = 3600.0
+_POLL_S = 0.5
+
+
+def _scalar_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """The per-pass stats worth storing per trial: scalars, plus how many nodes were skipped."""
+    out = {k: v for k, v in stats.items() if isinstance(v, (bool, int, float, str)) or v is None}
+    if isinstance(stats.get("skipped"), list):
+        out["skipped"] = len(stats["skipped"])
+    return out
+
+
+@dataclass
+class LoopSettings:
+    budget: int
+    max_drop: float
+    multi_objective: bool = False
+    timeout: float | None = None
+    debug: bool = False
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+
+class TrialLoop:
+    """Runs trials of one study until its budget (or the timeout, or convergence) is reached."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        space: SearchSpace,
+        builder: TrialBuilder,
+        evaluator: Evaluator,
+        settings: LoopSettings,
+        on_trial: Callable[[FrozenTrial], None] | None = None,
+    ):
+        self.study = study
+        self.space = space
+        self.builder = builder
+        self.evaluator = evaluator
+        self.settings = settings
+        self.on_trial = on_trial
+        #: key -> (values, attrs) measured in this process
+        self.memo: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self.computed: list[int] = []
+
+    # ------------------------------------------------------------------ one trial
+
+    def _values(self, m: Measurement) -> float | tuple[float, float]:
+        return (m.objective, m.drop) if self.settings.multi_objective else m.objective
+
+    def _copy_from(self, trial: optuna.Trial, twin: FrozenTrial) -> Any:
+        for k in ("measurement", "constraint", "feasible", "build"):
+            if k in twin.user_attrs:
+                trial.set_user_attr(k, twin.user_attrs[k])
+        trial.set_user_attr("duplicate_of", twin.number)
+        return tuple(twin.values) if self.settings.multi_objective else twin.values[0]
+
+    def _find_twin(self, trial: optuna.Trial, key: str) -> tuple[str, FrozenTrial | None]:
+        """('done', t) | ('failed', t) | ('running', t) | ('none', None) for the same key."""
+        best: tuple[str, FrozenTrial | None] = ("none", None)
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number == trial.number or t.user_attrs.get("key") != key:
+                continue
+            if t.state == TrialState.COMPLETE:
+                return "done", t
+            if t.state == TrialState.FAIL and "error" in t.user_attrs:
+                best = ("failed", t)
+            elif t.state == TrialState.RUNNING and t.number < trial.number and best[0] == "none":
+                best = ("running", t)
+        return best
+
+    def objective(self, trial: optuna.Trial) -> Any:
+        trial.set_user_attr("worker", self.settings.worker)
+        if trial.number >= self.settings.budget:
+            trial.set_user_attr("over_budget", True)
+            trial.set_user_attr("constraint", [1.0])
+            raise optuna.TrialPruned("budget reached")
+        values = self.space.suggest(trial)
+        key = self.space.key(values)
+        trial.set_user_attr("key", key)
+        if key in self.memo:
+            vals, attrs = self.memo[key]
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            return vals
+        deadline = time.monotonic() + _TWIN_WAIT_S
+        while True:
+            state, twin = self._find_twin(trial, key)
+            if state == "done":
+                assert twin is not None
+                return self._copy_from(trial, twin)
+            if state == "failed":
+                assert twin is not None
+                trial.set_user_attr("duplicate_of", twin.number)
+                trial.set_user_attr("error", twin.user_attrs["error"])
+                trial.set_user_attr("constraint", [1.0])
+                raise CompressError(twin.user_attrs["error"])
+            if state != "running" or time.monotonic() > deadline:
+                break
+            time.sleep(_POLL_S)
+        return self._compute(trial, values, key)
+
+    def _compute(self, trial: optuna.Trial, values: dict[str, Any], key: str) -> Any:
+        t0 = time.perf_counter()
+        try:
+            built = self.builder.build(self.space.passes(values))
+            m = self.evaluator.measure(built.model)
+        except Exception as e:
+            msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            trial.set_user_attr("error", msg)
+            trial.set_user_attr("constraint", [1.0])
+            if self.settings.debug:
+                traceback.print_exc(file=sys.stderr)
+            raise
+        self.computed.append(trial.number)
+        build = {
+            "seconds": round(built.seconds, 3),
+            "trial_seconds": round(time.perf_counter() - t0, 3),
+            "reused_steps": built.reused_steps,
+            "steps": [{"name": s.name, "modified": s.modified, "seconds": round(s.seconds, 3), "stats": _scalar_stats(s.stats)} for s in built.steps],
+            "cache": self.builder.cache_stats(),
+        }
+        attrs = {
+            "measurement": _json_safe(m.as_dict()),
+            "constraint": [m.drop - self.settings.max_drop if math.isfinite(m.drop) else 1.0],
+            "feasible": m.feasible,
+            "build": build,
+        }
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        vals = self._values(m)
+        self.memo[key] = (vals, {**attrs, "duplicate_of": trial.number})
+        return vals
+
+    # ------------------------------------------------------------------ the loop
+
+    def n_trials(self) -> int:
+        return len(self.study.get_trials(deepcopy=False))
+
+    def done(self, started: float) -> bool:
+        trials = self.study.get_trials(deepcopy=False)
+        if len(trials) >= self.settings.budget:
+            return True
+        if self.settings.timeout is not None and time.monotonic() - started >= self.settings.timeout:
+            return True
+        sampler = self.study.sampler
+        return isinstance(sampler, BisectionSampler) and sampler.converged(list(trials))
+
+    def run(self) -> None:
+        started = time.monotonic()
+        callbacks = [self._callback] if self.on_trial else []
+        while not self.done(started):
+            self.study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
+
+    def _callback(self, study: optuna.Study, t: FrozenTrial) -> None:
+        if self.on_trial is not None and not t.user_attrs.get("over_budget"):
+            self.on_trial(t)
+
+
+def wait_for_running(study: optuna.Study, timeout: float = _TWIN_WAIT_S) -> None:
+    """Wait until no trial of the study is running (other workers finishing their last trial)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return
+        time.sleep(_POLL_S)
+
+
+def _json_safe(d: Any) -> Any:
+    """NaN/inf are not JSON: Optuna's RDB stores user attrs as JSON text."""
+    if isinstance(d, dict):
+        return {k: _json_safe(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_json_safe(v) for v in d]
+    if isinstance(d, float) and not math.isfinite(d):
+        return "nan" if math.isnan(d) else ("inf" if d > 0 else "-inf")
+    try:
+        json.dumps(d)
+        return d
+    except TypeError:
+        return str(d)
+
+
+__all__ = ["LoopSettings", "TrialLoop", "constraint_of", "wait_for_running"]

@@ -1,0 +1,38 @@
+"""Property-based tests (issue 8): every pass on random valid graphs gives a valid, runnable model;
+exact transformations keep outputs equal."""
+
+import numpy as np
+import onnx
+from builders import random_input, run
+from grammar import cnn_graphs
+from hypothesis import HealthCheck, given, settings
+
+from onnxslim_compress.compress_job import lossless_pipeline
+from onnxslim_compress.passes import FoldBatchNorm
+
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def rel_err(a, b):
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12))
+
+
+@SETTINGS
+@given(cnn_graphs())
+def test_fold_batchnorm_is_exact(g):
+    model, shape = g
+    res = FoldBatchNorm()(model)
+    onnx.checker.check_model(res.model)
+    x = random_input(shape)
+    assert rel_err(run(model, {"x": x})[0], run(res.model, {"x": x})[0]) < 1e-5
+
+
+@SETTINGS
+@given(cnn_graphs())
+def test_lossless_pipeline_is_exact_and_never_grows(g):
+    model, shape = g
+    res = lossless_pipeline().run(model)
+    onnx.checker.check_model(res.model)
+    assert len(res.model.graph.node) <= len(model.graph.node)
+    x = random_input(shape)
+    assert rel_err(run(model, {"x": x})[0], run(res.model, {"x": x})[0]) < 1e-5
