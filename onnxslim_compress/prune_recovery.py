@@ -149,7 +149,9 @@ def _collect(an: ChannelAnalysis, targets: list[_Target], data: Iterable, limit:
     rng = np.random.default_rng(seed)
     v = an.view
     names = list(dict.fromkeys([t.x for t in targets] + [t.y for t in targets]))
-    for vals in iterate_tensors(an.model, names, data, limit=limit):
+    # one ORT thread: idle ORT workers spin and starve the numpy Gram updates running in between
+    tgt = Target(kind="cpu", threads=1, opt_level="basic")
+    for vals in iterate_tensors(an.model, names, data, limit=limit, target=tgt):
         for t in targets:
             n = v.nodes[t.node]
             ax = 1 if t.kind != "matmul" else vals[t.y].ndim - 1

@@ -1,0 +1,18 @@
+"""Profiler-driven search over pass parameters (issue 6): Condensa-style constrained optimization
+of measured latency (or MACs/size) under a metric-drop constraint, on Optuna's storage.
+
+    from onnxslim_compress.search import search
+    res = search("model.onnx", "out.onnx", calib="calib.npz", eval_data="eval.npz",
+                 labels="labels.npy", max_drop=0.01, trials=20)
+
+Modules: space (recipe -> knobs), objective (what a trial measures), strategy (bisection / GP / TPE),
+build (prefix reuse), runner (the trial loop), storage (RDB studies), report, job (API), cli.
+"""
+
+from __future__ import annotations
+
+from .job import SearchResult, run_worker, search
+from .objective import Evaluator, Measurement
+from .space import Dim, SearchSpace, default_recipe
+
+__all__ = ["Dim", "Evaluator", "Measurement", "SearchResult", "SearchSpace", "default_recipe", "run_worker", "search"]

@@ -1,0 +1,463 @@
+"""The search as a function (Python API) and the worker's entry point.
+
+`search()` loads the model and data once, derives the space from the recipe, opens (or resumes) the
+study, runs trials, waits for other workers' last trials, then rebuilds the best feasible candidate,
+saves it atomically with its report in the metadata, and writes the JSON report and Pareto plot
+beside it. `run_worker()` joins an existing study with only its storage URL and name.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import optuna
+import yaml
+
+from .. import __version__
+from ..context import Context
+from ..errors import AccuracyGateError, BadInputError, RecipeError
+from ..model_io import check_output_path, load_model, normalize, save_model
+from ..runtime import Target
+from .build import TrialBuilder
+from .objective import EvaluateFn, Evaluator, default_metric
+from .report import (
+    LiveTable,
+    TrialRecord,
+    best_feasible,
+    pareto_front,
+    pareto_plot,
+    trials_to_best,
+    trials_to_feasible,
+)
+from .runner import LoopSettings, TrialLoop, _json_safe, wait_for_running
+from .space import Registry, SearchSpace, default_recipe
+from .storage import StudySettings, _redact, create_or_resume, default_storage_url, load_settings, open_storage
+from .strategy import BisectionSampler, make_sampler
+
+
+@dataclass
+class SearchResult:
+    """The chosen model (None if no trial met the constraint), every trial, and the report."""
+
+    model: onnx.ModelProto | None
+    best: TrialRecord | None
+    trials: list[TrialRecord]
+    pareto: list[TrialRecord]
+    report: dict[str, Any]
+    output: Path | None = None
+    study: Any = field(default=None, repr=False)
+
+
+@dataclass
+class _Prepared:
+    """Everything a process needs to run trials of one search."""
+
+    model: onnx.ModelProto
+    space: SearchSpace
+    evaluator: Evaluator
+    builder: TrialBuilder
+    target: Target
+    eval_desc: str
+
+
+def _as_target(target: Target | str | Mapping | None) -> Target:
+    if target is None:
+        return Target()
+    if isinstance(target, Target):
+        return target
+    if isinstance(target, str):
+        return Target(kind=target)  # type: ignore[arg-type]
+    return Target(**dict(target))
+
+
+def _recipe_data(recipe: Any, target: Target, registry: Registry | None) -> dict[str, Any]:
+    if recipe is None:
+        return default_recipe(target.kind, registry)
+    if isinstance(recipe, SearchSpace):
+        return recipe.describe()
+    if isinstance(recipe, dict):
+        return recipe
+    p = Path(recipe)
+    if not p.is_file():
+        raise RecipeError(f"recipe {p}: no such file")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe {p}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def _image_options(image: Any):
+    if image is None:
+        return None
+    from ..data import ImageOptions
+
+    if isinstance(image, ImageOptions):
+        return image
+    d = dict(image)
+    for k in ("size", "mean", "std"):
+        if isinstance(d.get(k), list):
+            d[k] = tuple(d[k])
+    return ImageOptions(**d)
+
+
+def _prepare(
+    model: onnx.ModelProto,
+    recipe: dict[str, Any],
+    *,
+    target: Target,
+    calib: Any,
+    eval_data: Any,
+    labels: Any,
+    metric: str | None,
+    evaluate: EvaluateFn | None,
+    max_drop: float,
+    objective: str,
+    seed: int,
+    runs: int,
+    warmup: int,
+    input_shapes: dict[str, list[int]],
+    num_samples: int | None,
+    image: Any,
+    registry: Registry | None,
+    reuse: bool,
+) -> _Prepared:
+    from ..data import open_data
+    from ..metrics import load_labels_any
+
+    space = SearchSpace.from_recipe(recipe, registry)
+    img = _image_options(image)
+    calib_src = open_data(calib, model, input_shapes=input_shapes, limit=num_samples, seed=seed, image=img) if calib is not None else None
+    if eval_data is not None:
+        eval_src = open_data(eval_data, model, input_shapes=input_shapes, limit=num_samples, seed=seed, image=img)
+        desc = eval_src.describe()
+    elif calib_src is not None:
+        eval_src, desc = calib_src, f"{calib_src.describe()} (calibration data: no --eval given)"
+    else:
+        eval_src = open_data(None, model, input_shapes=input_shapes, limit=num_samples, seed=seed)
+        desc = f"{eval_src.describe()} (generated from the signature: a weak check, give --eval)"
+    label_arr = load_labels_any(labels)
+    metric = metric or default_metric(model, label_arr, evaluate)
+    if evaluate is not None and metric != "custom":
+        raise BadInputError("an evaluate() callable is the metric: leave metric unset (or 'custom')")
+    if label_arr is not None and metric != "accuracy":
+        raise BadInputError(f"--labels are given but --metric is {metric}: use --metric accuracy")
+    evaluator = Evaluator(
+        model, target=target, eval_data=eval_src, metric=metric, max_drop=max_drop, objective=objective,  # type: ignore[arg-type]
+        labels=label_arr, evaluate=evaluate, input_shapes=input_shapes, warmup=warmup, runs=runs,
+    )
+    ctx = Context(target=target, calib=calib_src, input_shapes=dict(input_shapes), seed=seed)
+    builder = TrialBuilder(model, ctx, reuse=reuse)
+    return _Prepared(model, space, evaluator, builder, target, desc)
+
+
+def _load(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    src = load_model(model) if not isinstance(model, onnx.ModelProto) else model
+    work = onnx.ModelProto()
+    work.CopyFrom(src)
+    normalize(work)
+    return work
+
+
+def _path_or_none(x: Any) -> str | None:
+    return str(Path(x).resolve()) if isinstance(x, (str, os.PathLike)) else None
+
+
+def search(
+    model: str | os.PathLike | onnx.ModelProto,
+    output: str | os.PathLike | None = None,
+    *,
+    recipe: dict[str, Any] | str | os.PathLike | SearchSpace | None = None,
+    target: Target | str | None = None,
+    calib: Any = None,
+    eval_data: Any = None,
+    labels: np.ndarray | str | os.PathLike | None = None,
+    metric: str | None = None,
+    evaluate: EvaluateFn | None = None,
+    max_drop: float = 0.01,
+    trials: int = 20,
+    timeout: float | None = None,
+    objective: str = "latency",
+    sampler: str = "gp",
+    strategy: str = "auto",
+    multi_objective: bool = False,
+    storage: str | None = None,
+    study_name: str | None = None,
+    seed: int = 0,
+    runs: int = 50,
+    warmup: int = 10,
+    input_shapes: dict[str, list[int]] | None = None,
+    num_samples: int | None = None,
+    image: Any = None,
+    registry: Registry | None = None,
+    reuse: bool = True,
+    presets: bool = True,
+    progress: bool = False,
+    table: bool | None = None,
+    report_path: str | os.PathLike | None = None,
+    plot_path: str | os.PathLike | None = None,
+    debug: bool = False,
+) -> SearchResult:
+    """Search pass parameters for the fastest model whose metric drop stays within `max_drop`.
+
+    `evaluate(session) -> float` (higher is better) replaces the built-in metrics with the user's own
+    accuracy. Without `storage`, a search with an `output` keeps its study in
+    `<output stem>.search.db` (re-running resumes it); without an output it stays in memory.
+    Raises AccuracyGateError (exit 3) when no trial meets the constraint; the report is still written
+    and attached to the exception as `.report`.
+    """
+    if trials < 1:
+        raise BadInputError("--trials must be >= 1")
+    if max_drop < 0:
+        raise BadInputError("--max-drop must be >= 0")
+    if timeout is not None and timeout <= 0:
+        raise BadInputError("--timeout must be > 0")
+    if strategy not in ("auto", "bisect", "optuna"):
+        raise BadInputError(f"unknown strategy {strategy!r} (auto, bisect or optuna)")
+    if output is not None:
+        check_output_path(output, [model] if not isinstance(model, onnx.ModelProto) else [])
+    tgt = _as_target(target)
+    work = _load(model)
+    recipe_data = _recipe_data(recipe, tgt, registry)
+    prep = _prepare(
+        work, recipe_data, target=tgt, calib=calib, eval_data=eval_data, labels=labels, metric=metric,
+        evaluate=evaluate, max_drop=max_drop, objective=objective, seed=seed, runs=runs, warmup=warmup,
+        input_shapes=dict(input_shapes or {}), num_samples=num_samples, image=image, registry=registry, reuse=reuse,
+    )
+    settings = StudySettings(
+        model=_path_or_none(model) or "<in memory>",
+        recipe=prep.space.describe(),
+        target={"kind": tgt.kind, "threads": tgt.threads, "device_id": tgt.device_id, "ep_options": dict(tgt.ep_options), "opt_level": tgt.opt_level},
+        max_drop=float(max_drop), metric=prep.evaluator.metric, objective=objective, trials=trials,
+        calib=_path_or_none(calib), eval=_path_or_none(eval_data), labels=_path_or_none(labels), seed=seed, runs=runs,
+        warmup=warmup, sampler=sampler, strategy=strategy, multi_objective=multi_objective,
+        input_shapes=dict(input_shapes or {}), num_samples=num_samples,
+        image=_image_dict(image), timeout=timeout,
+    )
+    if storage is None and output is not None:
+        storage = default_storage_url(output)
+    rdb = open_storage(storage) if storage is not None else optuna.storages.InMemoryStorage()
+    name = study_name or settings.default_study_name()
+    smp = make_sampler(sampler, seed=seed, n_trials=trials, multi_objective=multi_objective,  # type: ignore[arg-type]
+                       one_knob=prep.space.one_knob(), strategy=strategy)  # type: ignore[arg-type]
+    study = create_or_resume(rdb, name, settings, smp)
+    _check_baseline(prep)
+    if presets and not isinstance(smp, BisectionSampler) and not study.get_trials(deepcopy=False):
+        for v in prep.space.presets()[: max(1, trials // 3)]:
+            study.enqueue_trial(v, skip_if_exists=True)
+    t0 = time.perf_counter()
+    n_before = len(study.get_trials(deepcopy=False))
+    loop, live = _loop(study, prep, trials, max_drop, multi_objective, timeout, debug, progress, table, objective)
+    try:
+        loop.run()
+    finally:
+        live.close()
+    wait_for_running(study)
+    wall = time.perf_counter() - t0
+    return _finish(
+        study, prep, settings, output=output, storage=storage, study_name=name, loop=loop, wall=wall,
+        n_before=n_before, report_path=report_path, plot_path=plot_path, input_desc=_path_or_none(model),
+    )
+
+
+def _image_dict(image: Any) -> dict[str, Any] | None:
+    if image is None:
+        return None
+    if isinstance(image, Mapping):
+        return dict(image)
+    import dataclasses
+
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(image).items()}
+
+
+def _check_baseline(prep: _Prepared) -> None:
+    """Measure the baseline once before any trial: bad data or labels fail here, with exit code 2."""
+    prep.evaluator.baseline_value()
+    prep.evaluator.baseline_costs()
+    _ = prep.evaluator.feed
+
+
+def _loop(study, prep, trials, max_drop, multi_objective, timeout, debug, progress, table, objective):
+    space = prep.space
+    done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+    live = LiveTable(trials, done, bar=progress, rows=progress if table is None else table, objective=objective)
+
+    def on_trial(t) -> None:
+        eff = space.effective(t.params) if all(d.name in t.params for d in space.dims) else dict(t.params)
+        live.row(TrialRecord.from_trial(t, eff))
+
+    loop = TrialLoop(
+        study, space, prep.builder, prep.evaluator,
+        LoopSettings(budget=trials, max_drop=max_drop, multi_objective=multi_objective, timeout=timeout, debug=debug),
+        on_trial=on_trial,
+    )
+    return loop, live
+
+
+def _records(study, space: SearchSpace) -> list[TrialRecord]:
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("over_budget") or t.state in (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING):
+            continue
+        eff = space.effective(t.params) if all(d.name in t.params for d in space.dims) else dict(t.params)
+        out.append(TrialRecord.from_trial(t, eff))
+    return sorted(out, key=lambda r: r.number)
+
+
+def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage, study_name, loop: TrialLoop, wall: float,
+            n_before: int, report_path, plot_path, input_desc) -> SearchResult:
+    space = prep.space
+    records = _records(study, space)
+    best = best_feasible(records)
+    front = pareto_front(records)
+    preset_keys = {space.key(v) for v in space.presets()}
+    preset_recs = [r for r in records if r.duplicate_of is None and r.state == "COMPLETE" and _key(space, r.params) in preset_keys]
+    best_preset = best_feasible(preset_recs)
+    computed = [r for r in records if r.duplicate_of is None and r.state == "COMPLETE"]
+    per_trial = [r.build.get("trial_seconds") for r in computed if r.build.get("trial_seconds") is not None]
+    ev = prep.evaluator
+    report: dict[str, Any] = {
+        "tool": "onnxslim-compress search",
+        "version": __version__,
+        "input": input_desc,
+        "output": str(output) if output is not None else None,
+        "study": study_name,
+        "storage": _redact(storage) if storage else "memory",
+        "settings": settings.as_dict(),
+        "eval_data": prep.eval_desc,
+        "baseline": {
+            "metric": ev.metric,
+            "value": ev.baseline_value(),
+            **{k: v for k, v in ev.baseline_costs().items()},
+        },
+        "space": space.describe(),
+        "trials": [r.as_dict() for r in records],
+        "best": best.as_dict() if best else None,
+        "best_recipe": None,
+        "pareto": [r.number for r in front],
+        "trials_to_feasible": trials_to_feasible(records),
+        "trials_to_best": trials_to_best(records, best),
+        "best_preset": best_preset.as_dict() if best_preset else None,
+        "vs_best_preset": (best_preset.objective / best.objective) if (best and best_preset and best.objective) else None,
+        "cache": {**prep.builder.cache_stats(), "trials_computed_here": len(loop.computed),
+                  "duplicates": sum(1 for r in records if r.duplicate_of is not None)},
+        "timing": {"wall_seconds": round(wall, 3), "trials_this_run": len(records) - n_before,
+                   "mean_trial_seconds": round(float(np.mean(per_trial)), 3) if per_trial else None},
+        "notes": [],
+    }
+    model_out: onnx.ModelProto | None = None
+    out_path: Path | None = None
+    if best is not None:
+        values = {**{d.name: d.midpoint() for d in space.dims}, **_trial_params(study, best)}
+        report["best_recipe"] = space.recipe(values)
+        built = prep.builder.build(space.passes(values))
+        model_out = onnx.ModelProto()
+        model_out.CopyFrom(built.model)
+        _, drop, _ = ev.quality(model_out)
+        if best.drop is not None and math.isfinite(drop) and abs(drop - best.drop) > 1e-6:
+            report["notes"].append(f"the rebuilt model's drop {drop:.6f} differs from trial {best.number}'s {best.drop:.6f}")
+        if drop > settings.max_drop + 1e-12:
+            report["notes"].append("the rebuilt best model does not meet the constraint; not written")
+            model_out = None
+    base = Path(output) if output is not None else None
+    if base is not None or plot_path is not None:
+        plot = Path(plot_path) if plot_path is not None else base.with_name(base.stem + ".pareto.png")  # type: ignore[union-attr]
+        note = pareto_plot(records, plot, objective=settings.objective, max_drop=settings.max_drop, best=best)
+        report["plot"] = None if note else str(plot)
+        if note:
+            report["notes"].append(note)
+    if model_out is not None:
+        from ..compress_job import set_report
+
+        summary = {k: report[k] for k in ("tool", "version", "study", "baseline", "best", "best_recipe", "trials_to_best")}
+        summary["settings"] = {k: v for k, v in settings.as_dict().items() if k not in ("recipe",)}
+        set_report(model_out, _json_safe(summary))
+        if output is not None:
+            out_path = save_model(model_out, output)
+    rp = Path(report_path) if report_path is not None else (base.with_name(base.stem + ".search.json") if base is not None else None)
+    if rp is not None:
+        _write_json(rp, report)
+        report["report_path"] = str(rp)
+    result = SearchResult(model_out, best, records, front, report, out_path, study)
+    if model_out is None:
+        n_ok = len([r for r in records if r.state == "COMPLETE"])
+        errors = sorted({r.error for r in records if r.error})
+        hint = f"; trial errors: {errors[0]}" if errors and n_ok == 0 else ""
+        err = AccuracyGateError(
+            f"no candidate met the constraint (max drop {settings.max_drop} on {ev.metric}) in {len(records)} trials{hint}"
+        )
+        err.report = report  # type: ignore[attr-defined]
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    return result
+
+
+def _key(space: SearchSpace, params: dict[str, Any]) -> str | None:
+    try:
+        return space.key(params)
+    except KeyError:
+        return None
+
+
+def _trial_params(study, rec: TrialRecord) -> dict[str, Any]:
+    for t in study.get_trials(deepcopy=False):
+        if t.number == rec.number:
+            return dict(t.params)
+    return dict(rec.params)  # pragma: no cover
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    import json
+
+    from ..compress_job import _json_default
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(obj), indent=2, default=_json_default))
+    tmp.replace(path)
+
+
+def run_worker(
+    storage: str,
+    study_name: str,
+    *,
+    registry: Registry | None = None,
+    progress: bool = False,
+    table: bool | None = None,
+    debug: bool = False,
+) -> dict[str, Any]:
+    """Join an existing study and run trials until its budget is reached; returns what this worker did."""
+    rdb = open_storage(storage)
+    s = load_settings(rdb, study_name)
+    if s.model == "<in memory>":
+        raise BadInputError(f"study {study_name!r} was started from an in-memory model: workers need a model file")
+    tgt = Target(**s.target)
+    work = _load(s.model)
+    prep = _prepare(
+        work, s.recipe, target=tgt, calib=s.calib, eval_data=s.eval, labels=s.labels, metric=s.metric, evaluate=None,
+        max_drop=s.max_drop, objective=s.objective, seed=s.seed, runs=s.runs, warmup=s.warmup,
+        input_shapes=s.input_shapes, num_samples=s.num_samples, image=s.image, registry=registry, reuse=True,
+    )
+    smp = make_sampler(s.sampler, seed=s.seed + os.getpid() % 1000, n_trials=s.trials,  # type: ignore[arg-type]
+                       multi_objective=s.multi_objective, one_knob=prep.space.one_knob(), strategy=s.strategy)  # type: ignore[arg-type]
+    study = optuna.load_study(study_name=study_name, storage=rdb, sampler=smp)
+    _check_baseline(prep)
+    loop, live = _loop(study, prep, s.trials, s.max_drop, s.multi_objective, s.timeout, debug, progress, table, s.objective)
+    t0 = time.perf_counter()
+    try:
+        loop.run()
+    finally:
+        live.close()
+    return {
+        "study": study_name,
+        "worker": loop.settings.worker,
+        "computed_trials": loop.computed,
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "cache": prep.builder.cache_stats(),
+    }
