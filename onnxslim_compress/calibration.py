@@ -83,38 +83,35 @@ def _quantile(counts: np.ndarray, edges_lo: float, step: float, q: float, upper:
     return edges_lo + (k + (1 if upper else 0)) * step
 
 
-def _kl_threshold(absh: np.ndarray, levels: int, stride: int = 8) -> int:
-    """Number of |x| bins to keep that minimizes KL(P || Q) (TensorRT's entropy calibration)."""
-    n = len(absh)
+def _kl_threshold(absh: np.ndarray, levels: int, max_candidates: int = 128) -> int:
+    """Number of |x| bins to keep that minimizes KL(P || Q) (TensorRT's entropy calibration).
+
+    P is the kept histogram with the clipped tail added to its last bin; Q merges the kept bins into
+    `levels` quantization bins and spreads each back evenly over its non-empty source bins.
+    """
     nz = np.nonzero(absh)[0]
     if len(nz) == 0:
-        return n
+        return len(absh)
     last = int(nz[-1]) + 1
     if last <= levels:
         return last
+    stride = max(1, (last - levels) // max_candidates)
+    ref_all = absh.astype(np.float64)
     best, best_i = np.inf, last
-    for i in list(range(levels, last, stride)) + [last]:
-        p = absh[:i].astype(np.float64).copy()
-        p[-1] += absh[i:].sum()
-        ref = absh[:i].astype(np.float64)
-        # merge the i kept bins into `levels` quantization bins, then spread back over non-zero bins
-        edges = np.linspace(0, i, levels + 1).astype(np.int64)
-        q = np.zeros(i)
-        for a, b in zip(edges[:-1], edges[1:], strict=True):
-            if b <= a:
-                continue
-            seg = ref[a:b]
-            nzc = np.count_nonzero(seg)
-            if nzc:
-                q[a:b] = np.where(seg > 0, seg.sum() / nzc, 0.0)
+    for i in [*range(levels, last, stride), last]:
+        ref = ref_all[:i]
+        p = ref.copy()
+        p[-1] += ref_all[i:].sum()
+        edges = np.linspace(0, i, levels + 1).astype(np.int64)  # strictly increasing since i >= levels
+        sums = np.add.reduceat(ref, edges[:-1])
+        nzc = np.add.reduceat((ref > 0).astype(np.float64), edges[:-1])
+        q = np.repeat(np.where(nzc > 0, sums / np.maximum(nzc, 1), 0.0), np.diff(edges)) * (ref > 0)
         ps, qs = p.sum(), q.sum()
         if ps == 0 or qs == 0:
             continue
-        p /= ps
-        q /= qs
         mask = p > 0
-        qm = np.where(q[mask] > 0, q[mask], 1e-12)
-        kl = float(np.sum(p[mask] * np.log(p[mask] / qm)))
+        pm, qm = p[mask] / ps, q[mask] / qs
+        kl = float(np.sum(pm * np.log(pm / np.where(qm > 0, qm, 1e-12))))
         if kl < best:
             best, best_i = kl, i
     return best_i
@@ -208,13 +205,27 @@ def collect_histograms(
     limit: int | None = None,
     nbins: int = 4096,
     target: Target | None = None,
-) -> dict[str, Histogram]:
-    """One streamed pass over `data`: a Histogram per tensor name; each sample is dropped after use."""
+    channel_axes: dict[str, int] | None = None,
+) -> tuple[dict[str, Histogram], dict[str, np.ndarray]]:
+    """One streamed pass over `data`: a Histogram per tensor name; each sample is dropped after use.
+
+    For tensors in `channel_axes` the per-channel mean is accumulated too (bias correction needs the
+    mean input of each weighted op, and computing it here saves a second pass).
+    """
     hists = {n: Histogram(nbins) for n in names}
-    for values in iterate_tensors(model, names, data, target=target, limit=limit):
+    axes = dict(channel_axes or {})
+    sums: dict[str, np.ndarray] = {}
+    rows: dict[str, int] = {}
+    fetch = sorted(set(names) | set(axes))
+    for values in iterate_tensors(model, fetch, data, target=target, limit=limit):
         for n, v in values.items():
-            hists[n].update(v)
-    return hists
+            if n in hists:
+                hists[n].update(v)
+            if n in axes and v.ndim:
+                x = np.moveaxis(v.astype(np.float64), axes[n], -1).reshape(-1, v.shape[axes[n]])
+                sums[n] = sums.get(n, 0) + x.sum(0)
+                rows[n] = rows.get(n, 0) + x.shape[0]
+    return hists, {n: sums[n] / rows[n] for n in sums}
 
 
 def synthetic_feeds(model: onnx.ModelProto, shapes: dict[str, list[int]], n: int, seed: int = 0) -> list[Feed]:

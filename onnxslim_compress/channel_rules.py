@@ -439,10 +439,18 @@ def rule_reshape(g: GraphView, i: int, t: str, a: int) -> Outcome:
         ya, f, kind = m
         xa = a
     shp = g.const(n.input[1]) if len(n.input) > 1 else None
-    if shp is None:
-        return out.block((t, a), "Reshape with a computed shape")
-    if shp.reshape(-1)[ya] > 0:
-        out.rewrites.append(Rewrite("shape_entry", i, (y, ya), pos=1, entry=ya))
+    if shp is not None:
+        if shp.reshape(-1)[ya] > 0:
+            out.rewrites.append(Rewrite("shape_entry", i, (y, ya), pos=1, entry=ya))
+    else:
+        # exporters build the shape as Concat(batch from Shape, ..., constant head count, ...): the
+        # entry for the channel axis is then a constant piece that can be rewritten
+        piece = _shape_piece(g, n.input[1], ya)
+        if piece is None:
+            return out.block((t, a), "Reshape with a computed shape")
+        j, pos = piece
+        if g.const(g.nodes[j].input[pos]).reshape(-1)[0] > 0:
+            out.rewrites.append(Rewrite("shape_entry", j, (y, ya), pos=pos, entry=0))
     if kind == "same":
         out.link((x, xa), (y, ya))
     elif kind == "merge":  # output index j comes from input channel j // f
@@ -452,6 +460,23 @@ def rule_reshape(g: GraphView, i: int, t: str, a: int) -> Outcome:
         c = np.arange(s[xa])
         out.link((x, xa), (y, ya), c, c // f)
     return out
+
+
+def _shape_piece(g: GraphView, name: str, entry: int) -> tuple[int, int] | None:
+    """(Concat node, input position) of the constant 1-element piece giving `entry` of a shape vector."""
+    j = g.producer.get(name)
+    if j is None or g.nodes[j].op_type != "Concat" or attr(g.nodes[j], "axis", 0) != 0:
+        return None
+    pos = 0
+    for k, x in enumerate(g.nodes[j].input):
+        s = g.shape(x)
+        if s is None or len(s) != 1:
+            return None
+        if pos == entry:
+            v = g.const(x)
+            return (j, k) if s[0] == 1 and v is not None else None
+        pos += s[0]
+    return None
 
 
 def rule_concat(g: GraphView, i: int, t: str, a: int) -> Outcome:

@@ -167,6 +167,12 @@ def _pipeline_from_flags(ns: argparse.Namespace):
         return lossless_pipeline()
     exclude = list(ns.exclude or [])
     prune = lowrank = quant = None
+    if not ns.round_to and ns.target != "cpu":
+        # hardware-aware default: tensor cores want multiples of 8 (fp16) or 16/32 (int8)
+        from .latency_table import default_round_to
+
+        precision = "int8" if ns.quantize in ("int8", "fp8") else "fp16"
+        ns.round_to = default_round_to(TargetArgs.target(ns), precision)
     if ns.prune is not None:
         prune = {"ratio": ns.prune}
         if ns.prune_criterion:

@@ -116,8 +116,8 @@ def decompose(w: np.ndarray, k: int = 1, gram: np.ndarray | None = None, ridge: 
 
 def output_error(dw: np.ndarray, w: np.ndarray, gram: np.ndarray) -> float:
     """Exact relative output error sqrt(tr(dW C dW^T) / tr(W C W^T)) on the calibration rows."""
-    num = float(np.einsum("ij,jk,ik->", dw, gram, dw))
-    den = float(np.einsum("ij,jk,ik->", w, gram, w))
+    num = float(np.sum((dw @ gram) * dw))
+    den = float(np.sum((w @ gram) * w))
     return math.sqrt(max(num, 0.0) / den) if den > 0 else 0.0
 
 

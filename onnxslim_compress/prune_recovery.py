@@ -138,7 +138,10 @@ def _targets(an: ChannelAnalysis, pruned_model: onnx.ModelProto, pruned: np.ndar
     return out, skipped
 
 
-def _collect(an: ChannelAnalysis, targets: list[_Target], data: Iterable, limit: int, seed: int) -> None:
+def _collect(
+    an: ChannelAnalysis, targets: list[_Target], data: Iterable, limit: int, seed: int,
+    x_model: onnx.ModelProto | None = None,
+) -> None:
     """Stream the ORIGINAL model once: Gram matrices of the kept inputs vs the original outputs.
 
     Inputs come from the original model (ThiNet): every layer is fitted to reproduce its original
@@ -148,14 +151,27 @@ def _collect(an: ChannelAnalysis, targets: list[_Target], data: Iterable, limit:
     """
     rng = np.random.default_rng(seed)
     v = an.view
-    names = list(dict.fromkeys([t.x for t in targets] + [t.y for t in targets]))
     # one ORT thread: idle ORT workers spin and starve the numpy Gram updates running in between
     tgt = Target(kind="cpu", threads=1, opt_level="basic")
-    for vals in iterate_tensors(an.model, names, data, limit=limit, target=tgt):
+    if x_model is None:
+        names = list(dict.fromkeys([t.x for t in targets] + [t.y for t in targets]))
+        stream = iterate_tensors(an.model, names, data, limit=limit, target=tgt)
+    else:
+        names_o = list(dict.fromkeys(t.y for t in targets))
+        names_p = list(dict.fromkeys(t.x for t in targets))
+        stream = (
+            {**{k: vo[k] for k in names_o}, **{"__x__" + k: vp[k] for k in names_p}}
+            for vo, vp in zip(
+                iterate_tensors(an.model, names_o, data, limit=limit, target=tgt),
+                iterate_tensors(x_model, names_p, data, limit=limit, target=tgt),
+                strict=False,
+            )
+        )
+    for vals in stream:
         for t in targets:
             n = v.nodes[t.node]
             ax = 1 if t.kind != "matmul" else vals[t.y].ndim - 1
-            xo = vals[t.x].astype(np.float64)
+            xo = vals[t.x if x_model is None else "__x__" + t.x].astype(np.float64)
             xax = 1 if t.kind != "matmul" else xo.ndim - 1
             xrows = np.moveaxis(xo, xax, -1).reshape(-1, xo.shape[xax])
             if t.x_sum is None:
@@ -165,7 +181,7 @@ def _collect(an: ChannelAnalysis, targets: list[_Target], data: Iterable, limit:
             if t.mode != "refit":
                 continue
             yo = np.take(vals[t.y], t.kept_out, axis=ax).astype(np.float64)
-            xk = np.take(xo, t.kept_in, axis=xax)
+            xk = np.take(xo, t.kept_in, axis=xax) if x_model is None else xo
             if t.kind == "conv":
                 feats, tgt = _unfold(n, xk, yo, list(v.shape(n.input[1])), rng)
             else:
@@ -305,17 +321,28 @@ def fidelity(reference: onnx.ModelProto, models: list[onnx.ModelProto], data: It
 
 def recover_model(
     an: ChannelAnalysis, pruned_model: onnx.ModelProto, pruned: np.ndarray, data: Iterable, *, ridge: float,
-    limit: int, seed: int = 0,
+    limit: int, seed: int = 0, stages: int = 1,
 ) -> tuple[onnx.ModelProto, dict]:
-    """Refit consumers of pruned channels; keep the result only if fidelity improved."""
+    """Refit consumers of pruned channels; keep the result only if fidelity improved.
+
+    stages=1 fits every layer at once on the original model's inputs. stages>1 splits the layers
+    (in graph order) into that many runs; each run fits its layers on the inputs the pruned model,
+    as recovered so far, really produces, which also absorbs error built up upstream.
+    """
     targets, skipped = _targets(an, pruned_model, pruned)
-    stats: dict = {"refit": 0, "bias_only": 0, "skipped": skipped}
+    stats: dict = {"refit": 0, "bias_only": 0, "skipped": skipped, "stages": stages}
     if not targets:
         return pruned_model, stats
-    _collect(an, targets, data, limit, seed)
     rec = onnx.ModelProto()
     rec.CopyFrom(pruned_model)
-    _write(rec, targets, an, ridge)
+    if stages <= 1:
+        _collect(an, targets, data, limit, seed)
+        _write(rec, targets, an, ridge)
+    else:
+        for bucket in np.array_split(np.arange(len(targets)), min(stages, len(targets))):
+            part = [targets[k] for k in bucket]
+            _collect(an, part, data, limit, seed, x_model=rec)
+            _write(rec, part, an, ridge)
     stats["refit"] = sum(1 for t in targets if t.mode == "refit")
     stats["bias_only"] = sum(1 for t in targets if t.mode == "bias")
     before, after = fidelity(an.model, [pruned_model, rec], data, limit)

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 from .activations import iterate_tensors
 from .errors import BadInputError
-from .qdq_placement import Unit
+from .qdq_placement import Unit, quantize_weight
 from .runtime import Target, make_session
 
 Feed = dict[str, np.ndarray]
@@ -114,34 +114,42 @@ def keep_float_until(
     return hi, tried[hi], sorted(tried.items())
 
 
-def _channel_mean(x: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
-    x = np.moveaxis(np.asarray(x, np.float64), axis, -1)
-    rows = x.reshape(-1, x.shape[-1])
-    return rows.sum(0), rows.shape[0]
-
-
-def bias_shift(
-    float_model: onnx.ModelProto, qmodel: onnx.ModelProto, units: list[Unit], feeds: list[Feed]
+def weight_bias_shift(
+    model: onnx.ModelProto, units: list[Unit], input_means: dict[str, np.ndarray], qmax: float
 ) -> dict[str, np.ndarray]:
-    """Per weighted unit: mean(float output - quantized output) per output channel, over `feeds`.
+    """Per weighted unit: E[(W - Wq) x] per output channel, from the mean input x of calibration.
 
-    Adding it to the bias removes the systematic shift quantization puts on each channel (empirical
-    bias correction); the outputs are compared at the same tensor, before any output Q.
+    Adding it to the bias cancels the systematic shift that weight rounding puts on each output
+    channel (bias correction, Nagel et al. 2019). It uses each layer's own input statistics, so the
+    corrections do not compound the way a one-shot comparison of float and quantized outputs does.
     """
-    node_out = {n.name: n.output[0] for n in float_model.graph.node}
-    todo = {u.node: (node_out[u.node], u.weight_out_axis) for u in units if u.weight_out_axis is not None}
-    names = sorted({t for t, _ in todo.values()})
-    if not names:
-        return {}
-    basic = Target(kind="cpu", opt_level="basic")
-    sums: dict[str, np.ndarray] = {}
-    count: dict[str, int] = {}
-    for fv, qv in zip(iterate_tensors(float_model, names, feeds, target=basic), iterate_tensors(qmodel, names, feeds, target=basic), strict=True):
-        for node, (t, ax) in todo.items():
-            s, c = _channel_mean(fv[t] - qv[t], ax)
-            sums[node] = sums.get(node, 0) + s
-            count[node] = count.get(node, 0) + c
-    return {k: (sums[k] / max(count[k], 1)).astype(np.float32) for k in sums}
+    inits = {t.name: t for t in model.graph.initializer}
+    by_name = {n.name: n for n in model.graph.node}
+    out: dict[str, np.ndarray] = {}
+    for u in units:
+        n = by_name[u.node]
+        x = n.input[0]
+        if u.weight_out_axis is None or 1 not in u.weights or x not in input_means or n.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+        q, s = quantize_weight(w, u.weights[1], qmax)
+        shape = [1] * w.ndim
+        if u.weights[1] is not None:
+            shape[u.weights[1] % w.ndim] = -1
+        err = w - q * s.reshape(shape)
+        mx = input_means[x]
+        if u.op == "Conv":
+            groups = next((a.i for a in n.attribute if a.name == "group"), 1)
+            e = err.reshape(err.shape[0], err.shape[1], -1).sum(-1)  # [Co, Ci/g]
+            xg = mx.reshape(groups, -1)  # [g, Ci/g]
+            gi = np.arange(err.shape[0]) // (err.shape[0] // groups)
+            out[u.node] = np.einsum("oc,oc->o", e, xg[gi]).astype(np.float32)
+        elif u.op == "MatMul" and w.ndim == 2:
+            out[u.node] = (mx @ err).astype(np.float32)
+        elif u.op == "Gemm":
+            trans = any(a.name == "transB" and a.i for a in n.attribute)
+            out[u.node] = ((err @ mx) if trans else (mx @ err)).astype(np.float32)
+    return out
 
 
 def bias_inputs(model: onnx.ModelProto, units: list[Unit]) -> dict[str, str]:

@@ -132,6 +132,12 @@ def collect_grams(model: onnx.ModelProto, layers: list[lm.Layer], ctx: Any, p: L
 
     def compute() -> dict[tuple, np.ndarray]:
         moments = {r: Moments(axis=-1) for r in requests}
+        pending: dict[tuple, list[np.ndarray]] = {r: [] for r in requests}
+
+        def flush(r: tuple) -> None:  # one big X^T X per ~_MAX_ROWS rows: BLAS is slow on thin slabs
+            if pending[r]:
+                moments[r].update(np.concatenate(pending[r]))
+                pending[r] = []
 
         def update(values: dict[str, np.ndarray]) -> None:
             for act, spec in requests:
@@ -144,9 +150,13 @@ def collect_grams(model: onnx.ModelProto, layers: list[lm.Layer], ctx: Any, p: L
                     rows = lm.patches(x, list(kernel), list(strides), list(dil), pads)
                 if rows.shape[0] > _MAX_ROWS:
                     rows = rows[rng.choice(rows.shape[0], _MAX_ROWS, replace=False)]
-                moments[(act, spec)].update(rows)
+                pending[(act, spec)].append(rows)
+                if sum(len(b) for b in pending[(act, spec)]) >= _MAX_ROWS:
+                    flush((act, spec))
 
         accumulate(model, sorted({r[0] for r in requests}), ctx.calib, update, limit=p.calib_samples)
+        for r in requests:
+            flush(r)
         return {r: m.xtx for r, m in moments.items() if m.xtx is not None}
 
     key = (fingerprint(model), "low_rank.gram", tuple(requests), p.calib_samples, id(ctx.calib), ctx.seed)

@@ -71,7 +71,10 @@ class QuantizeParams:
             except re.error as e:
                 raise ValueError(f"exclude {rx!r} is not a regular expression: {e}") from None
         if self.min_fidelity is not None:
-            qs.parse_min_fidelity(self.min_fidelity)
+            try:
+                qs.parse_min_fidelity(self.min_fidelity)
+            except BadInputError as e:
+                raise ValueError(str(e)) from None
         if self.smoothquant is not None and not 0.0 <= self.smoothquant <= 1.0:
             raise ValueError("smoothquant alpha must be in [0, 1]")
 
@@ -210,7 +213,9 @@ class Quantize(Pass):
         elif mode == "fp8":
             raise BadInputError("quantize: fp8 is a TensorRT format (--target tensorrt); ORT's CPU EP has no fp8 kernels")
         all_chosen, groups = qp.choose_tensors(model, units, kind, is_float)
-        hists = cal.collect_histograms(model, sorted(all_chosen), data, limit=p.calib_samples)
+        axes = {model.graph.node[i].input[0]: (1 if u.op == "Conv" else -1) for i, u in _weighted(model, units)}
+        hists, means = cal.collect_histograms(model, sorted(all_chosen), data, limit=p.calib_samples,
+                                              channel_axes=axes if p.bias_correction else None)
         act_q = self._act_params(hists, groups, fmt)
 
         def build(subset: list[qp.Unit], base: onnx.ModelProto = model) -> onnx.ModelProto:
@@ -218,9 +223,8 @@ class Quantize(Pass):
             return qp.insert_qdq(base, subset, chosen, act_q, fmt)
 
         qmodel = build(units)
-        if p.bias_correction and units:
-            feeds = list(cal.take(data, min(p.calib_samples, 32)))
-            delta = qs.bias_shift(model, qmodel, units, feeds)
+        if p.bias_correction and units and mode == "int8":
+            delta = qs.weight_bias_shift(model, units, means, fmt.weight_qmax)
             corrected = _copy(model)
             qp.apply_float_bias_delta(corrected, delta, qs.bias_inputs(model, units))
             model = corrected
@@ -276,6 +280,12 @@ class Quantize(Pass):
         if fid < goal.value:
             raise AccuracyGateError(f"quantize: {goal.metric}={fid:.4f} < {goal.value} even with every unit float")
         return build(ranked[k:], model)
+
+
+def _weighted(model: onnx.ModelProto, units: list[qp.Unit]) -> list[tuple[int, qp.Unit]]:
+    """(node index, unit) of weighted units whose first input is a quantized activation."""
+    pos = {n.name: i for i, n in enumerate(model.graph.node)}
+    return [(pos[u.node], u) for u in units if u.weight_out_axis is not None and model.graph.node[pos[u.node]].input[0] in u.acts]
 
 
 def _constants_to_initializers(model: onnx.ModelProto) -> None:

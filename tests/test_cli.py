@@ -196,3 +196,17 @@ def test_print_recipe_roundtrips(tmp_path, capsys, model_path):
     code, _, err = call(["compress", model_path, "-o", tmp_path / "o.onnx", "--recipe", r], capsys)
     assert code == 0, err
     assert (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "target,extra,round_to", [("cpu", [], 1), ("cuda", [], 8), ("tensorrt", ["--quantize", "int8"], 32), ("cuda", ["--round-to", "4"], 4)]
+)
+def test_hardware_aware_round_to(tmp_path, capsys, model_path, target, extra, round_to):
+    import yaml
+
+    code, stdout, err = call(
+        ["compress", model_path, "-o", tmp_path / "o.onnx", "--prune", "0.3", "--target", target, "--print-recipe", *extra], capsys
+    )
+    assert code == 0, err
+    steps = {k: v for d in yaml.safe_load(stdout)["passes"] for k, v in d.items()}
+    assert steps["prune_channels"]["round_to"] == round_to

@@ -93,6 +93,7 @@ def add_commands(sub: Any, common_parent: argparse.ArgumentParser) -> dict[str, 
         """)
     w.add_argument("--storage", metavar="URL", required=True, help="SQLAlchemy URL of the study")
     w.add_argument("--study", metavar="NAME", required=True, help="study name")
+    w.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for the study to be created")
     OutputArgs.add(w)
     return {"search": cmd_search, "worker": cmd_worker}
 
@@ -113,6 +114,14 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(_json_safe(obj), indent=2, default=_json_default))
 
 
+def _quiet_optuna(ns: argparse.Namespace) -> None:
+    """Optuna logs every trial at INFO; the live table says it better. Kept with --debug."""
+    if not ns.debug:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
 def cmd_search(ns: argparse.Namespace) -> int:
     import yaml
 
@@ -126,6 +135,7 @@ def cmd_search(ns: argparse.Namespace) -> int:
         print(yaml.safe_dump(data, sort_keys=False), end="")
         return 0
     image = DataArgs.image_options(ns)
+    _quiet_optuna(ns)
     try:
         res = search(
             ns.model, ns.output, recipe=ns.recipe, target=target, calib=ns.calib, eval_data=ns.eval,
@@ -168,7 +178,8 @@ def _print_summary(r: dict[str, Any]) -> None:
 def cmd_worker(ns: argparse.Namespace) -> int:
     from .job import run_worker
 
-    out = run_worker(ns.storage, ns.study, progress=_progress(ns), table=_table(ns), debug=ns.debug)
+    _quiet_optuna(ns)
+    out = run_worker(ns.storage, ns.study, progress=_progress(ns), table=_table(ns), debug=ns.debug, wait=ns.wait)
     if ns.json:
         _print_json(out)
     else:

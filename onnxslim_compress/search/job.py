@@ -39,7 +39,14 @@ from .report import (
 )
 from .runner import LoopSettings, TrialLoop, _json_safe, wait_for_running
 from .space import Registry, SearchSpace, default_recipe
-from .storage import StudySettings, _redact, create_or_resume, default_storage_url, load_settings, open_storage
+from .storage import (
+    StudySettings,
+    _redact,
+    create_or_resume,
+    default_storage_url,
+    load_settings,
+    open_storage,
+)
 from .strategy import BisectionSampler, make_sampler
 
 
@@ -246,7 +253,7 @@ def search(
     rdb = open_storage(storage) if storage is not None else optuna.storages.InMemoryStorage()
     name = study_name or settings.default_study_name()
     smp = make_sampler(sampler, seed=seed, n_trials=trials, multi_objective=multi_objective,  # type: ignore[arg-type]
-                       one_knob=prep.space.one_knob(), strategy=strategy)  # type: ignore[arg-type]
+                       one_knob=prep.space.one_knob(), strategy=strategy, finite=prep.space.cardinality())  # type: ignore[arg-type]
     study = create_or_resume(rdb, name, settings, smp)
     _check_baseline(prep)
     if presets and not isinstance(smp, BisectionSampler) and not study.get_trials(deepcopy=False):
@@ -431,10 +438,22 @@ def run_worker(
     progress: bool = False,
     table: bool | None = None,
     debug: bool = False,
+    wait: float = 0.0,
 ) -> dict[str, Any]:
-    """Join an existing study and run trials until its budget is reached; returns what this worker did."""
+    """Join an existing study and run trials until its budget is reached; returns what this worker did.
+
+    `wait` seconds: how long to wait for `search` to create the study (workers are often started
+    first on a fleet)."""
     rdb = open_storage(storage)
-    s = load_settings(rdb, study_name)
+    deadline = time.monotonic() + max(wait, 0.0)
+    while True:
+        try:
+            s = load_settings(rdb, study_name)
+            break
+        except BadInputError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
     if s.model == "<in memory>":
         raise BadInputError(f"study {study_name!r} was started from an in-memory model: workers need a model file")
     tgt = Target(**s.target)
@@ -445,7 +464,8 @@ def run_worker(
         input_shapes=s.input_shapes, num_samples=s.num_samples, image=s.image, registry=registry, reuse=True,
     )
     smp = make_sampler(s.sampler, seed=s.seed + os.getpid() % 1000, n_trials=s.trials,  # type: ignore[arg-type]
-                       multi_objective=s.multi_objective, one_knob=prep.space.one_knob(), strategy=s.strategy)  # type: ignore[arg-type]
+                       multi_objective=s.multi_objective, one_knob=prep.space.one_knob(), strategy=s.strategy,  # type: ignore[arg-type]
+                       finite=prep.space.cardinality())
     study = optuna.load_study(study_name=study_name, storage=rdb, sampler=smp)
     _check_baseline(prep)
     loop, live = _loop(study, prep, s.trials, s.max_drop, s.multi_objective, s.timeout, debug, progress, table, s.objective)

@@ -6,8 +6,12 @@ No trial redoes an earlier trial's work:
 - a twin still running in another worker is waited for (the lower trial number computes, the higher
   one copies), so two workers never build the same candidate at the same time;
 - pipeline prefixes and pass statistics are reused through TrialBuilder and the shared Context.
-The budget is the study's trial count: a trial numbered past it is pruned before doing anything, so
-several workers cannot overshoot it.
+The budget counts evaluated candidates: a repeated parameter set costs nothing, so it does not use
+up the budget (Optuna's samplers do propose repeats, e.g. two trials differing only in a knob of a
+disabled pass). A trial that would evaluate past the budget is pruned before doing any work; two
+workers deciding at the same instant can overshoot by one trial each. The total number of trials,
+repeats included, is capped at MAX_TRIALS_FACTOR x budget (or the number of raw combinations of an
+enumerated categorical space).
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from ..errors import CompressError
 from .build import TrialBuilder
 from .objective import Evaluator, Measurement
 from .space import SearchSpace
-from .strategy import BisectionSampler, constraint_of
+from .strategy import TRIAL_CONSTRAINTS, BisectionSampler, constraint_of
 
 #: how long a trial waits for a twin running in another worker before computing it itself
 _TWIN_WAIT_S = 3600.0
 _POLL_S = 0.5
+MAX_TRIALS_FACTOR = 3
 
 
 def _scalar_stats(stats: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +48,25 @@ def _scalar_stats(stats: dict[str, Any]) -> dict[str, Any]:
     if isinstance(stats.get("skipped"), list):
         out["skipped"] = len(stats["skipped"])
     return out
+
+
+def set_constraint(trial: optuna.Trial, value: float) -> None:
+    """drop - max_drop (<= 0 feasible), kept where every Optuna version's samplers find it."""
+    trial.set_user_attr("constraint", [value])
+    if TRIAL_CONSTRAINTS:
+        trial.set_constraint("drop", value)
+
+
+def evaluated(trials: list[FrozenTrial], exclude: int = -1) -> int:
+    """Trials that build a candidate (or are building one now): repeats and pruned trials excluded."""
+    n = 0
+    for t in trials:
+        if t.number == exclude or "duplicate_of" in t.user_attrs:
+            continue
+        finished = t.state in (TrialState.COMPLETE, TrialState.FAIL) and "key" in t.user_attrs
+        busy = t.state == TrialState.RUNNING and bool(t.user_attrs.get("computing"))
+        n += int(finished or busy)
+    return n
 
 
 @dataclass
@@ -76,6 +100,11 @@ class TrialLoop:
         #: key -> (values, attrs) measured in this process
         self.memo: dict[str, tuple[Any, dict[str, Any]]] = {}
         self.computed: list[int] = []
+        card = space.cardinality()
+        #: evaluations allowed: the budget, or fewer when the space has fewer distinct candidates
+        self.budget = settings.budget if card is None else min(settings.budget, card)
+        #: total trials (repeats included) after which the loop gives up proposing new points
+        self.cap = max(MAX_TRIALS_FACTOR * settings.budget, space.raw_size() or 0)
 
     # ------------------------------------------------------------------ one trial
 
@@ -83,9 +112,10 @@ class TrialLoop:
         return (m.objective, m.drop) if self.settings.multi_objective else m.objective
 
     def _copy_from(self, trial: optuna.Trial, twin: FrozenTrial) -> Any:
-        for k in ("measurement", "constraint", "feasible", "build"):
+        for k in ("measurement", "feasible", "build"):
             if k in twin.user_attrs:
                 trial.set_user_attr(k, twin.user_attrs[k])
+        set_constraint(trial, constraint_of(twin)[0])
         trial.set_user_attr("duplicate_of", twin.number)
         return tuple(twin.values) if self.settings.multi_objective else twin.values[0]
 
@@ -105,17 +135,18 @@ class TrialLoop:
 
     def objective(self, trial: optuna.Trial) -> Any:
         trial.set_user_attr("worker", self.settings.worker)
-        if trial.number >= self.settings.budget:
-            trial.set_user_attr("over_budget", True)
-            trial.set_user_attr("constraint", [1.0])
-            raise optuna.TrialPruned("budget reached")
+        if trial.number >= self.cap:
+            self._over_budget(trial)
         values = self.space.suggest(trial)
         key = self.space.key(values)
         trial.set_user_attr("key", key)
         if key in self.memo:
             vals, attrs = self.memo[key]
             for k, v in attrs.items():
-                trial.set_user_attr(k, v)
+                if k == "constraint":
+                    set_constraint(trial, v[0])
+                else:
+                    trial.set_user_attr(k, v)
             return vals
         deadline = time.monotonic() + _TWIN_WAIT_S
         while True:
@@ -127,12 +158,18 @@ class TrialLoop:
                 assert twin is not None
                 trial.set_user_attr("duplicate_of", twin.number)
                 trial.set_user_attr("error", twin.user_attrs["error"])
-                trial.set_user_attr("constraint", [1.0])
                 raise CompressError(twin.user_attrs["error"])
             if state != "running" or time.monotonic() > deadline:
                 break
             time.sleep(_POLL_S)
+        if evaluated(self.study.get_trials(deepcopy=False), exclude=trial.number) >= self.budget:
+            self._over_budget(trial)
+        trial.set_user_attr("computing", True)
         return self._compute(trial, values, key)
+
+    def _over_budget(self, trial: optuna.Trial) -> None:
+        trial.set_user_attr("over_budget", True)
+        raise optuna.TrialPruned("budget reached")
 
     def _compute(self, trial: optuna.Trial, values: dict[str, Any], key: str) -> Any:
         t0 = time.perf_counter()
@@ -142,7 +179,6 @@ class TrialLoop:
         except Exception as e:
             msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             trial.set_user_attr("error", msg)
-            trial.set_user_attr("constraint", [1.0])
             if self.settings.debug:
                 traceback.print_exc(file=sys.stderr)
             raise
@@ -161,7 +197,10 @@ class TrialLoop:
             "build": build,
         }
         for k, v in attrs.items():
-            trial.set_user_attr(k, v)
+            if k == "constraint":
+                set_constraint(trial, v[0])
+            else:
+                trial.set_user_attr(k, v)
         vals = self._values(m)
         self.memo[key] = (vals, {**attrs, "duplicate_of": trial.number})
         return vals
@@ -173,7 +212,7 @@ class TrialLoop:
 
     def done(self, started: float) -> bool:
         trials = self.study.get_trials(deepcopy=False)
-        if len(trials) >= self.settings.budget:
+        if evaluated(trials) >= self.budget or len(trials) >= self.cap:
             return True
         if self.settings.timeout is not None and time.monotonic() - started >= self.settings.timeout:
             return True
@@ -215,4 +254,4 @@ def _json_safe(d: Any) -> Any:
         return str(d)
 
 
-__all__ = ["LoopSettings", "TrialLoop", "constraint_of", "wait_for_running"]
+__all__ = ["LoopSettings", "TrialLoop", "constraint_of", "evaluated", "set_constraint", "wait_for_running"]

@@ -231,6 +231,26 @@ class SearchSpace:
             return dims[0]
         return None
 
+    def cardinality(self, limit: int = 10000) -> int | None:
+        """Distinct candidates of an all-categorical space (None if a knob is numeric or there are
+        more than `limit`): the search stops there instead of proposing repeats."""
+        import itertools
+
+        dims = self.dims
+        if any(d.numeric for d in dims):
+            return None
+        if math.prod(len(d.choices) for d in dims) > limit:
+            return None
+        keys = {self.key(dict(zip([d.name for d in dims], combo, strict=True)))
+                for combo in itertools.product(*(d.choices for d in dims))}
+        return len(keys)
+
+    def raw_size(self) -> int | None:
+        """Number of raw knob combinations of an all-categorical space (None if a knob is numeric)."""
+        if any(d.numeric for d in self.dims):
+            return None
+        return math.prod(len(d.choices) for d in self.dims)
+
     def suggest(self, trial: Any) -> dict[str, Any]:
         """Every knob is asked every trial (a flat space suits the GP and multivariate TPE best);
         knobs of a disabled pass are dropped later by `effective`."""

@@ -13,6 +13,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import optuna
 from ..errors import BadInputError
 
 _ATTR = "onnxslim_compress.settings"
+_OPEN_ATTEMPTS = 6
 #: settings that define the experiment: a resumed study must agree on these
 _IDENTITY = ("model", "recipe", "target", "eval", "labels", "metric", "max_drop", "objective", "multi_objective")
 
@@ -85,13 +88,52 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
         engine_kwargs["pool_pre_ping"] = True
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120)
-    except ImportError as e:
-        raise BadInputError(f"--storage {url.split('://')[0]}: the database driver is not installed ({e})") from None
-    except Exception as e:  # noqa: BLE001 - SQLAlchemy's connection errors are many classes
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BadInputError(f"--storage: cannot open {_redact(url)}: {msg}") from None
+    # processes starting together race to create the schema (a UNIQUE violation on Optuna's
+    # version table for the loser); the schema exists a moment later, so retry briefly
+    for attempt in range(_OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120)
+            if url.startswith("sqlite"):
+                _sqlite_wal(storage)
+            return storage
+        except ImportError as e:
+            raise BadInputError(f"--storage {url.split('://')[0]}: the database driver is not installed ({e})") from None
+        except Exception as e:  # noqa: BLE001 - SQLAlchemy's connection errors are many classes
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if attempt + 1 < _OPEN_ATTEMPTS and isinstance(e, _schema_race_errors()):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise BadInputError(f"--storage: cannot open {_redact(url)}: {msg}") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _schema_race_errors() -> tuple[type[BaseException], ...]:
+    """What a process sees when another one is creating the same schema: a duplicate row or table,
+    or (SQLite) a locked database."""
+    from sqlalchemy import exc
+
+    return (exc.IntegrityError, exc.OperationalError, exc.ProgrammingError)
+
+
+def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
+    """WAL journal + synchronous=NORMAL: each of a trial's small writes is a commit, and with the
+    default rollback journal every commit is an fsync (~10 ms each here). WAL also lets workers read
+    while another writes. A crash can lose the last commits, never corrupt the file."""
+    from sqlalchemy import event
+
+    engine = storage.engine
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - called by SQLAlchemy
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    engine.dispose()  # connections opened while creating the tables reconnect with the pragma
+    with engine.connect() as c:
+        c.exec_driver_sql("PRAGMA journal_mode=WAL")
 
 
 def _redact(url: str) -> str:

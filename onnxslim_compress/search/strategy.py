@@ -30,6 +30,8 @@ from .space import Dim
 SamplerKind = Literal["gp", "tpe", "random"]
 #: bisection stops when the bracket is narrower than this fraction of a float range
 _FLOAT_RESOLUTION = 1 / 64
+#: whether this Optuna stores constraints on the trial (5.0+) instead of taking constraints_func
+TRIAL_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
 #: Condensa's per-search budget for the one-knob mode
 ONE_KNOB_BUDGET = 10
 
@@ -145,32 +147,39 @@ def make_sampler(
     multi_objective: bool = False,
     one_knob: Dim | None = None,
     strategy: Literal["auto", "bisect", "optuna"] = "auto",
+    finite: int | None = None,
 ) -> BaseSampler:
-    """The sampler for this space and budget (see the module docstring)."""
+    """The sampler for this space and budget (see the module docstring).
+
+    `finite`: the number of distinct candidates of an all-categorical space; when the budget covers
+    them all, they are enumerated (BruteForceSampler) instead of sampled with repeats."""
     if strategy == "bisect" and one_knob is None:
         raise BadInputError("--strategy bisect needs a space with exactly one numeric knob")
     if one_knob is not None and strategy != "optuna" and not multi_objective:
         return BisectionSampler(one_knob)
+    if finite is not None and finite <= n_trials:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.BruteForceSampler(seed=seed)
     n_startup = max(2, min(8, n_trials // 4))
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "gp":
         try:
-            import torch  # noqa: F401 - GPSampler needs torch; fall back to TPE without it
             import scipy  # noqa: F401
+            import torch  # noqa: F401 - GPSampler needs torch; fall back to TPE without it
         except ImportError:
             warnings.warn("GPSampler needs torch and scipy; using TPE instead", RuntimeWarning, stacklevel=2)
             kind = "tpe"
+    # Optuna >= 5 reads constraints stored on the trial (Trial.set_constraint, which the trial loop
+    # calls); older releases need constraints_func
+    cons: dict[str, Any] = {} if TRIAL_CONSTRAINTS else {"constraints_func": constraint_of}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if kind == "gp":
-            return optuna.samplers.GPSampler(
-                seed=seed, n_startup_trials=n_startup, constraints_func=constraint_of, deterministic_objective=False
-            )
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup, deterministic_objective=False, **cons)
         if kind == "tpe":
-            return optuna.samplers.TPESampler(
-                seed=seed, n_startup_trials=n_startup, multivariate=True, constant_liar=True, constraints_func=constraint_of
-            )
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True, constant_liar=True, **cons)
     raise BadInputError(f"unknown sampler {kind!r} (gp, tpe or random)")
 
 
