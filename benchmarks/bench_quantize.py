@@ -66,14 +66,20 @@ def eval_set(name: str) -> tuple[list[dict[str, np.ndarray]], dict]:
 
 
 def _upgraded_copy(src: Path, tmp: Path) -> Path:
+    """ORT's input: opset >= 13 (it writes invalid per-axis DQ below) and Constant-node weights turned
+    into initializers (quantize_dynamic refuses paddle2onnx models otherwise) - the same preprocessing
+    our pass does internally, so the comparison is about quantization, not about input quirks."""
     import onnx
 
     from onnxslim_compress.model_io import clamp_ir_version, upgrade_opset
+    from onnxslim_compress.passes.quantize import _constants_to_initializers
 
     m = onnx.load(str(src))
     m, changed = upgrade_opset(m, 13)
-    if not changed:
+    n_const = sum(1 for n in m.graph.node if n.op_type == "Constant")
+    if not changed and not n_const:
         return src
+    _constants_to_initializers(m)
     clamp_ir_version(m)
     p = tmp / "upgraded.onnx"
     onnx.save(m, str(p))
@@ -86,17 +92,26 @@ def worker(tool: str, name: str, out: str) -> dict:
     src = model_path(name)
     stats: dict = {}
     feeds = calib_feeds(name)
-    if tool == "ours":
+    if tool.startswith("ours"):
         from onnxslim_compress import Context, Target, load_model, save_model
         from onnxslim_compress.passes.quantize import Quantize
 
         ctx = Context(target=Target("cpu", threads=2), calib=feeds)
-        res = Quantize(**OURS_OPTIONS.get(name, {}))(load_model(src), ctx)
+        opts = dict(OURS_OPTIONS.get(name, {}))
+        if ":" in tool:  # ours:METHOD, the calibration sweep
+            opts["calibration"] = tool.split(":", 1)[1]
+        res = Quantize(**opts)(load_model(src), ctx)
         save_model(res.model, out)
         stats = {k: v for k, v in res.stats.items() if k in ("integer_kernels", "integer_kernels_by_op", "kept_float",
                                                              "quantized_units", "fidelity", "opset_out", "calibration")}
     else:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )
 
         with tempfile.TemporaryDirectory() as d:
             inp = _upgraded_copy(src, Path(d))
@@ -146,6 +161,30 @@ def task_metric(name: str, ref: list, got: list, meta: dict) -> dict[str, float]
     return {"output_cosine": float(np.mean(cos))}
 
 
+def sweep_model(name: str, tmp: Path) -> dict:
+    """Fidelity of our pass per calibration method (no latency): how the default was chosen."""
+    import onnx
+
+    from onnxslim_compress import Target
+    from onnxslim_compress.runtime import make_session
+
+    target = Target("cpu", threads=2)
+    feeds, meta = eval_set(name)
+    ref = _outputs(make_session(onnx.load(str(model_path(name))), target), feeds)
+    row = {}
+    for method in ("minmax", "percentile", "entropy", "mse"):
+        out = tmp / f"{name}_{method}.onnx"
+        proc = subprocess.run([sys.executable, __file__, "--worker", f"ours:{method}", name, str(out)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            row[method] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
+            continue
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        got = _outputs(make_session(onnx.load(str(out)), target), feeds)
+        row[method] = {"fidelity": task_metric(name, ref, got, meta), "wall_s": info["wall_s"]}
+        print(f"  {name} {method}: {json.dumps(row[method])}", flush=True)
+    return row
+
+
 def bench_model(name: str, runs: int, tmp: Path) -> dict:
     import onnx
 
@@ -190,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quantize.json"))
+    ap.add_argument("--sweep", action="store_true", help="fidelity per calibration method instead of the comparison")
     ap.add_argument("--worker", nargs=3, metavar=("TOOL", "MODEL", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
@@ -203,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("  digits: models/digits_cnn.onnx not present, skipped", flush=True)
                 continue
             print(f"{name}:", flush=True)
-            results[name] = bench_model(name, a.runs, Path(d))
+            results[name] = sweep_model(name, Path(d)) if a.sweep else bench_model(name, a.runs, Path(d))
     results["_meta"] = {"total_s": round(time.perf_counter() - t0, 1), "threads": 2, "runs": a.runs,
                         "command": "python benchmarks/bench_quantize.py " + " ".join(argv or sys.argv[1:])}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

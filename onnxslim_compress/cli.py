@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check every pass on --eval (else --calib) data; bisect and exclude the nodes of a pass that costs "
         "more than the threshold (default cosine=0.999; also rel_l2, snr_db, top1, max_abs)",
     )
+    comp.add_argument("--labels", metavar="FILE", help="labels of --eval: report accuracy before and after")
     comp.add_argument("--measure", action="store_true", help="measure latency of output vs input on --target (interleaved)")
     comp.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report")
     ModelArgs.add(comp)
@@ -231,6 +232,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     res = compress(
         ns.model, ns.output, pipeline=pipeline, calib=calib, eval_data=eval_data, target=target,
         input_shapes=shapes, seed=ns.seed, progress=_progress(ns), verify=verify, measure_latency=ns.measure,
+        eval_labels=_labels(ns, eval_data),
     )
     if ns.report:
         from .html_report import write
@@ -241,6 +243,16 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     else:
         _print_compress_summary(res.report)
     return 0
+
+
+def _labels(ns: argparse.Namespace, eval_data: Any):
+    if not ns.labels:
+        return None
+    if eval_data is None:
+        raise BadInputError("--labels needs --eval data")
+    from .data import load_labels
+
+    return load_labels(ns.labels)
 
 
 def _progress(ns: argparse.Namespace) -> bool:

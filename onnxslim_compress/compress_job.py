@@ -71,6 +71,7 @@ def compress(
     pipeline: Pipeline | None = None,
     calib: Any = None,
     eval_data: Any = None,
+    eval_labels: Any = None,
     target: Target | None = None,
     input_shapes: dict[str, list[int]] | None = None,
     seed: int = 0,
@@ -134,7 +135,7 @@ def compress(
     if eval_data is not None:
         from .metrics import compare_models
 
-        report["fidelity"] = compare_models(src, res.model, eval_data, target=Target(kind="cpu")).as_dict()
+        report["fidelity"] = compare_models(src, res.model, eval_data, target=Target(kind="cpu"), labels=eval_labels).as_dict()
     if measure_latency:
         from .profiler import compare, first_feed
 

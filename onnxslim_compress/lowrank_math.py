@@ -56,6 +56,7 @@ class Decomposition:
     us: list[np.ndarray]
     svals: list[np.ndarray]
     whitened: bool
+    norm2: float  # spectral norm of the (whitened) matrix the groups come from
 
     @property
     def max_rank(self) -> int:
@@ -72,6 +73,19 @@ class Decomposition:
         if total <= 0:
             return np.zeros(q + 1)
         return np.sqrt(np.clip(tail / total, 0.0, None))
+
+    def spectral_errors(self) -> np.ndarray:
+        """ALDS's error: eps[j] = max_i sigma_{j+1}(W_i S_i) / ||[W_1 S_1 ... W_k S_k]||_2, j = 0..max_rank.
+
+        ALDS allocates with this operator-norm error. On paraphrase-MiniLM-L3 it gave a better
+        allocation than the Frobenius one (which lets a layer whose output is dominated by a few outlier
+        directions drop to rank 2 at a small relative error).
+        """
+        q = self.max_rank
+        eps = np.zeros(q + 1)
+        for s in self.svals:
+            eps = np.maximum(eps, np.concatenate([s, np.zeros(q + 1)])[: q + 1])
+        return eps / self.norm2 if self.norm2 > 0 else eps
 
     def factors(self, j: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """[(Enc_i (j, n/k), Dec_i (m, j))]; rows rescaled so Enc and Dec rows have equal norms."""
@@ -98,7 +112,7 @@ def decompose(w: np.ndarray, k: int = 1, gram: np.ndarray | None = None, ridge: 
     if n % k:
         raise ValueError(f"k={k} does not divide the {n} input columns")
     g = n // k
-    us, svals, whitened = [], [], gram is not None
+    us, svals, blocks, whitened = [], [], [], gram is not None
     for i in range(k):
         wi = w[:, i * g : (i + 1) * g]
         a = wi
@@ -111,7 +125,9 @@ def decompose(w: np.ndarray, k: int = 1, gram: np.ndarray | None = None, ridge: 
         u, sv, _ = np.linalg.svd(a, full_matrices=False)
         us.append(u)
         svals.append(sv)
-    return Decomposition(w, k, us, svals, whitened)
+        blocks.append(a)
+    norm2 = float(svals[0][0]) if k == 1 else float(np.linalg.svd(np.hstack(blocks), compute_uv=False)[0])
+    return Decomposition(w, k, us, svals, whitened, norm2)
 
 
 def output_error(dw: np.ndarray, w: np.ndarray, gram: np.ndarray) -> float:
@@ -432,8 +448,15 @@ def emit(L: Layer, key: tuple, j: int, d: Decomposition, names: Names, opset: in
     else:  # ALDS k-split: k chunk products, concatenated, then one product
         axis = L.act_rank - 1
         parts = [names(f"{base}_x{i}") for i in range(k)]
-        kw = {"num_outputs": k} if opset >= 18 else {}
-        nodes.append(helper.make_node("Split", [node.input[0]], parts, names(f"{base}_split"), axis=axis, **kw))
+        # explicit sizes: ORT's common-subexpression elimination merges Splits of one tensor that differ
+        # only in their number of outputs (seen on MiniLM, where q/k/v share an input but got different k)
+        g = L.w.shape[1] // k
+        if opset >= 13:
+            sizes = names(f"{base}_split_sizes")
+            inits.append(numpy_helper.from_array(np.full(k, g, dtype=np.int64), sizes))
+            nodes.append(helper.make_node("Split", [node.input[0], sizes], parts, names(f"{base}_split"), axis=axis))
+        else:
+            nodes.append(helper.make_node("Split", [node.input[0]], parts, names(f"{base}_split"), axis=axis, split=[g] * k))
         hs = [names(f"{base}_h{i}") for i in range(k)]
         for i in range(k):
             nodes.append(helper.make_node("MatMul", [parts[i], init(enc[i].T, f"enc{i}_w")], [hs[i]],

@@ -319,6 +319,20 @@ def fidelity(reference: onnx.ModelProto, models: list[onnx.ModelProto], data: It
     ]
 
 
+class _Window:
+    """Samples [start, stop) of a re-iterable data source, itself re-iterable."""
+
+    def __init__(self, data: Iterable, start: int, stop: int):
+        self.data, self.start, self.stop = data, start, stop
+
+    def __iter__(self):
+        for k, feed in enumerate(self.data):
+            if k >= self.stop:
+                return
+            if k >= self.start:
+                yield feed
+
+
 def recover_model(
     an: ChannelAnalysis, pruned_model: onnx.ModelProto, pruned: np.ndarray, data: Iterable, *, ridge: float,
     limit: int, seed: int = 0, stages: int = 1,
@@ -333,23 +347,30 @@ def recover_model(
     stats: dict = {"refit": 0, "bias_only": 0, "skipped": skipped, "stages": stages}
     if not targets:
         return pruned_model, stats
+    # hold a quarter of the samples out of the fit: the keep-or-revert decision and the reported
+    # fidelity must not be measured on the data the least-squares fit has seen
+    n = sum(1 for _ in _Window(data, 0, limit))
+    n_val = max(2, n // 4) if n >= 8 else 0
+    fit = _Window(data, 0, n - n_val)
+    val = _Window(data, n - n_val, n) if n_val else fit
+    stats["samples_fit"], stats["samples_validate"] = n - n_val, n_val or n
     rec = onnx.ModelProto()
     rec.CopyFrom(pruned_model)
     if stages <= 1:
-        _collect(an, targets, data, limit, seed)
+        _collect(an, targets, fit, limit, seed)
         _write(rec, targets, an, ridge)
     else:
         for bucket in np.array_split(np.arange(len(targets)), min(stages, len(targets))):
             part = [targets[k] for k in bucket]
-            _collect(an, part, data, limit, seed, x_model=rec)
+            _collect(an, part, fit, limit, seed, x_model=rec)
             _write(rec, part, an, ridge)
     stats["refit"] = sum(1 for t in targets if t.mode == "refit")
     stats["bias_only"] = sum(1 for t in targets if t.mode == "bias")
-    before, after = fidelity(an.model, [pruned_model, rec], data, limit)
+    before, after = fidelity(an.model, [pruned_model, rec], val, limit)
     stats["fidelity_before"] = before
     stats["fidelity_after"] = after
     if after["rel_l2"] > before["rel_l2"]:
-        stats["kept"] = "unrecovered (refit did not improve fidelity on the calibration data)"
+        stats["kept"] = "unrecovered (refit did not improve fidelity on held-out calibration samples)"
         return pruned_model, stats
     stats["kept"] = "recovered"
     return rec, stats

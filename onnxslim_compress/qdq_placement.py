@@ -159,6 +159,58 @@ def build_units(
     return units, skipped
 
 
+def prune_isolated(model: onnx.ModelProto, units: list[Unit]) -> tuple[list[Unit], list[dict]]:
+    """Drop non-weighted units that do not sit inside an integer chain (CPU).
+
+    QLinearAdd/Mul/Concat/pools only pay when they keep data integer between integer kernels; one
+    whose input comes from float code or whose output only feeds float code adds a requantization and
+    its rounding for nothing. Typical cases: the attention-mask Add before a float Softmax (a -10000
+    mask would wipe out the scores' resolution), residual Adds that feed LayerNorm, detection heads.
+    Iterated to a fixpoint, looking through shared-scale ops and Relu.
+    """
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    through = SHARED_SCALE | FOLDABLE_RELU
+    keep = {u.node for u in units}
+    by_name = {n.name: n for n in g.node}
+
+    def up(t: str) -> str | None:
+        n = producer.get(t)
+        while n is not None and n.op_type in through:
+            n = producer.get(n.input[0])
+        return n.name if n is not None else None
+
+    def down(t: str) -> set[str]:
+        out, todo = set(), [t]
+        while todo:
+            for c in consumers.get(todo.pop(), []):
+                if c.op_type in through:
+                    todo.append(c.output[0])
+                else:
+                    out.add(c.name)
+        return out
+
+    dropped: list[dict] = []
+    changed = True
+    while changed:
+        changed = False
+        for u in units:
+            if u.op in WEIGHTED or u.node not in keep:
+                continue
+            n = by_name[u.node]
+            ok_in = any(up(t) in keep for t in n.input if t)
+            ok_out = bool(down(n.output[0]) & keep)
+            if not (ok_in and ok_out):
+                keep.discard(u.node)
+                dropped.append({"node": u.node, "reason": "not between integer kernels: left float"})
+                changed = True
+    return [u for u in units if u.node in keep], dropped
+
+
 class _UnionFind:
     def __init__(self):
         self.parent: dict[str, str] = {}

@@ -174,7 +174,7 @@ class LowRank(Pass):
 
     def run(self, model: onnx.ModelProto, ctx: Any) -> PassResult:
         p, opset = self.params, main_opset(model)
-        shapes = infer_shapes(model, ctx.input_shapes)[0]
+        shapes, bound, _ = infer_shapes(model, ctx.input_shapes)
         layers, skipped = find_layers(model, shapes, p)
         data_aware = p.data_aware if p.data_aware is not None else ctx.calib is not None
         if data_aware and ctx.calib is None:
@@ -187,7 +187,8 @@ class LowRank(Pass):
             full = L.w.size if measure == "params" else (None if L.rows is None else L.w.size * L.rows)
             opts = []
             for key, d in lm.layer_options(L, p.mode == "alds", p.conv_form, gram, p.ridge, _MAX_K):
-                cost, errs = lm.option_cost(L, key, measure), d.rel_errors()
+                cost = lm.option_cost(L, key, measure)
+                errs = d.spectral_errors() if p.mode == "alds" else d.rel_errors()
                 ranks = np.unique([lm.round_rank(j, p.round_to, d.max_rank) for j in range(1, d.max_rank + 1)])
                 if cost is not None:
                     opts.append((key, d, cost, ranks, errs[ranks]))
@@ -222,6 +223,7 @@ class LowRank(Pass):
                 "macs_after": None if mc is None else int(j * mc),
             })
         stats = self._stats(rows, skipped, cands, data_aware, alds_info)
+        stats["macs_at_assumed_dims"] = bound.assumed  # dynamic dims counted as 1 unless the user gave shapes
         if not replace:
             return PassResult(model, False, stats)
         rewrite(model, replace, removed)

@@ -29,6 +29,7 @@ from onnxslim_compress.pass_api import Pass, PassResult
 from onnxslim_compress.runtime import Target, make_session
 from onnxslim_compress.shapes import bind_input_shapes
 
+from .fold_batchnorm import FoldBatchNorm
 from .to_fp16 import convert_fp16
 
 QUANTIZED_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
@@ -57,6 +58,9 @@ class QuantizeParams:
     block_size: int = 32
     calib_samples: int = 128
     per_channel: bool = True
+    #: 7-bit weights for the CPU EP; None = auto: on when the CPU lacks VNNI, where ORT's U8S8 kernels
+    #: (vpmaddubsw) saturate int16 pair sums and give wrong results (measured: QGemm cosine 0.96 -> 0.9999)
+    reduce_range: bool | None = None
 
     def __post_init__(self):
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
@@ -77,6 +81,17 @@ class QuantizeParams:
                 raise ValueError(str(e)) from None
         if self.smoothquant is not None and not 0.0 <= self.smoothquant <= 1.0:
             raise ValueError("smoothquant alpha must be in [0, 1]")
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this x86 CPU has VNNI/AMX int8 dot products (Linux /proc/cpuinfo; non-x86 counts as yes)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return True
+    if "avx2" not in flags:
+        return True
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def already_quantized(model: onnx.ModelProto) -> str | None:
@@ -186,6 +201,10 @@ class Quantize(Pass):
         p: QuantizeParams = self.params
         model = _copy(model)
         _constants_to_initializers(model)
+        # a BatchNormalization between a Conv and its output Q blocks QLinearConv; folding it is exact
+        folded = FoldBatchNorm()(model, ctx, copy_input=False)
+        model = folded.model
+        stats["batchnorm_folded"] = folded.stats.get("folded", 0)
         qp.ensure_node_names(model)
         data = ctx.calib
         if data is None:
@@ -200,8 +219,14 @@ class Quantize(Pass):
             raise BadInputError("quantize: the calibration data set is empty")
         is_float = {t for t, v in first.items() if v.dtype == np.float32}
         units, skipped = qp.build_units(model, kind, is_float, inits)
+        if kind == "cpu":
+            units, isolated = qp.prune_isolated(model, units)
+            stats["left_float"] = len(isolated)
         excluded = [u.node for u in units if any(re.search(rx, u.node) for rx in p.exclude)]
         units = [u for u in units if u.node not in excluded]
+        if not p.per_channel:
+            for u in units:
+                u.weights = dict.fromkeys(u.weights)
         if p.smoothquant is not None:
             model, n_smooth = qs.smoothquant(model, units, list(cal.take(data, min(p.calib_samples, 32))), p.smoothquant)
             stats["smoothquant_activations"] = n_smooth
@@ -210,7 +235,11 @@ class Quantize(Pass):
             fp8 = mode == "fp8"
             et = TensorProto.FLOAT8E4M3FN if fp8 else TensorProto.INT8
             fmt = qp.Format(act_type=et, act_symmetric=True, weight_type=et, weight_qmax=448.0 if fp8 else 127, int32_bias=False)
-        elif mode == "fp8":
+        else:
+            reduce = p.reduce_range if p.reduce_range is not None else not cpu_has_vnni()
+            fmt = qp.Format(weight_qmax=63 if reduce else 127)
+            stats["weight_bits"] = 7 if reduce else 8
+        if kind != "tensorrt" and mode == "fp8":
             raise BadInputError("quantize: fp8 is a TensorRT format (--target tensorrt); ORT's CPU EP has no fp8 kernels")
         all_chosen, groups = qp.choose_tensors(model, units, kind, is_float)
         axes = {model.graph.node[i].input[0]: (1 if u.op == "Conv" else -1) for i, u in _weighted(model, units)}

@@ -63,7 +63,7 @@ def test_data_files_have_the_project_layout() -> None:
             assert list(z.files) == ["input"]
             x = z["input"]
         assert x.dtype == np.float32 and x.ndim == 5 and x.shape[1:] == (1, 1, 32, 32)
-        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 + 1e-6  # pixel/16 scaling
+        assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0 + 1e-6  # pixel/16 scaling
     with np.load(MODELS / "digits_calib.npz") as z:
         assert z["input"].shape[0] == 256
 
@@ -83,3 +83,9 @@ def test_test_accuracy_matches_recorded_value(facts: dict) -> None:
     # One sample at a time (batch 1, the layout calibration feeds use) gives the same logits.
     one = sess.run(["logits"], {"input": x[0]})[0]
     np.testing.assert_allclose(one, logits[:1], atol=1e-4)
+
+
+def test_committed_files_stay_small() -> None:
+    """The repository carries these files; keep them under 3 MB together."""
+    names = ("digits_cnn.onnx", "digits_calib.npz", "digits_test.npz", "digits_test_labels.npy", "digits_cnn.json")
+    assert sum((MODELS / n).stat().st_size for n in names) < 3_000_000

@@ -116,7 +116,7 @@ class _Stream:
 def _peak(n: int) -> int:
     m = _small_model()
     tracemalloc.start()
-    hists = cal.collect_histograms(m, ["x", "h", "y"], _Stream(n))
+    hists, _ = cal.collect_histograms(m, ["x", "h", "y"], _Stream(n))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert all(h.samples == n for h in hists.values())

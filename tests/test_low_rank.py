@@ -78,6 +78,30 @@ def test_full_rank_reproduces_outputs(form: str, opset: int):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, err_msg=str(key))
 
 
+@pytest.mark.parametrize("opset", [9, 13, 18])
+def test_k_split_of_layers_sharing_an_input(opset: int):
+    """q/k/v-like MatMuls on one tensor split with different k (ORT's CSE once merged such Splits)."""
+    w = {f"w{i}": rng_w(48, 40, seed=i) for i in range(3)}
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], f"mm{i}") for i in range(3)]
+    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 48])],
+                          [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, 5, 40]) for i in range(3)],
+                          [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    layers, _ = find_layers(m, infer_shapes(m)[0], LowRankParams(min_params=0))
+    replace = {}
+    names = lm.Names(m)
+    for L, k in zip(layers, (2, 3, 4), strict=True):
+        d = lm.decompose(L.w, k)
+        replace[L.node.output[0]] = lm.emit(L, ("channel", k), d.max_rank, d, names, opset)
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    rewrite(out, replace, {"w0", "w1", "w2"})
+    x = random_input([1, 5, 48])
+    for got, ref in zip(run(out, {"x": x}), run(m, {"x": x}), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_full_rank_whitened_reproduces_outputs():
     m = FORMS["matmul_batch"]()
     x = random_input([2, 3, 7, 48])
@@ -116,6 +140,20 @@ def test_whitened_output_error_equals_whitened_tail():
         # the whitened SVD is optimal for the output: plain SVD at the same rank is worse
         plain_err = np.linalg.norm((w - lm.approximation(layer, ("channel", 1), plain, j)) @ x.T)
         assert out_err < plain_err
+
+
+def test_alds_spectral_error_matches_numpy():
+    """ALDS's error: max over groups of sigma_{j+1}(W_i) relative to ||W||_2 (whitened: of W_i S_i)."""
+    w = rng_w(20, 36, seed=4)
+    for k in (1, 2, 3):
+        eps = lm.decompose(w, k).spectral_errors()
+        groups = [np.linalg.svd(g, compute_uv=False) for g in np.split(w, k, axis=1)]
+        for j in (0, 3, 11):
+            assert eps[j] == pytest.approx(max(s[j] for s in groups) / np.linalg.norm(w, 2), rel=1e-9)
+    gram = np.cov(np.random.default_rng(1).standard_normal((36, 200))) * 200
+    eps = lm.decompose(w, 1, gram, ridge=0.0).spectral_errors()
+    s = np.linalg.svd(w @ np.linalg.cholesky(gram), compute_uv=False)
+    assert eps[5] == pytest.approx(s[5] / s[0], rel=1e-9)
 
 
 def _mlp(seed: int = 0) -> onnx.ModelProto:
@@ -199,7 +237,7 @@ def _alds_layers(n_layers: int = 5, seed: int = 0) -> list[lm.AldsLayer]:
         for k in (1, 2, 4):
             d = lm.decompose(w, k)
             ranks = np.arange(1, d.max_rank + 1)
-            opts.append(lm.Option(("channel", k), k * m + n, ranks, d.rel_errors()[ranks]))
+            opts.append(lm.Option(("channel", k), k * m + n, ranks, d.spectral_errors()[ranks]))
         layers.append(lm.AldsLayer(float(m * n), opts))
     return layers
 

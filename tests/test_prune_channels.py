@@ -54,7 +54,7 @@ def test_registered_and_params_validated():
 @pytest.mark.parametrize("ratio", [0.2, 0.3, 0.5])
 def test_ratio_hit_within_two_percent(scope, ratio):
     m = _net()
-    res = PruneChannels(ratio=ratio, scope=scope, recover=False)(m, Context())
+    res = PruneChannels(ratio=ratio, scope=scope, round_to=1, recover=False)(m, Context())
     st = res.stats
     assert abs(st["ratio_achieved"] - ratio) <= 0.02
     # independent count: the MACs removed from the pruned graph equal what the stats claim
@@ -79,7 +79,7 @@ def test_dead_channels_are_pruned_first_and_exactly():
     prunable = sum(v for i, v in mm.per_node(none).items() if i in mm.prunable_nodes())
     ratio = (mm.total(none) - mm.total(pruned)) / prunable
     # zero the consumer slices too, so every criterion sees zero importance
-    res = PruneChannels(ratio=ratio, criterion="l1", recover=False)(m, Context())
+    res = PruneChannels(ratio=ratio, criterion="l1", round_to=1, recover=False)(m, Context())
     assert res.stats["units_pruned"] == len(dead)
     x = random_input([1, 3, 12, 12])
     ref = run(m, {"x": x})[0]
@@ -97,9 +97,9 @@ def test_round_to_aligns_channel_counts():
 
 def test_min_channels_and_max_ratio():
     m = _net(w=16)
-    res = PruneChannels(ratio=0.6, max_ratio=0.25, recover=False)(m, Context())
+    res = PruneChannels(ratio=0.6, max_ratio=0.25, round_to=1, recover=False)(m, Context())
     assert min(_conv_outs(res.model)) >= 12  # at most a quarter of 16 removed per group
-    res = PruneChannels(ratio=0.6, max_ratio=1.0, min_channels=5, recover=False)(m, Context())
+    res = PruneChannels(ratio=0.6, max_ratio=1.0, min_channels=5, round_to=1, recover=False)(m, Context())
     assert min(_conv_outs(res.model)) >= 5
 
 
@@ -109,7 +109,7 @@ def test_exclude_and_overrides():
     res = PruneChannels(ratio=0.3, exclude=[f"^{convs[-1]}$"], recover=False)(m, Context())
     assert _conv_outs(res.model)[-1] == 32  # the 2w tail group is untouched
     assert any(s.get("reason") == "excluded by a regex" for s in res.stats["skipped"])
-    res = PruneChannels(ratio=0.3, overrides={f"^{convs[1]}$": {"ratio": 0.5}}, recover=False)(m, Context())
+    res = PruneChannels(ratio=0.3, overrides={f"^{convs[1]}$": {"ratio": 0.5, "round_to": 1}}, recover=False)(m, Context())
     assert _conv_outs(res.model)[1] == 8
 
 
@@ -117,7 +117,7 @@ def test_exclude_and_overrides():
 def test_criteria_run_and_differ_sensibly(criterion):
     m = _net(w=16)
     ctx = Context(calib=_calib(4))
-    res = PruneChannels(ratio=0.3, criterion=criterion, recover=False)(m, ctx)
+    res = PruneChannels(ratio=0.3, criterion=criterion, round_to=1, recover=False)(m, ctx)
     assert abs(res.stats["ratio_achieved"] - 0.3) <= 0.02
     run(res.model, {"x": random_input([1, 3, 12, 12])})
 
@@ -131,7 +131,7 @@ def test_bn_scale_removes_smallest_gammas():
     g = numpy_helper.to_array(gamma).copy()
     g[[2, 6]] = 1e-3
     gamma.CopyFrom(numpy_helper.from_array(g, gamma.name))
-    res = PruneChannels(ratio=0.25, criterion="bn_scale", recover=False)(m, Context())
+    res = PruneChannels(ratio=0.25, criterion="bn_scale", round_to=1, recover=False)(m, Context())
     kept = numpy_helper.to_array(next(t for t in res.model.graph.initializer if t.name == gamma.name))
     assert len(kept) == 6 and np.all(kept > 1e-2)
 
@@ -145,12 +145,12 @@ def test_activation_needs_calibration():
 
 def test_recovery_improves_fidelity():
     m = _net(w=24)
-    res = PruneChannels(ratio=0.4, recover=True, calib_samples=24)(m, Context(calib=_calib(24)))
+    res = PruneChannels(ratio=0.4, round_to=1, recover=True, calib_samples=24)(m, Context(calib=_calib(24)))
     rec = res.stats["recovery"]
     assert rec["refit"] > 0
     assert rec["fidelity_after"]["rel_l2"] < 0.5 * rec["fidelity_before"]["rel_l2"]
     # and on held-out inputs too
-    plain = PruneChannels(ratio=0.4, recover=False)(m, Context()).model
+    plain = PruneChannels(ratio=0.4, round_to=1, recover=False)(m, Context()).model
     err = {"plain": 0.0, "rec": 0.0}
     for k in range(8):
         x = random_input([1, 3, 12, 12], seed=900 + k)
@@ -205,7 +205,6 @@ def test_real_models_prune(name):
     if name == "none":
         pytest.skip("models/fetch.py not available")
     from models.fetch import fetch
-
     from onnxslim_compress.model_io import load_model
 
     m = load_model(fetch(name))

@@ -13,8 +13,8 @@ from onnxslim_compress import Context, Target
 from onnxslim_compress.errors import RecipeError
 from onnxslim_compress.passes import REGISTRY
 from onnxslim_compress.passes.quantize import Quantize, count_integer_kernels
-from onnxslim_compress.quant_sensitivity import smoothquant
 from onnxslim_compress.qdq_placement import build_units
+from onnxslim_compress.quant_sensitivity import smoothquant
 from onnxslim_compress.runtime import make_session
 
 RNG = np.random.default_rng(0)
@@ -142,7 +142,8 @@ def test_cpu_placement_and_integer_kernels():
     assert sum(1 for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "r1__q") == 2
     # S8 per-channel weights, int32 bias on the CPU
     w = [t for n, t in inits.items() if n.startswith("w2__w")]
-    assert w and w[0].dtype == np.int8 and np.abs(w[0]).max() == 127
+    qmax = {7: 63, 8: 127}[res.stats["weight_bits"]]
+    assert w and w[0].dtype == np.int8 and np.abs(w[0]).max() == qmax
     assert any(n.startswith("b2__b") and t.dtype == np.int32 for n, t in inits.items())
     # hand count: 3 QLinearConv + QLinearAdd + QLinearGlobalAveragePool + QGemm; the Concat stays float
     # because its output is also a graph output (ORT fuses a node unit only when Q is the sole consumer)
@@ -154,6 +155,18 @@ def test_cpu_placement_and_integer_kernels():
     assert len(got) == 2  # ORT runs every output
     for r, g in zip(ref, got, strict=True):
         assert _cos(r, g) > 0.99
+
+
+def test_reduced_range_integer_kernels_match_the_qdq_simulation():
+    # without VNNI, ORT's U8S8 kernels saturate int16 pair sums; 7-bit weights keep the fused
+    # integer result equal to the DequantizeLinear simulation (checked here on every CPU)
+    m = conv_net()
+    res = Quantize(reduce_range=True, calibration="minmax")(m, _ctx((1, 3, 16, 16)))
+    assert res.stats["weight_bits"] == 7
+    feed = _calib((1, 3, 16, 16), 1)[0]
+    fused = _run_all(res.model, feed, Target("cpu", opt_level="all"))[0]
+    simulated = _run_all(res.model, feed, Target("cpu", opt_level="basic"))[0]
+    assert _cos(fused, simulated) > 0.9999
 
 
 @pytest.mark.parametrize("opset", [9, 11])

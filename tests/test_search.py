@@ -501,3 +501,32 @@ def test_settings_roundtrip_and_redaction():
     assert _redact("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
     assert default_storage_url("/a/b/out.onnx") == f"sqlite:///{Path('/a/b/out.search.db').resolve()}"
     assert math.isfinite(0.0)
+
+
+def test_pareto_plot_written_or_skipped(tmp_path, mm_model, mm_eval, monkeypatch):
+    from onnxslim_compress.search.report import TrialRecord, pareto_plot
+
+    recs = [TrialRecord(i, "COMPLETE", {"r": i}, objective=1.0 - 0.1 * i, drop=0.01 * i, metric=1 - 0.01 * i, feasible=i < 3)
+            for i in range(5)]
+    best = recs[2]
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "p.png"
+    assert pareto_plot(recs, path, objective="size", max_drop=0.025, best=best) is None
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # without matplotlib: a note, no file, no exception
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    note = pareto_plot(recs, tmp_path / "q.png", objective="size", max_drop=0.025, best=best)
+    assert note is not None and "matplotlib" in note and not (tmp_path / "q.png").exists()
+
+
+def test_fidelity_goal_enters_the_default_recipe():
+    from onnxslim_compress.passes import REGISTRY
+    from onnxslim_compress.search.job import fidelity_goal
+
+    assert fidelity_goal("cosine", 0.01) == "cosine=0.995"
+    assert fidelity_goal("accuracy", 0.02) == "top1=0.99"
+    assert fidelity_goal("custom", 0.01) is None
+    if "quantize" in REGISTRY:
+        space = SearchSpace.from_recipe(default_recipe("cpu", REGISTRY, "cosine=0.995"), REGISTRY)
+        dims = {d.name: d for d in space.dims}
+        assert dims["quantize.min_fidelity"].choices == (None, "cosine=0.995")

@@ -125,12 +125,12 @@ def _quiet_optuna(ns: argparse.Namespace) -> None:
 def cmd_search(ns: argparse.Namespace) -> int:
     import yaml
 
-    from .job import _recipe_data, search
+    from .job import _recipe_data, fidelity_goal, search
     from .space import SearchSpace
 
     target = TargetArgs.target(ns)
     if ns.print_recipe:
-        data = _recipe_data(ns.recipe, target, None)
+        data = _recipe_data(ns.recipe, target, None, fidelity_goal(ns.metric or ("accuracy" if ns.labels else None), ns.max_drop))
         SearchSpace.from_recipe(data)  # validate before printing
         print(yaml.safe_dump(data, sort_keys=False), end="")
         return 0

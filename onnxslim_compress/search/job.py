@@ -85,9 +85,19 @@ def _as_target(target: Target | str | Mapping | None) -> Target:
     return Target(**dict(target))
 
 
-def _recipe_data(recipe: Any, target: Target, registry: Registry | None) -> dict[str, Any]:
+def fidelity_goal(metric: str | None, max_drop: float) -> str | None:
+    """The quantizer's keep-layers-float goal for the default recipe: half the allowed drop, on the
+    label-free proxy of the constraint metric (top-1 agreement for accuracy, since labels are not
+    the quantizer's business). None for a user's own metric, whose scale is unknown."""
+    if metric in (None, "custom") or max_drop <= 0:
+        return None
+    kind = "cosine" if metric == "cosine" else "top1"
+    return f"{kind}={max(1.0 - max_drop / 2, 0.5):.6g}"
+
+
+def _recipe_data(recipe: Any, target: Target, registry: Registry | None, goal: str | None = None) -> dict[str, Any]:
     if recipe is None:
-        return default_recipe(target.kind, registry)
+        return default_recipe(target.kind, registry, goal)
     if isinstance(recipe, SearchSpace):
         return recipe.describe()
     if isinstance(recipe, dict):
@@ -232,7 +242,12 @@ def search(
         check_output_path(output, [model] if not isinstance(model, onnx.ModelProto) else [])
     tgt = _as_target(target)
     work = _load(model)
-    recipe_data = _recipe_data(recipe, tgt, registry)
+    goal = None
+    if recipe is None and evaluate is None:
+        from ..metrics import load_labels_any
+
+        goal = fidelity_goal(metric or default_metric(work, load_labels_any(labels), None), max_drop)
+    recipe_data = _recipe_data(recipe, tgt, registry, goal)
     prep = _prepare(
         work, recipe_data, target=tgt, calib=calib, eval_data=eval_data, labels=labels, metric=metric,
         evaluate=evaluate, max_drop=max_drop, objective=objective, seed=seed, runs=runs, warmup=warmup,

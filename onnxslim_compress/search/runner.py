@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,7 +64,10 @@ def evaluated(trials: list[FrozenTrial], exclude: int = -1) -> int:
     for t in trials:
         if t.number == exclude or "duplicate_of" in t.user_attrs:
             continue
-        finished = t.state in (TrialState.COMPLETE, TrialState.FAIL) and "key" in t.user_attrs
+        # a FAIL without "error" is a killed worker's trial (failed by the heartbeat): it built nothing
+        finished = "key" in t.user_attrs and (
+            t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "error" in t.user_attrs)
+        )
         busy = t.state == TrialState.RUNNING and bool(t.user_attrs.get("computing"))
         n += int(finished or busy)
     return n
@@ -162,6 +166,11 @@ class TrialLoop:
             if state != "running" or time.monotonic() > deadline:
                 break
             time.sleep(_POLL_S)
+            # the twin's worker may have died: its trial is failed once its heartbeat is stale
+            # (a no-op on storages without heartbeats)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
         if evaluated(self.study.get_trials(deepcopy=False), exclude=trial.number) >= self.budget:
             self._over_budget(trial)
         trial.set_user_attr("computing", True)

@@ -375,12 +375,14 @@ def _default_registry() -> Registry:
 _QUANT_MODE = {"cpu": "int8", "cuda": "fp16", "tensorrt": "int8"}
 
 
-def default_recipe(target_kind: str = "cpu", registry: Registry | None = None) -> dict[str, Any]:
+def default_recipe(target_kind: str = "cpu", registry: Registry | None = None, fidelity_goal: str | None = None) -> dict[str, Any]:
     """The CLI's default search: every compression pass that has landed, each switchable.
 
     Ranges are the ones worth exploring on real CNNs: pruning past ~60 % of MACs or keeping less than
     80 % of the spectral energy rarely survives a 1 % budget without retraining. Round-to choices
-    are channel alignments the runtimes like (8/16 for tensor cores).
+    are channel alignments the runtimes like (8/16 for tensor cores). With `fidelity_goal` (e.g.
+    "cosine=0.995", derived from the constraint by the search), quantization may keep its most
+    sensitive layers in float until that goal holds: how many is then decided per candidate.
     """
     reg = registry if registry is not None else _default_registry()
     align = [1, 8] if target_kind == "cpu" else [8, 16]
@@ -407,6 +409,8 @@ def default_recipe(target_kind: str = "cpu", registry: Registry | None = None) -
         q: dict[str, Any] = {"enabled": {"choices": [True, False]}, "mode": _QUANT_MODE.get(target_kind, "int8")}
         if q["mode"] == "int8":
             q["calibration"] = {"choices": ["percentile", "minmax", "entropy"]}
+            if fidelity_goal is not None:
+                q["min_fidelity"] = {"choices": [None, fidelity_goal]}
         entries.append({"quantize": q})
     if not any(isinstance(e, dict) for e in entries):
         raise RecipeError("no compression pass (prune_channels, low_rank, quantize) is installed: nothing to search")
