@@ -2,14 +2,14 @@
 rows, the candidate forms of a layer with their cost, and the graph nodes of each form.
 
 Kept apart from passes/low_rank.py (which finds layers, collects data and decides) so the formulas
-can be tested on plain matrices against a numpy reference. Conventions: a layer is a matrix W of shape (out m, in n) acting
-as y = W x; its Conv form is folded to (f, c*kh*kw) in the (c, kh, kw) order of an im2col patch.
-A factorization is W' = Dec @ Enc with Enc (r, n) and Dec (m, r).
+can be tested on plain matrices against a numpy reference. Conventions: a layer is a matrix W of
+shape (out m, in n) acting as y = W x; its Conv form is folded to (f, c*kh*kw) in the (c, kh, kw)
+order of an im2col patch. A factorization is W' = Dec @ Enc with Enc (r, n) and Dec (m, r).
 
-Errors are relative Frobenius norms: sqrt(sum of the dropped sigma^2 / sum of all sigma^2). For plain
-SVD that is ||W - W'||_F / ||W||_F; for the whitened SVD it is the output error ||(W - W') X^T||_F
-relative to ||W X^T||_F on the calibration rows X (ALDS uses the spectral norm; the Frobenius norm is
-used here because it is exactly the quantity the whitened SVD minimizes, so one error drives both).
+Two errors. The reported one (and the energy rule's) is the relative Frobenius norm
+sqrt(sum of dropped sigma^2 / sum of all sigma^2): for plain SVD ||W - W'||_F / ||W||_F, for the
+whitened SVD the output error ||(W - W') X^T||_F / ||W X^T||_F on the calibration rows X. ALDS
+allocates with its own operator-norm error sigma_{j+1} / sigma_1 (see Decomposition.spectral_errors).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 A weight W (out m x in n) becomes Dec @ Enc, two thinner ops, which saves work only when the rank r
 is below m*n/(m+n). Ranks come from a rank fraction, the energy rule of TRP, or ALDS's global
 allocation (minimize the worst relative error under a size budget). With calibration data the SVD is
-whitened by the input Gram matrix, so the dropped directions are the ones the data barely excites
-and the reported error is the output error, not the weight error. Formulas: onnxslim_compress/lowrank_math.py.
+whitened by the input Gram matrix (im2col patches for Conv), so the dropped directions are the ones
+the data barely excites, the reported error is the output error, and the energy rule keeps a share
+of the output energy rather than of the weight energy. Formulas: onnxslim_compress/lowrank_math.py.
 """
 
 from __future__ import annotations
@@ -163,7 +164,6 @@ def collect_grams(model: onnx.ModelProto, layers: list[lm.Layer], ctx: Any, p: L
     return ctx.cache.get_or_compute(key, compute)
 
 
-
 class LowRank(Pass):
     """Replace large Gemm/MatMul/Conv weights by two thinner factors (see the module docstring)."""
 
@@ -216,7 +216,7 @@ class LowRank(Pass):
             rows.append({
                 "node": L.name, "op": L.node.op_type, "form": key[0], "k": key[1], "rank": j * key[1],
                 "shape": [m, n], "whitened": d.whitened,
-                "weight_error": float(np.linalg.norm(dw) / max(np.linalg.norm(d.w), 1e-30)),
+                "weight_error": float(np.linalg.norm(dw) / max(np.linalg.norm(L.w), 1e-30)),
                 "output_error": None if gram is None else lm.output_error(dw, L.w, gram),
                 "params_before": int(L.w.size), "params_after": int(params_after),
                 "macs_before": None if L.rows is None else int(L.w.size * L.rows),
