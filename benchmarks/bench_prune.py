@@ -85,6 +85,35 @@ def accuracy(m: onnx.ModelProto, data: list[dict], labels: np.ndarray) -> float:
     return float(np.mean(np.asarray(pred) == labels))
 
 
+def markdown(results: list[dict]) -> str:
+    """The tables of the BENCHMARKS.md section."""
+    lines = [
+        "| model | ratio | achieved (prunable MACs) | Conv/Gemm/MatMul MACs removed | latency ratio (p10-p90) | "
+        "rel. L2 plain | rel. L2 recovered | cosine plain | cosine recovered | top-1 plain / recovered (orig) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "round_to" in r:
+            continue
+        acc = "-"
+        if "acc_orig" in r:
+            acc = f"{r['acc_plain']:.3f} / {r['acc_recovered']:.3f} ({r['acc_orig']:.3f})"
+        lines.append(
+            f"| {r['model']} | {r['ratio']} | {r['achieved']:.3f} | {r['macs_removed_total']:.3f} | "
+            f"{r['latency_ratio']:.2f} ({r['latency_p10_p90'][0]:.2f}-{r['latency_p10_p90'][1]:.2f}) | "
+            f"{r['fidelity_plain']['rel_l2']:.3f} | {r['fidelity_recovered']['rel_l2']:.3f} | "
+            f"{r['fidelity_plain']['cosine']:.4f} | {r['fidelity_recovered']['cosine']:.4f} | {acc} |"
+        )
+    lines += ["", "| model | round_to | achieved | latency ratio (p10-p90) |", "|---|---|---|---|"]
+    for r in results:
+        if "round_to" in r:
+            lines.append(
+                f"| {r['model']} | {r['round_to']} | {r['achieved']:.3f} | {r['latency_ratio']:.2f} "
+                f"({r['latency_p10_p90'][0]:.2f}-{r['latency_p10_p90'][1]:.2f}) |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["yolov8n", "ppocr_det", "digits"])
@@ -150,6 +179,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    print(markdown(results))
     print(f"wrote {out}")
 
 

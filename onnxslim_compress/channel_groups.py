@@ -274,7 +274,13 @@ def member_role(an: ChannelAnalysis, i: int, gid: int) -> str:
 
 
 def describe_groups(model: onnx.ModelProto, input_shapes: ShapeMap | None = None) -> list[dict]:
-    """One row per group: members, channel count, prunable or frozen (why), MACs attached."""
+    """One row per group: members, channel count, prunable or frozen (why), MACs attached.
+
+    Keys: group (id), name (first producer), channels (widest space), units (prunable sets of
+    channels, e.g. heads), prunable_units, prunable (any unit free), status (prunable / partial /
+    frozen), reason and reasons (why units are frozen), macs (of the Conv/Gemm/MatMul touching the
+    group), members ([{node, op, role}]).
+    """
     from .channel_apply import MacModel
 
     an = analyze(model, input_shapes)
@@ -293,9 +299,12 @@ def describe_groups(model: onnx.ModelProto, input_shapes: ShapeMap | None = None
         channels = max(s.size for k, s in an.spaces.items() if an.space_group[k] == gid)
         status = "prunable" if free == len(units) else ("frozen" if free == 0 else "partial")
         gmacs = sum(node_macs.get(i, 0) for i in nodes if i in node_macs and macs.touches(i, gid))
+        producers = [x["node"] for x in members if "producer" in x["role"]]
         rows.append(
             {
                 "group": gid,
+                "name": producers[0] if producers else (members[0]["node"] if members else f"group {gid}"),
+                "prunable": free > 0,
                 "channels": int(channels),
                 "units": len(units),
                 "prunable_units": free,

@@ -294,5 +294,38 @@ def select_units(
                 lo_q = mid
             else:
                 hi_q = mid
-    pr = best[2]
-    return Selection(pr, float(best[1]), int(before), int(macs.total(pr)), int(prunable))
+    got, pr = best[1], best[2]
+    if abs(got - ratio) > 0.01:
+        got, pr = _refine(segs, pr, ranked & ~fixed, imp, pol, ratio, got, evaluate)
+    return Selection(pr, float(got), int(before), int(macs.total(pr)), int(prunable))
+
+
+def _refine(segs, pr, movable, imp, pol, ratio, got, evaluate, steps: int = 40):
+    """Greedy moves of one rounding block (round_to channels of one segment) toward the target.
+
+    With round_to > 1 the ranking cut moves MACs in coarse, non-monotonic steps (rounding a wide
+    high-resolution layer shifts several percent at once), so the cut alone can miss +-2 %.
+    """
+    for _ in range(steps):
+        if abs(got - ratio) <= 0.005:
+            break
+        best = None
+        for s in segs:
+            step = max(pol[s.gid].round_to, 1)
+            if ratio > got:
+                free = s.units[~pr[s.units] & movable[s.units]]
+                move = free[np.argsort(imp[free], kind="stable")][:step]
+            else:
+                taken = s.units[pr[s.units] & movable[s.units]]
+                move = taken[np.argsort(-imp[taken], kind="stable")][:step]
+            if not len(move):
+                continue
+            cand = pr.copy()
+            cand[move] = ratio > got
+            g, cand = evaluate(cand)
+            if abs(g - ratio) < abs(got - ratio) and (best is None or abs(g - ratio) < abs(best[0] - ratio)):
+                best = (g, cand)
+        if best is None:
+            break
+        got, pr = best
+    return got, pr

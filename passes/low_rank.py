@@ -36,6 +36,11 @@ _MAX_ROWS = 8192
 
 @dataclass
 class LowRankParams:
+    """mode/value: ratio = rank fraction, energy = share of sigma^2 kept (TRP), alds = share of the
+    factorizable params (or MACs, alds_measure) kept. data_aware None = on when calibration data is
+    given; ridge is relative to mean(diag C); layers under min_params weights or whose node name
+    matches an `exclude` regex are skipped, with the reason in stats."""
+
     mode: Literal["ratio", "energy", "alds"] = "energy"
     value: float = 0.9
     alds_measure: Literal["params", "macs"] = "params"
@@ -63,17 +68,9 @@ class LowRankParams:
                 raise ValueError(f"low_rank: exclude pattern {rx!r} is not a regex ({e})") from None
 
 
-def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    out = {t.name: t for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            out[n.output[0]] = n.attribute[0].t
-    return out
-
-
 def find_layers(model: onnx.ModelProto, shapes: dict, p: LowRankParams) -> tuple[list[lm.Layer], list[dict]]:
     """Gemm/MatMul with a constant 2-D weight and group=1 Conv; everything else is skipped with a reason."""
-    consts, layers, skipped = _constants(model), [], []
+    consts, layers, skipped = lm.constants(model), [], []
     for node in model.graph.node:
         if node.op_type not in ("Gemm", "MatMul", "Conv"):
             continue

@@ -415,9 +415,24 @@ def test_describe_groups_rows():
     rows = describe_groups(m)
     by_status = {r["status"]: r for r in rows}
     free = by_status["prunable"]
-    assert free["channels"] == 8 and free["prunable_units"] == 8
+    assert free["channels"] == 8 and free["prunable_units"] == 8 and free["prunable"]
+    assert free["name"] == b.nodes[0].name and not by_status["frozen"]["prunable"]
     roles = {m_["op"]: m_["role"] for m_ in free["members"]}
     assert roles["Conv"] in ("producer", "consumer") and roles["BatchNormalization"] == "follower"
     # MACs attached: both convs touch the c1 group: 8*64*3*9 + 8*64*8*9
     assert free["macs"] == 8 * 64 * 27 + 8 * 64 * 72
     assert by_status["frozen"]["reason"].startswith(("graph input", "graph output"))
+
+
+def test_shared_weight_couples_its_users():
+    b = GraphBuilder(16)
+    h = _cbr(b, "x", 3, 6)
+    y1 = _conv(b, h, 6, 8, dead=[3])
+    w, bias = b.nodes[-1].input[1], b.nodes[-1].input[2]
+    y2 = b.node("Conv", [b.node("Relu", [h]), w, bias], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    # separate consumers: only the shared weight couples the two 8-channel outputs
+    out = b.node("Add", [_conv(b, b.node("Relu", [y1]), 8, 4), _conv(b, y2, 8, 4)])
+    m = b.model([("x", [1, 3, 8, 8])], [(out, [1, 4, 8, 8])])
+    an, pm = _prune_exact(m, [(y1, 1, [3])], {"x": random_input([1, 3, 8, 8])})
+    assert (an.units_of((y1, 1)) == an.units_of((y2, 1))).all()
+    assert [list(t.dims) for t in pm.graph.initializer if t.name == w] == [[7, 6, 3, 3]]

@@ -299,6 +299,29 @@ def test_conv_whitened_im2col_gram_predicts_ort_error():
     assert np.linalg.norm(yb - ya) / np.linalg.norm(ya) == pytest.approx(row["output_error"], rel=1e-3)
 
 
+def test_spatial_and_auto_conv_forms():
+    """Spatial form (kh x 1 then 1 x kw): its size, and its ORT output error equals the reported one."""
+    m = FORMS["conv_stride_pad_dil"]()
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.standard_normal((1, 12, 15, 17)).astype(np.float32)} for _ in range(4)]
+    res = LowRank(mode="ratio", value=0.4, conv_form="spatial", min_params=0)(m, Context(calib=calib))
+    (row,) = res.stats["layers"]
+    assert row["form"] == "spatial" and not row["whitened"]
+    r = row["rank"]
+    assert r == int(np.ceil(0.4 * min(12 * 3, 16 * 3))) and row["params_after"] == r * (12 * 3 + 16 * 3)
+    assert [n.op_type for n in res.model.graph.node] == ["Conv", "Conv"]
+    b = numpy_helper.to_array(m.graph.initializer[1])[None, :, None, None]
+    ya = np.concatenate([run(m, c)[0] - b for c in calib])
+    yb = np.concatenate([run(res.model, c)[0] - b for c in calib])
+    assert np.linalg.norm(yb - ya) / np.linalg.norm(ya) == pytest.approx(row["output_error"], rel=1e-3)
+    # auto picks, per layer, whichever form meets the rule with fewer parameters
+    auto = LowRank(mode="energy", value=0.8, conv_form="auto", min_params=0)(m, Context())
+    chan = LowRank(mode="energy", value=0.8, conv_form="channel", min_params=0)(m, Context())
+    spat = LowRank(mode="energy", value=0.8, conv_form="spatial", min_params=0)(m, Context())
+    sizes = [x.stats["params_after"] for x in (chan, spat)]
+    assert sizes[0] != sizes[1] and auto.stats["params_after"] == min(sizes) < 16 * 12 * 9
+
+
 def test_skips_small_excluded_grouped_and_no_saving_layers():
     m = _mlp()
     res = LowRank(mode="ratio", value=0.3, exclude=["^fc2$"], min_params=6000)(m, Context())
@@ -317,6 +340,23 @@ def test_skips_small_excluded_grouped_and_no_saving_layers():
     grouped = one_node_model("Conv", [1, 32, 8, 8], {"w": rng_w(64, 8, 3, 3)}, group=4)
     res = LowRank(min_params=0)(grouped, Context())
     assert res.stats["skipped"] == [{"node": "layer", "reason": "grouped Conv (group=4)"}]
+
+
+def test_weight_from_constant_node_is_factorized_and_removed():
+    w = rng_w(64, 80, seed=6).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["w"], "wconst", value=numpy_helper.from_array(w, "w")),
+             helper.make_node("MatMul", ["x", "w"], ["y"], "mm")]
+    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 80])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    res = LowRank(mode="ratio", value=0.5, min_params=0)(m, Context())
+    assert [n.op_type for n in res.model.graph.node] == ["MatMul", "MatMul"]
+    x = random_input([3, 64])
+    s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
+    err = np.linalg.norm(run(res.model, {"x": x})[0] - x @ w) / np.linalg.norm(x @ w)
+    assert res.stats["layers"][0]["weight_error"] == pytest.approx(np.sqrt(np.sum(s[32:] ** 2) / np.sum(s**2)), rel=1e-4)
+    assert 0 < err < 1
 
 
 def test_round_to_and_unique_names_against_collisions():
@@ -341,3 +381,31 @@ def test_data_aware_without_data_is_a_clear_error():
 
     with pytest.raises(BadInputError, match="calibration data"):
         LowRank(data_aware=True)(_mlp(), Context())
+
+
+@pytest.mark.slow
+def test_digits_whitened_beats_plain_and_alds_keeps_budget():
+    """Bundled digits CNN: at equal ranks the whitened SVD keeps more test accuracy than plain SVD."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "models"
+    if not (root / "digits_cnn.onnx").exists():
+        pytest.skip("models/digits_cnn.onnx not built")
+    m = onnx.load(str(root / "digits_cnn.onnx"))
+    z, t = np.load(root / "digits_calib.npz"), np.load(root / "digits_test.npz")
+    calib = [{"input": z[z.files[0]][i]} for i in range(32)]
+    xs, labels = t[t.files[0]][:200], np.load(root / "digits_test_labels.npy")[:200]
+
+    def acc(model):
+        from onnxslim_compress.runtime import Target, make_session
+
+        sess = make_session(model, Target(kind="cpu", threads=1))
+        return np.mean([int(np.argmax(sess.run(None, {"input": x})[0])) == y for x, y in zip(xs, labels, strict=True)])
+
+    plain = LowRank(mode="ratio", value=0.3, data_aware=False)(m, Context())
+    white = LowRank(mode="ratio", value=0.3)(m, Context(calib=calib))
+    assert plain.stats["params_after"] == white.stats["params_after"] < 0.5 * white.stats["params_before"]
+    assert acc(white.model) > acc(plain.model) + 0.05
+    alds = LowRank(mode="alds", value=0.4)(m, Context(calib=calib))
+    assert alds.stats["params_after"] <= 0.4 * alds.stats["params_before"]
+    assert acc(alds.model) > 0.9

@@ -95,6 +95,14 @@ def test_round_to_aligns_channel_counts():
     assert res.stats["units_pruned"] > 0
 
 
+@pytest.mark.parametrize("ratio", [0.2, 0.3, 0.5])
+def test_ratio_hit_with_round_to(ratio):
+    m = _net(w=64, blocks=1)
+    res = PruneChannels(ratio=ratio, round_to=8, recover=False)(m, Context())
+    assert abs(res.stats["ratio_achieved"] - ratio) <= 0.02
+    assert all(c % 8 == 0 for c in _conv_outs(res.model)[1:])
+
+
 def test_min_channels_and_max_ratio():
     m = _net(w=16)
     res = PruneChannels(ratio=0.6, max_ratio=0.25, round_to=1, recover=False)(m, Context())
