@@ -48,6 +48,10 @@ CACHE_TRIALS = [
 ]
 
 
+class _Skip(Exception):
+    """--trials 0: presets, ORT and the cache figures only."""
+
+
 def model_path(name: str) -> Path:
     if name == "digits":
         return ROOT / "models" / "digits_cnn.onnx"
@@ -150,12 +154,18 @@ def bench_model(name: str, a: argparse.Namespace, tmp: Path) -> dict:
     # the search
     t0 = time.perf_counter()
     res = None
+    if a.trials == 0:
+        row["search"] = {"skipped": True}
     try:
+        if a.trials == 0:
+            raise _Skip
         res = search(
             src, tmp / f"{name}_search.onnx", calib=str(calib_p), eval_data=str(eval_p), labels=str(labels_p) if labels_p else None,
             metric=metric, max_drop=max_drop, trials=a.trials, target=target, runs=a.runs, warmup=5, seed=a.seed,
             num_samples=a.num_samples if not labels_p else None, sampler=a.sampler, table=True,
         )
+    except _Skip:
+        pass
     except Exception as e:  # noqa: BLE001 - AccuracyGateError is a result too
         rep = getattr(e, "report", None)
         row["search"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
@@ -180,6 +190,8 @@ def bench_model(name: str, a: argparse.Namespace, tmp: Path) -> dict:
             models["search best"] = res.model
     print(f"  search: {row['search']}", flush=True)
 
+    if a.search_model:  # the output of an earlier `search` run of this model
+        models["search best"] = onnx.load(a.search_model)
     # one sitting: speedups of the search's best, the best feasible preset and ORT's quantizer
     feasible_presets = [k for k, v in row["presets"].items() if v.get("feasible")]
     best_preset = min(feasible_presets, key=lambda k: row["presets"][k]["latency_ratio"]) if feasible_presets else None
@@ -217,7 +229,7 @@ def bench_model(name: str, a: argparse.Namespace, tmp: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
-    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--trials", type=int, default=20, help="search trials (0: skip the search)")
     ap.add_argument("--runs", type=int, default=30, help="interleaved runs per trial's latency ratio")
     ap.add_argument("--final-runs", type=int, default=100, help="interleaved runs for the final comparison")
     ap.add_argument("--threads", type=int, default=2)
@@ -225,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-samples", type=int, default=16, help="calibration/eval samples for the unlabelled models")
     ap.add_argument("--sampler", default="gp", choices=["gp", "tpe", "random"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--search-model", help="with --trials 0: a model written by an earlier search, timed in the final round")
     ap.add_argument("--no-cache-bench", dest="cache_bench", action="store_false")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search.json"))
     a = ap.parse_args(argv)

@@ -41,6 +41,10 @@ class _Target:
     bias_add: tuple[int, str] | None = None  # MatMul: following Add (node, constant name)
     gram: np.ndarray | None = None
     cross: np.ndarray | None = None
+    #: the same statistics from every 4th sample, to pick the ridge per layer on unseen rows
+    gram_v: np.ndarray | None = None
+    cross_v: np.ndarray | None = None
+    ridge_used: float = 0.0
     kept_in: np.ndarray | None = None
     x_sum: np.ndarray | None = None
     rows: int = 0
@@ -110,7 +114,8 @@ def _targets(an: ChannelAnalysis, pruned_model: onnx.ModelProto, pruned: np.ndar
         ws = list(v.shape(w))
         if n.op_type == "Conv":
             if attr(n, "group", 1) != 1 or len(ws) != 4:
-                skipped.append({"node": name, "reason": "grouped or non-2D conv"})
+                if ws[1] != 1:  # depthwise convs lose whole channels: nothing to refit there
+                    skipped.append({"node": name, "reason": "grouped or non-2D conv"})
                 continue
             feats = int(len(kept_positions(an, (w, 1), pruned)) * ws[2] * ws[3])
             kind = "conv"
@@ -142,12 +147,13 @@ def _collect(
     an: ChannelAnalysis, targets: list[_Target], data: Iterable, limit: int, seed: int,
     x_model: onnx.ModelProto | None = None,
 ) -> None:
-    """Stream the ORIGINAL model once: Gram matrices of the kept inputs vs the original outputs.
+    """Gram matrices of each layer's kept inputs against the ORIGINAL model's outputs.
 
-    Inputs come from the original model (ThiNet): every layer is fitted to reproduce its original
-    output from the original values of the channels it keeps, so fits of successive layers agree
-    with each other (fitting on the un-recovered pruned model over-compensates once the upstream
-    layers are recovered too).
+    Without x_model the inputs come from the original model too (ThiNet): each layer is fitted to
+    reproduce its original output from the original values of the channels it keeps, so one pass
+    fits every layer consistently. With x_model (staged recovery) the inputs are what that partly
+    recovered model really feeds the layer, which also absorbs error built up upstream; fitting
+    all layers at once that way would over-compensate, hence the stages.
     """
     rng = np.random.default_rng(seed)
     v = an.view
@@ -157,7 +163,8 @@ def _collect(
         names = list(dict.fromkeys([t.x for t in targets] + [t.y for t in targets]))
         stream = iterate_tensors(an.model, names, data, limit=limit, target=tgt)
     else:
-        names_o = list(dict.fromkeys(t.y for t in targets))
+        # bias-only layers need the removed channels' means, which only the original has
+        names_o = list(dict.fromkeys([t.y for t in targets] + [t.x for t in targets if t.mode != "refit"]))
         names_p = list(dict.fromkeys(t.x for t in targets))
         stream = (
             {**{k: vo[k] for k in names_o}, **{"__x__" + k: vp[k] for k in names_p}}
@@ -167,33 +174,43 @@ def _collect(
                 strict=False,
             )
         )
-    for vals in stream:
+    for k, vals in enumerate(stream):
+        held = k % 4 == 3
         for t in targets:
             n = v.nodes[t.node]
             ax = 1 if t.kind != "matmul" else vals[t.y].ndim - 1
-            xo = vals[t.x if x_model is None else "__x__" + t.x].astype(np.float64)
-            xax = 1 if t.kind != "matmul" else xo.ndim - 1
-            xrows = np.moveaxis(xo, xax, -1).reshape(-1, xo.shape[xax])
-            if t.x_sum is None:
-                t.x_sum = np.zeros(xrows.shape[1])
-            t.x_sum += xrows.sum(0)
-            t.rows_x += xrows.shape[0]
+            if t.x in vals:  # original input: channel means for bias compensation
+                xorig = vals[t.x].astype(np.float64)
+                xax = 1 if t.kind != "matmul" else xorig.ndim - 1
+                xrows = np.moveaxis(xorig, xax, -1).reshape(-1, xorig.shape[xax])
+                if t.x_sum is None:
+                    t.x_sum = np.zeros(xrows.shape[1])
+                t.x_sum += xrows.sum(0)
+                t.rows_x += xrows.shape[0]
             if t.mode != "refit":
                 continue
+            xo = vals[t.x if x_model is None else "__x__" + t.x].astype(np.float64)
+            xax = 1 if t.kind != "matmul" else xo.ndim - 1
             yo = np.take(vals[t.y], t.kept_out, axis=ax).astype(np.float64)
             xk = np.take(xo, t.kept_in, axis=xax) if x_model is None else xo
             if t.kind == "conv":
-                feats, tgt = _unfold(n, xk, yo, list(v.shape(n.input[1])), rng)
+                feats, want = _unfold(n, xk, yo, list(v.shape(n.input[1])), rng)
             else:
                 feats = xk.reshape(-1, xk.shape[-1])
-                tgt = np.moveaxis(yo, ax, -1).reshape(-1, yo.shape[ax])
+                want = np.moveaxis(yo, ax, -1).reshape(-1, yo.shape[ax])
             feats = np.concatenate([feats, np.ones((feats.shape[0], 1))], axis=1)
             if t.gram is None:
                 t.gram = np.zeros((feats.shape[1], feats.shape[1]))
-                t.cross = np.zeros((feats.shape[1], tgt.shape[1]))
-            t.gram += feats.T @ feats
-            t.cross += feats.T @ tgt
-            t.rows += feats.shape[0]
+                t.cross = np.zeros((feats.shape[1], want.shape[1]))
+                t.gram_v = np.zeros_like(t.gram)
+                t.cross_v = np.zeros_like(t.cross)
+            if held:
+                t.gram_v += feats.T @ feats
+                t.cross_v += feats.T @ want
+            else:
+                t.gram += feats.T @ feats
+                t.cross += feats.T @ want
+                t.rows += feats.shape[0]
 
 
 def _solve(gram: np.ndarray, cross: np.ndarray, ridge: float, intercept: bool) -> np.ndarray:
@@ -209,6 +226,28 @@ def _solve(gram: np.ndarray, cross: np.ndarray, ridge: float, intercept: bool) -
         return np.linalg.solve(a, cross)
     except np.linalg.LinAlgError:
         return np.linalg.lstsq(a, cross, rcond=None)[0]
+
+
+#: ridge factors tried per layer (times the `ridge` parameter), chosen on held-out rows
+RIDGE_FACTORS = (1.0, 10.0, 100.0)
+
+
+def _solve_validated(t: _Target, ridge: float, intercept: bool) -> tuple[np.ndarray, float]:
+    """Solve for each ridge in RIDGE_FACTORS * ridge; keep the lowest error on the held-out Gram.
+
+    The output error ||Y - X W||^2 on held-out rows is tr(W^T G W) - 2 tr(W^T C) + const, so no
+    held-out activations need to be kept, only their Gram matrices.
+    """
+    f = t.gram.shape[0] - 1
+    gv, cv = (t.gram_v, t.cross_v) if intercept else (t.gram_v[:f, :f], t.cross_v[:f])
+    best = None
+    for r in ([ridge * k for k in RIDGE_FACTORS] if gv.any() else [ridge]):
+        sol = _solve(t.gram, t.cross, r, intercept)
+        err = float(np.sum(sol * (gv @ sol)) - 2 * np.sum(sol * cv))
+        if best is None or err < best[0]:
+            best = (err, r)
+    # the held-out rows only chose the ridge; the final fit uses every row
+    return _solve(t.gram + t.gram_v, t.cross + t.cross_v, best[1], intercept), best[1]
 
 
 def _write(model: onnx.ModelProto, targets: list[_Target], an: ChannelAnalysis, ridge: float) -> int:
@@ -234,8 +273,9 @@ def _write(model: onnx.ModelProto, targets: list[_Target], an: ChannelAnalysis, 
         bias_name = n.input[2] if len(n.input) > 2 and n.input[2] else None
         if t.kind == "matmul":
             bias_name = t.bias_add[1] if t.bias_add else None
-        if t.mode == "refit" and t.gram is not None:
-            sol = _solve(t.gram, t.cross, ridge, intercept=t.kind != "matmul" or bias_name is not None)
+        if t.mode == "refit" and t.gram is not None and t.rows:
+            intercept = t.kind != "matmul" or bias_name is not None
+            sol, t.ridge_used = _solve_validated(t, ridge, intercept)
             f = t.gram.shape[0] - 1
             wmat, b = sol[:f], (sol[f] if sol.shape[0] > f else None)
             old = get(w)
@@ -347,10 +387,10 @@ def recover_model(
     stats: dict = {"refit": 0, "bias_only": 0, "skipped": skipped, "stages": stages}
     if not targets:
         return pruned_model, stats
-    # hold a quarter of the samples out of the fit: the keep-or-revert decision and the reported
+    # hold an eighth of the samples out of the fit: the keep-or-revert decision and the reported
     # fidelity must not be measured on the data the least-squares fit has seen
     n = sum(1 for _ in _Window(data, 0, limit))
-    n_val = max(2, n // 4) if n >= 8 else 0
+    n_val = max(2, n // 8) if n >= 8 else 0
     fit = _Window(data, 0, n - n_val)
     val = _Window(data, n - n_val, n) if n_val else fit
     stats["samples_fit"], stats["samples_validate"] = n - n_val, n_val or n
@@ -365,6 +405,9 @@ def recover_model(
             _collect(an, part, fit, limit, seed, x_model=rec)
             _write(rec, part, an, ridge)
     stats["refit"] = sum(1 for t in targets if t.mode == "refit")
+    used = [t.ridge_used for t in targets if t.ridge_used]
+    if used:
+        stats["ridge_chosen"] = {f"{r:g}": used.count(r) for r in sorted(set(used))}
     stats["bias_only"] = sum(1 for t in targets if t.mode == "bias")
     before, after = fidelity(an.model, [pruned_model, rec], val, limit)
     stats["fidelity_before"] = before

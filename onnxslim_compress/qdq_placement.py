@@ -424,3 +424,60 @@ def apply_float_bias_delta(model: onnx.ModelProto, delta: dict[str, np.ndarray],
         if node in delta and name in inits:
             b = numpy_helper.to_array(inits[name]).astype(np.float32)
             inits[name].CopyFrom(numpy_helper.from_array((b + delta[node].reshape(b.shape)).astype(np.float32), name))
+
+
+def _const_value(inits: dict[str, TensorProto], t: str) -> float | None:
+    if t not in inits:
+        return None
+    a = numpy_helper.to_array(inits[t])
+    return float(a.reshape(-1)[0]) if a.size == 1 else None
+
+
+def fuse_hardswish(model: onnx.ModelProto) -> int:
+    """In place: x * Clip(x + 3, 0, 6) / 6 (paddle2onnx's hard_swish) -> one HardSwish node (opset 14).
+
+    Why here: between two integer convolutions those four float ops cost more than the convolution
+    they follow once it is int8 (PP-OCRv4), and no integer kernel covers the chain; one HardSwish
+    is a single float pass between DQ and Q. Exact: HardSwish(x) = x * max(0, min(1, x/6 + 1/2)).
+    Returns the number of chains fused; the caller must make sure the opset is >= 14.
+    """
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for t in n.input:
+            uses[t] = uses.get(t, 0) + 1
+    for o in g.output:
+        uses[o.name] = uses.get(o.name, 0) + 1
+    drop: set[int] = set()
+    replace: dict[int, onnx.NodeProto] = {}
+    for k, d in enumerate(g.node):
+        if d.op_type != "Div" or _const_value(inits, d.input[1]) != 6.0:
+            continue
+        m = producer.get(d.input[0])
+        if m is None or m.op_type != "Mul" or uses.get(m.output[0]) != 1:
+            continue
+        for xi in (0, 1):
+            x, c_t = m.input[xi], m.input[1 - xi]
+            c = producer.get(c_t)
+            if c is None or c.op_type != "Clip" or uses.get(c_t) != 1 or len(c.input) < 3:
+                continue
+            if _const_value(inits, c.input[1]) != 0.0 or _const_value(inits, c.input[2]) != 6.0:
+                continue
+            a = producer.get(c.input[0])
+            if a is None or a.op_type != "Add" or uses.get(a.output[0]) != 1 or x not in a.input:
+                continue
+            other = a.input[1] if a.input[0] == x else a.input[0]
+            if _const_value(inits, other) != 3.0:
+                continue
+            ids = [i for i, n in enumerate(g.node) if n is a or n is c or n is m]
+            drop.update(ids)
+            replace[k] = helper.make_node("HardSwish", [x], [d.output[0]], name=d.name or f"HardSwish_{k}")
+            break
+    if not replace:
+        return 0
+    nodes = [replace.get(i, n) for i, n in enumerate(g.node) if i not in drop]
+    del g.node[:]
+    g.node.extend(nodes)
+    return len(replace)

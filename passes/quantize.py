@@ -189,7 +189,9 @@ class Quantize(Pass):
             out, st = convert_fp16(model, keep_io_fp32=True)
             stats.update(st)
             return PassResult(out, True, stats)
-        model, up = upgrade_opset(model, {"int8": 13, "fp8": 19, "int4-weight": 21}[mode])
+        # int8 on CPU: 14, for the HardSwish fusion (PP-OCR); ORT needs >= 13 for per-axis DQ
+        need = {"int8": 14 if kind == "cpu" else 13, "fp8": 19, "int4-weight": 21}[mode]
+        model, up = upgrade_opset(model, need)
         stats["opset_out"] = main_opset(model)
         if mode == "int4-weight":
             out, rows, skipped = int4_weight_only(model, p.block_size, p.exclude)
@@ -201,6 +203,8 @@ class Quantize(Pass):
         p: QuantizeParams = self.params
         model = _copy(model)
         _constants_to_initializers(model)
+        if kind == "cpu" and main_opset(model) >= 14:
+            stats["hardswish_fused"] = qp.fuse_hardswish(model)
         # a BatchNormalization between a Conv and its output Q blocks QLinearConv; folding it is exact
         folded = FoldBatchNorm()(model, ctx, copy_input=False)
         model = folded.model

@@ -261,3 +261,20 @@ def _real_feed(name: str) -> dict:
 
     data = load(build(name, "calib"))
     return {k: v[0] for k, v in data.items()}
+
+
+@pytest.mark.parametrize("stages", [1, 3])
+def test_bias_only_recovery_for_wide_layers(monkeypatch, stages):
+    """Layers too wide for a dense solve get W[:, removed] . E[x_removed] added to their bias."""
+    import onnxslim_compress.prune_recovery as rec_mod
+
+    monkeypatch.setattr(rec_mod, "MAX_FEATURES", 0)
+    m = _net(w=16)
+    res = PruneChannels(ratio=0.3, round_to=1, recover=True, recover_stages=stages, calib_samples=16)(
+        m, Context(calib=_calib(16))
+    )
+    rec = res.stats["recovery"]
+    assert rec["refit"] == 0 and rec["bias_only"] > 0
+    onnx.checker.check_model(res.model)
+    if rec["kept"] == "recovered":
+        assert rec["fidelity_after"]["rel_l2"] <= rec["fidelity_before"]["rel_l2"]

@@ -530,3 +530,37 @@ def test_fidelity_goal_enters_the_default_recipe():
         space = SearchSpace.from_recipe(default_recipe("cpu", REGISTRY, "cosine=0.995"), REGISTRY)
         dims = {d.name: d for d in space.dims}
         assert dims["quantize.min_fidelity"].choices == (None, "cosine=0.995")
+
+
+def test_a_stubborn_sampler_still_explores(mm_model, mm_eval):
+    """A sampler that always proposes the same point: each repeat queues an unseen neighbour, so
+    the budget is spent on new candidates, not on copies."""
+    from onnxslim_compress.context import Context
+    from onnxslim_compress.runtime import Target
+    from onnxslim_compress.search.objective import Evaluator
+    from onnxslim_compress.search.runner import LoopSettings, TrialLoop
+
+    class Stubborn(optuna.samplers.BaseSampler):
+        def infer_relative_search_space(self, study, trial):
+            return {}
+
+        def sample_relative(self, study, trial, search_space):
+            return {}
+
+        def sample_independent(self, study, trial, name, dist):
+            return dist.choices[0] if hasattr(dist, "choices") else dist.low
+
+    reg = make_registry()
+    space = SearchSpace.from_recipe({"passes": [{"fake_lowrank": {"rank": {"search": [1, N_OUT]}}},
+                                                {"fake_tag": {"tag": {"choices": ["a", "b"]}}}]}, reg)
+    ev = Evaluator(mm_model, target=Target(), eval_data=mm_eval, metric="cosine", max_drop=1.0, objective="size")
+    study = optuna.create_study(sampler=Stubborn())
+    loop = TrialLoop(study, space, TrialBuilder(mm_model, Context()), ev, LoopSettings(budget=5, max_drop=1.0))
+    loop.run()
+    built = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
+    assert len(built) == 5 and len({t.user_attrs["key"] for t in built}) == 5
+    assert len(study.trials) <= 10  # every repeat was followed by a new candidate
+    off = TrialLoop(optuna.create_study(sampler=Stubborn()), space, TrialBuilder(mm_model, Context()), ev,
+                    LoopSettings(budget=5, max_drop=1.0, explore_on_repeat=False))
+    off.run()
+    assert len(off.computed) == 1 and len(off.study.trials) == 15  # without it: one candidate, then the cap

@@ -275,8 +275,8 @@ def search(
         for v in prep.space.presets()[: max(1, trials // 3)]:
             study.enqueue_trial(v, skip_if_exists=True)
     t0 = time.perf_counter()
-    n_before = len(study.get_trials(deepcopy=False))
-    loop, live = _loop(study, prep, trials, max_drop, multi_objective, timeout, debug, progress, table, objective)
+    n_before = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+    loop, live = _loop(study, prep, trials, max_drop, multi_objective, timeout, debug, progress, table, objective, seed)
     try:
         loop.run()
     finally:
@@ -306,7 +306,7 @@ def _check_baseline(prep: _Prepared) -> None:
     _ = prep.evaluator.feed
 
 
-def _loop(study, prep, trials, max_drop, multi_objective, timeout, debug, progress, table, objective):
+def _loop(study, prep, trials, max_drop, multi_objective, timeout, debug, progress, table, objective, seed=0):
     space = prep.space
     done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
     live = LiveTable(trials, done, bar=progress, rows=progress if table is None else table, objective=objective)
@@ -317,7 +317,9 @@ def _loop(study, prep, trials, max_drop, multi_objective, timeout, debug, progre
 
     loop = TrialLoop(
         study, space, prep.builder, prep.evaluator,
-        LoopSettings(budget=trials, max_drop=max_drop, multi_objective=multi_objective, timeout=timeout, debug=debug),
+        LoopSettings(budget=trials, max_drop=max_drop, multi_objective=multi_objective, timeout=timeout, debug=debug,
+                     explore_on_repeat=not isinstance(study.sampler, (BisectionSampler, optuna.samplers.BruteForceSampler)),
+                     seed=seed),
         on_trial=on_trial,
     )
     return loop, live
@@ -483,7 +485,7 @@ def run_worker(
                        finite=prep.space.cardinality())
     study = optuna.load_study(study_name=study_name, storage=rdb, sampler=smp)
     _check_baseline(prep)
-    loop, live = _loop(study, prep, s.trials, s.max_drop, s.multi_objective, s.timeout, debug, progress, table, s.objective)
+    loop, live = _loop(study, prep, s.trials, s.max_drop, s.multi_objective, s.timeout, debug, progress, table, s.objective, s.seed)
     t0 = time.perf_counter()
     try:
         loop.run()

@@ -16,6 +16,7 @@ enumerated categorical space).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -80,6 +82,9 @@ class LoopSettings:
     multi_objective: bool = False
     timeout: float | None = None
     debug: bool = False
+    #: when the sampler repeats a measured candidate, queue a neighbour of it as the next trial
+    explore_on_repeat: bool = True
+    seed: int = 0
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
@@ -145,6 +150,7 @@ class TrialLoop:
         key = self.space.key(values)
         trial.set_user_attr("key", key)
         if key in self.memo:
+            self._explore(trial, values)
             vals, attrs = self.memo[key]
             for k, v in attrs.items():
                 if k == "constraint":
@@ -157,6 +163,7 @@ class TrialLoop:
             state, twin = self._find_twin(trial, key)
             if state == "done":
                 assert twin is not None
+                self._explore(trial, values)
                 return self._copy_from(trial, twin)
             if state == "failed":
                 assert twin is not None
@@ -175,6 +182,26 @@ class TrialLoop:
             self._over_budget(trial)
         trial.set_user_attr("computing", True)
         return self._compute(trial, values, key)
+
+    def _explore(self, trial: optuna.Trial, values: dict[str, Any]) -> None:
+        """A repeat teaches the sampler nothing, and a GP that likes one point keeps proposing it
+        (seen on PP-OCR det: 22 repeats of one candidate in 30 trials). So each repeat queues a
+        not-yet-seen neighbour of the repeated point as the next trial (any worker may take it)."""
+        if not self.settings.explore_on_repeat:
+            return
+        trials = self.study.get_trials(deepcopy=False)
+        seen = {t.user_attrs.get("key") for t in trials}
+        for t in trials:
+            fixed = t.system_attrs.get("fixed_params")
+            if t.state == TrialState.WAITING and fixed:
+                with contextlib.suppress(KeyError):
+                    seen.add(self.space.key(fixed))
+        rng = np.random.default_rng([self.settings.seed, trial.number])
+        for _ in range(64):
+            cand = self.space.neighbor(values, rng)
+            if self.space.key(cand) not in seen:
+                self.study.enqueue_trial(cand)
+                return
 
     def _over_budget(self, trial: optuna.Trial) -> None:
         trial.set_user_attr("over_budget", True)
