@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
               {PROG} compress model.onnx -o q.onnx --quantize int8 --calib calib.npz --target cpu
               {PROG} profile model.onnx small.onnx --threads 2        # latency ratio, interleaved runs
               {PROG} compare model.onnx small.onnx --data eval.npz --labels labels.npy
+              {PROG} search model.onnx -o best.onnx --calib calib.npz --eval eval.npz --labels labels.npy \
+                  --metric accuracy --max-drop 0.01 --trials 20 --threads 2
 
             exit codes: 0 ok, 2 bad input, 3 accuracy gate not met, 1 internal error
             """
@@ -152,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         DataFlags("eval", "evaluation data: report fidelity of the output against the input"),
     )
     OutputArgs.add(comp)
+
+    from .search.cli import add_commands
+
+    handlers = dict(COMMANDS)
+    handlers.update(add_commands(sub, common))
+    p.set_defaults(_handlers=handlers)
     return p
 
 
@@ -392,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         if not ns.command:
             parser.print_help()
             return 2
-        return COMMANDS[ns.command](ns)
+        return ns._handlers[ns.command](ns)
     except CompressError as e:
         if debug:
             traceback.print_exc()
