@@ -72,14 +72,14 @@ def _upgraded_copy(src: Path, tmp: Path) -> Path:
     import onnx
 
     from onnxslim_compress.model_io import clamp_ir_version, upgrade_opset
-    from onnxslim_compress.passes.quantize import _constants_to_initializers
+    from onnxslim_compress.qdq_placement import constants_to_initializers
 
     m = onnx.load(str(src))
     m, changed = upgrade_opset(m, 13)
     n_const = sum(1 for n in m.graph.node if n.op_type == "Constant")
     if not changed and not n_const:
         return src
-    _constants_to_initializers(m)
+    constants_to_initializers(m)
     clamp_ir_version(m)
     p = tmp / "upgraded.onnx"
     onnx.save(m, str(p))

@@ -12,6 +12,7 @@ one Q after its producer and one DQ per consumer (ORT fuses a DQ into one node u
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -481,3 +482,74 @@ def fuse_hardswish(model: onnx.ModelProto) -> int:
     del g.node[:]
     g.node.extend(nodes)
     return len(replace)
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> None:
+    """In place: Constant nodes holding a tensor become initializers (paddle2onnx stores weights so)."""
+    keep = []
+    for n in model.graph.node:
+        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(n.attribute[0].t)
+            t.name = n.output[0]
+            model.graph.initializer.append(t)
+        else:
+            keep.append(n)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+
+
+def drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def int4_weight_only(model: onnx.ModelProto, block: int, exclude: list[str]) -> tuple[onnx.ModelProto, list[dict], list[dict]]:
+    """MatMul/Gemm constant weights -> int4 blocks along the reduction axis + DequantizeLinear (opset 21).
+
+    Per block the clip factor that minimizes the block's squared error is chosen (a small grid), which
+    beats plain absmax scaling at the same size. ORT fuses DQ(axis 0)->MatMul into MatMulNBits.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {t.name: t for t in m.graph.initializer}
+    rows, skipped, nodes = [], [], []
+    for n in m.graph.node:
+        if n.op_type in ("MatMul", "Gemm") and not any(re.search(rx, n.name) for rx in exclude):
+            w_name = n.input[1]
+            trans = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
+            if w_name not in inits or len(inits[w_name].dims) != 2:
+                skipped.append({"node": n.name, "reason": "weight is not a constant 2-D tensor"})
+            else:
+                w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+                wk = w.T if trans else w  # [K, N]; blocks run along K
+                k_dim, n_dim = wk.shape
+                pad = (-k_dim) % block
+                wp = np.pad(wk, ((0, pad), (0, 0))).reshape(-1, block, n_dim)
+                amax = np.maximum(np.abs(wp).max(1, keepdims=True), 1e-12)
+                best_s, best_e = amax / 7, np.full(amax.shape, np.inf)
+                for f in np.linspace(0.6, 1.0, 9):
+                    s = amax * f / 7
+                    e = ((np.clip(np.round(wp / s), -8, 7) * s - wp) ** 2).sum(1, keepdims=True)
+                    better = e < best_e
+                    best_s, best_e = np.where(better, s, best_s), np.where(better, e, best_e)
+                q = np.clip(np.round(wp / best_s), -8, 7).reshape(-1, n_dim)[:k_dim]
+                scale = best_s[:, 0, :]  # [ceil(K/B), N]
+                if trans:
+                    q, scale = q.T, scale.T
+                base = f"{w_name}__int4_{n.name}"
+                m.graph.initializer.extend([
+                    helper.make_tensor(base, TensorProto.INT4, q.shape, q.astype(np.int8).ravel().tolist()),
+                    numpy_helper.from_array(scale.astype(np.float32), base + "_scale"),
+                ])
+                nodes.append(helper.make_node("DequantizeLinear", [base, base + "_scale"], [base + "_dq"],
+                                              name=base + "_DQ", axis=1 if trans else 0, block_size=block))
+                n.input[1] = base + "_dq"
+                rows.append({"node": n.name, "shape": list(w.shape), "block": block})
+        nodes.append(n)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    drop_unused_initializers(m)
+    return m, rows, skipped

@@ -55,7 +55,8 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
 
 
 def _const_ok(arr: np.ndarray) -> bool:
-    a = np.abs(arr[np.nonzero(arr)]) if arr.size else arr
+    flat = np.asarray(arr, dtype=np.float64).reshape(-1)
+    a = np.abs(flat[flat != 0])
     return a.size == 0 or (a.min() >= _FP16_MIN and a.max() <= _FP16_MAX)
 
 

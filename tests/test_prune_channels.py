@@ -231,7 +231,8 @@ def test_real_models_prune(name):
         # stacks amplify that to ~1e-4; a wrong group moves the output by O(1))
         for a, b in zip(run(masked, feeds), outs, strict=True):
             a, b = a.astype(np.float64), b.astype(np.float64)
-            assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(a)
+            # (plus an RMS floor of 1e-5: PP-OCR's sigmoid map collapses to ~0 at this ratio)
+            assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(a) + 1e-5 * np.sqrt(a.size)
 
 
 def _masked_original(m: onnx.ModelProto, shapes: dict, p: PruneChannels) -> onnx.ModelProto:

@@ -313,3 +313,25 @@ def test_int8_for_cuda_becomes_fp16_with_a_note():
     res = Quantize(mode="int8", target="cuda")(conv_net(), _ctx((1, 3, 16, 16)))
     assert "fp16" in res.stats["note"] and res.stats["fp16_nodes"] > 0
     assert not any(n.op_type == "QuantizeLinear" for n in res.model.graph.node)
+
+
+def test_hardswish_chain_is_fused_exactly():
+    from onnxslim_compress.qdq_placement import fuse_hardswish
+
+    i = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("three", 3.0), ("zero", 0.0), ("six", 6.0))]
+    nodes = [
+        helper.make_node("Add", ["x", "three"], ["a"]),
+        helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
+        helper.make_node("Mul", ["x", "c"], ["m"]),
+        helper.make_node("Div", ["m", "six"], ["y"]),
+    ]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64])], i, opset=14)
+    fused = onnx.ModelProto()
+    fused.CopyFrom(m)
+    assert fuse_hardswish(fused) == 1 and _ops(fused) == {"HardSwish": 1}
+    feed = {"x": np.linspace(-8, 8, 64).astype(np.float32)}
+    np.testing.assert_allclose(_run_all(fused, feed)[0], _run_all(m, feed)[0], atol=1e-6)
+    # a chain whose intermediate has a second reader is left alone
+    m.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [64]))
+    assert fuse_hardswish(m) == 0
