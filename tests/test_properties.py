@@ -6,6 +6,7 @@ import onnx
 from builders import random_input, run
 from grammar import cnn_graphs
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from onnxslim_compress.compress_job import lossless_pipeline
 from onnxslim_compress.passes import FoldBatchNorm
@@ -36,3 +37,32 @@ def test_lossless_pipeline_is_exact_and_never_grows(g):
     assert len(res.model.graph.node) <= len(model.graph.node)
     x = random_input(shape)
     assert rel_err(run(model, {"x": x})[0], run(res.model, {"x": x})[0]) < 1e-5
+
+
+@SETTINGS
+@given(cnn_graphs(), st.sampled_from([0.2, 0.5]))
+def test_prune_gives_valid_runnable_model(g, ratio):
+    from onnxslim_compress.passes import PruneChannels
+
+    model, shape = g
+    res = PruneChannels(ratio=ratio, round_to=1)(model)
+    onnx.checker.check_model(res.model)
+    x = random_input(shape)
+    out = run(res.model, {"x": x})[0]
+    assert out.shape == run(model, {"x": x})[0].shape and np.isfinite(out).all()
+
+
+@SETTINGS
+@given(cnn_graphs())
+def test_low_rank_keeps_outputs_at_ratio_one_and_runs_at_any_ratio(g):
+    from onnxslim_compress.passes import LowRank
+
+    model, shape = g
+    x = random_input(shape)
+    ref = run(model, {"x": x})[0]
+    full = LowRank(mode="ratio", value=1.0, min_params=0)(model)
+    onnx.checker.check_model(full.model)
+    assert rel_err(ref, run(full.model, {"x": x})[0]) < 1e-4
+    half = LowRank(mode="ratio", value=0.3, min_params=0)(model)
+    onnx.checker.check_model(half.model)
+    assert run(half.model, {"x": x})[0].shape == ref.shape
