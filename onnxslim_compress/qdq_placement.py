@@ -318,7 +318,6 @@ def insert_qdq(
     chosen: set[str],
     act_q: dict[str, ActQ],
     fmt: Format,
-    bias_delta: dict[str, np.ndarray] | None = None,
 ) -> onnx.ModelProto:
     """A new model with Q->DQ on `chosen` tensors and integer weights for `units`."""
     m = onnx.ModelProto()
@@ -370,8 +369,6 @@ def insert_qdq(
                 if x is None or x not in act_q or not w_t.endswith("_dq"):
                     continue
                 b = numpy_helper.to_array(inits[t]).astype(np.float64)
-                if bias_delta and n.name in bias_delta:
-                    b = b + bias_delta[n.name]
                 w_scale = numpy_helper.to_array(next(i for i in new_inits if i.name == w_t[:-3] + "_scale"))
                 bs = (act_q[x].scale * w_scale.astype(np.float64)).reshape(-1) * np.ones(b.shape[0])
                 qb = np.clip(np.round(b / bs), -(2**31) + 1, 2**31 - 1).astype(np.int32)

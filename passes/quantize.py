@@ -208,7 +208,7 @@ class Quantize(Pass):
             qmodel = build(units, model)
             stats["bias_corrected"] = len(delta)
         if p.min_fidelity:
-            qmodel = self._mixed_precision(model, units, build, data, kind, stats)
+            qmodel = self._mixed_precision(model, units, build, data, kind, ctx, stats)
         qp.drop_unused_initializers(qmodel)
         stats.update(quantized_units=len(units), quantized_tensors=len(all_chosen), excluded=excluded,
                      skipped=skipped, calibration=p.calibration, activation_type=TensorProto.DataType.Name(fmt.act_type))
@@ -241,10 +241,14 @@ class Quantize(Pass):
                 out[t] = qp.ActQ(q.scale, q.zero_point, fmt.act_type)
         return out
 
-    def _mixed_precision(self, model, units, build, data, kind, stats) -> onnx.ModelProto:
-        """Rank units by the error each causes alone; keep the worst float until the goal holds."""
+    def _mixed_precision(self, model, units, build, data, kind, ctx, stats) -> onnx.ModelProto:
+        """Rank units by the error each causes alone; keep the worst float until the goal holds.
+
+        CPU: measured with the real integer kernels (the session ORT will run). Other targets are
+        measured as the QDQ simulation on the CPU EP (no fusion), the numerics TensorRT reproduces.
+        """
         goal = qs.parse_min_fidelity(self.params.min_fidelity)
-        target = Target(kind="cpu", threads=0, opt_level="all") if kind != "cpu" else Target(kind="cpu", opt_level="all")
+        target = ctx.target if kind == ctx.target.kind == "cpu" else Target(kind="cpu", opt_level="all" if kind == "cpu" else "basic")
         feeds = list(cal.take(data, 16))
         ref = qs.run_outputs(model, feeds, target)
         sens = qs.layer_sensitivity(lambda s: build(s, model), units, feeds[:4], ref[:4], target)

@@ -335,3 +335,22 @@ def test_hardswish_chain_is_fused_exactly():
     # a chain whose intermediate has a second reader is left alone
     m.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [64]))
     assert fuse_hardswish(m) == 0
+
+
+@pytest.mark.slow
+def test_bundled_digits_model_keeps_accuracy_with_integer_kernels():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "models"
+    if not (root / "digits_cnn.onnx").exists():
+        pytest.skip("models/digits_cnn.onnx not built")
+    m = onnx.load(str(root / "digits_cnn.onnx"))
+    calib = np.load(root / "digits_calib.npz")["input"][:64]
+    test = np.load(root / "digits_test.npz")["input"]
+    labels = np.load(root / "digits_test_labels.npy")
+    res = Quantize()(m, Context(target=Target("cpu", threads=1), calib=[{"input": x} for x in calib]))
+    assert res.stats["integer_kernels_by_op"]["QLinearConv"] == 11  # every Conv of the model
+    sf, sq = make_session(m, Target("cpu")), make_session(res.model, Target("cpu"))
+    acc_f = np.mean([sf.run(None, {"input": x})[0].argmax() == y for x, y in zip(test, labels, strict=True)])
+    acc_q = np.mean([sq.run(None, {"input": x})[0].argmax() == y for x, y in zip(test, labels, strict=True)])
+    assert acc_q >= acc_f - 0.005
