@@ -49,6 +49,9 @@ def iterate_tensors(
     for k, feed in enumerate(data):
         if limit is not None and k >= limit:
             break
+        if not names:  # sess.run([]) would return every graph output, not none
+            yield {}
+            continue
         outs = sess.run(names, {n: feed[n] for n in input_names if n in feed})
         yield dict(zip(names, outs, strict=True))
 

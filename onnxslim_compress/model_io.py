@@ -144,11 +144,13 @@ def upgrade_opset(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto,
 class NormalizeReport:
     initializers_removed_from_inputs: list[str] = field(default_factory=list)
     ir_version: tuple[int, int] | None = None
+    nodes_renamed: int = 0
 
     def as_dict(self) -> dict:
         return {
             "initializers_removed_from_inputs": len(self.initializers_removed_from_inputs),
             "ir_version": list(self.ir_version) if self.ir_version else None,
+            "nodes_renamed": self.nodes_renamed,
         }
 
 
@@ -166,11 +168,29 @@ def normalize(model: onnx.ModelProto) -> NormalizeReport:
         del model.graph.input[:]
         model.graph.input.extend(keep)
         model.ir_version = max(model.ir_version, 4)
+    rep.nodes_renamed = _dedupe_node_names(model.graph)
     before = model.ir_version
     clamp_ir_version(model)
     if before != model.ir_version:
         rep.ir_version = (before, model.ir_version)
     return rep
+
+
+def _dedupe_node_names(graph: onnx.GraphProto) -> int:
+    """Give the 2nd, 3rd ... node of one non-empty name a unique one: ORT refuses such graphs."""
+    taken = {n.name for n in graph.node}
+    seen: set[str] = set()
+    renamed = 0
+    for n in graph.node:
+        if n.name and n.name in seen:
+            k = 1
+            while f"{n.name}_{k}" in taken:
+                k += 1
+            n.name = f"{n.name}_{k}"
+            taken.add(n.name)
+            renamed += 1
+        seen.add(n.name)
+    return renamed
 
 
 def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike]) -> Path:

@@ -85,6 +85,10 @@ def build_units(
     for n in g.node:
         op = n.op_type
         u = Unit(n.name, op)
+        other = [t for t in n.input if t in inits and inits[t].dtype.kind == "f" and inits[t].dtype != np.float32]
+        if op in WEIGHTED and other:  # DQ would give float32 next to fp16/double operands: a type error
+            skipped.append({"node": n.name, "reason": f"weight {other[0]} is {inits[other[0]].dtype}, only float32 is quantized"})
+            continue
         if op in ("Conv", "ConvTranspose"):
             if len(n.input) < 2 or n.input[1] not in inits:
                 skipped.append({"node": n.name, "reason": "weight is not a constant"})
@@ -497,7 +501,11 @@ def constants_to_initializers(model: onnx.ModelProto) -> None:
 
 
 def drop_unused_initializers(model: onnx.ModelProto) -> None:
+    from .graph import subgraph_inputs
+
+    # If/Loop/Scan bodies read outer initializers by name (implicit captures): those are used too
     used = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
+    used |= subgraph_inputs(model.graph)
     keep = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)

@@ -71,6 +71,10 @@ def convert_fp16(model: onnx.ModelProto, keep_io_fp32: bool = True) -> tuple[onn
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
             consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
     outputs = {o.name for o in g.output}
+    from onnxslim_compress.graph import subgraph_inputs
+
+    # If/Loop/Scan bodies read outer tensors by name with the types they had: keep those fp32
+    captured = subgraph_inputs(g)
     half: set[str] = set()  # nodes computing in fp16
     kept: list[dict] = []
     for n in g.node:
@@ -128,15 +132,21 @@ def convert_fp16(model: onnx.ModelProto, keep_io_fp32: bool = True) -> tuple[onn
         if fp16:
             for i, o in enumerate(n.output):
                 if o in is_float:
-                    name = f"{o}__fp16" if (o in outputs and keep_io_fp32) else o
+                    name = f"{o}__fp16" if ((o in outputs and keep_io_fp32) or o in captured) else o
                     n.output[i] = name
                     v16[o], v32[o] = name, None
         new_nodes.append(n)
+        for o in [o for o in n.output if o.endswith("__fp16")]:  # a captured fp16 result gets its fp32 name back now
+            src = o[: -len("__fp16")]
+            if src in captured and v16.get(src) == o:
+                new_nodes.append(helper.make_node("Cast", [o], [src], to=TensorProto.FLOAT, name=f"{src}__capture_cast"))
+                v32[src] = src
+                casts += 1
     for o in g.output:  # graph outputs produced in fp16 get a Cast back under their own name
         if o.name in v16 and v32.get(o.name) is None and keep_io_fp32:
             new_nodes.append(helper.make_node("Cast", [v16[o.name]], [o.name], to=TensorProto.FLOAT, name=f"{o.name}__out_cast"))
             casts += 1
-    used = {t for n in new_nodes for t in n.input}
+    used = {t for n in new_nodes for t in n.input} | captured
     keep_inits = [t for t in g.initializer if t.name in used] + new_inits
     del g.node[:]
     g.node.extend(new_nodes)

@@ -71,6 +71,8 @@ def add_commands(sub: Any, common_parent: argparse.ArgumentParser) -> dict[str, 
     s.add_argument("--pareto", action="store_true", help="multi-objective: minimize cost and drop, report the Pareto front")
     s.add_argument("--storage", metavar="URL", help="SQLAlchemy URL of the study (default: sqlite beside OUT)")
     s.add_argument("--study", metavar="NAME", help="study name (default: derived from the model and settings)")
+    s.add_argument("--wait-for-workers", action="store_true",
+                   help="run no trials here: create/resume the study, wait for `worker`s to finish it, write the result")
     s.add_argument("--runs", type=int, default=50, help="timed runs per latency comparison (default 50)")
     s.add_argument("--warmup", type=int, default=10, help="untimed runs before timing (default 10)")
     s.add_argument("--no-cache", action="store_true", help="do not reuse work between trials (for benchmarking the cache)")
@@ -143,7 +145,7 @@ def cmd_search(ns: argparse.Namespace) -> int:
             objective=ns.objective, sampler=ns.sampler, strategy=ns.strategy, multi_objective=ns.pareto,
             storage=ns.storage, study_name=ns.study, seed=ns.seed, runs=ns.runs, warmup=ns.warmup,
             input_shapes=ModelArgs.shapes(ns), num_samples=ns.num_samples, image=image, reuse=not ns.no_cache,
-            progress=_progress(ns), table=_table(ns), debug=ns.debug,
+            progress=_progress(ns), table=_table(ns), debug=ns.debug, run_trials=not ns.wait_for_workers,
         )
     except AccuracyGateError as e:
         if ns.json and hasattr(e, "report"):

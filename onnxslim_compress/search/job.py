@@ -221,6 +221,7 @@ def search(
     report_path: str | os.PathLike | None = None,
     plot_path: str | os.PathLike | None = None,
     debug: bool = False,
+    run_trials: bool = True,
 ) -> SearchResult:
     """Search pass parameters for the fastest model whose metric drop stays within `max_drop`.
 
@@ -228,7 +229,9 @@ def search(
     accuracy. Without `storage`, a search with an `output` keeps its study in
     `<output stem>.search.db` (re-running resumes it); without an output it stays in memory.
     Raises AccuracyGateError (exit 3) when no trial meets the constraint; the report is still written
-    and attached to the exception as `.report`.
+    and attached to the exception as `.report`. `run_trials=False` only coordinates: it creates (or
+    resumes) the study, waits until `worker` processes have spent the budget, then picks and writes
+    the result (for a coordinator that is not the target machine).
     """
     if trials < 1:
         raise BadInputError("--trials must be >= 1")
@@ -278,7 +281,12 @@ def search(
     n_before = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
     loop, live = _loop(study, prep, trials, max_drop, multi_objective, timeout, debug, progress, table, objective, seed)
     try:
-        loop.run()
+        if run_trials:
+            loop.run()
+        else:
+            started = time.monotonic()
+            while not loop.done(started):
+                time.sleep(1.0)
     finally:
         live.close()
     wait_for_running(study)

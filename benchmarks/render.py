@@ -1,0 +1,668 @@
+"""Render the benchmark JSON results into the tables of BENCHMARKS.md and the README's headline.
+
+    python benchmarks/render.py                  # read benchmarks/results/*.json, rewrite both files
+    python benchmarks/render.py --check          # exit 1 when a file would change (nothing written)
+
+Why markers: every section of BENCHMARKS.md carries analysis written by the engineer who measured
+it. Only the tables are derived from data, so only the text between
+
+    <!-- generated:NAME -->
+    ...
+    <!-- /generated -->
+
+is replaced; everything outside the markers (prose, commands, findings) is kept byte for byte. A
+block whose data is missing (its JSON was never produced) is left as it is, so a partial run
+(`run_all.py --only lossless`) never blanks another section's table. A block name that this module
+does not know is an error: a typo in a marker would otherwise silently freeze that table.
+
+This module only reads JSON and writes Markdown; it imports nothing heavy, so the renderer and its
+tests run in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+#: result files (stem -> file name) the renderer reads; all.json adds the machine and run records
+RESULT_FILES = {
+    "lossless": "lossless.json",
+    "low_rank": "low_rank.json",
+    "prune": "prune.json",
+    "quantize": "quantize.json",
+    "quantize_sweep": "quantize_sweep.json",
+    "search": "search.json",
+}
+
+#: one spelling per model across the scripts (bench_lossless calls the bundled model digits_cnn)
+MODEL_KEY = {"digits_cnn": "digits"}
+#: display names, in the order the tables list models
+MODEL_NAME = {
+    "digits": "digits CNN",
+    "yolov8n": "YOLOv8n",
+    "ppocr_det": "PP-OCRv4 det",
+    "ppocr_rec": "PP-OCRv4 rec",
+    "ppocr_cls": "PP-OCR cls",
+    "minilm": "MiniLM-L3",
+}
+REAL_MODELS = ["yolov8n", "ppocr_det", "ppocr_rec", "ppocr_cls", "minilm"]
+
+MARKER = re.compile(r"<!-- generated:(?P<name>[a-z0-9_]+) -->\n(?P<body>.*?)<!-- /generated -->", re.DOTALL)
+
+
+class RenderError(Exception):
+    """A marker names no known table, or a marker is not closed."""
+
+
+@dataclass
+class Results:
+    """Everything a table may read: each script's JSON (None when absent), machine and run records."""
+
+    data: dict[str, object | None] = field(default_factory=dict)
+    #: result file -> its modification time (UTC), for files no run_all record covers
+    written: dict[str, str] = field(default_factory=dict)
+    machine: dict = field(default_factory=dict)
+    runs: dict = field(default_factory=dict)
+
+    def get(self, name: str):
+        return self.data.get(name)
+
+
+def load_results(results_dir: Path = RESULTS) -> Results:
+    """Read every known result file that exists, plus all.json's machine and run records."""
+    res = Results()
+    for stem, fname in RESULT_FILES.items():
+        p = results_dir / fname
+        res.data[stem] = json.loads(p.read_text()) if p.exists() else None
+        if p.exists():
+            res.written[fname] = dt.datetime.fromtimestamp(p.stat().st_mtime, dt.UTC).strftime("%Y-%m-%d %H:%M")
+    allp = results_dir / "all.json"
+    if allp.exists():
+        prev = json.loads(allp.read_text())
+        res.machine = prev.get("machine", {})
+        res.runs = prev.get("runs", {})
+    return res
+
+
+# ------------------------------------------------------------------------------------------ formatting
+
+
+def _f(x, spec: str = ".2f", none: str = "-") -> str:
+    return none if x is None else format(x, spec)
+
+
+def _ratio(r: float | None, p: list | tuple | None = None, brackets: str = "()") -> str:
+    """A latency ratio with its p10-p90 spread: the spread is what tells noise from effect here."""
+    if r is None:
+        return "-"
+    if not p:
+        return f"{r:.2f}"
+    return f"{r:.2f} {brackets[0]}{p[0]:.2f}-{p[1]:.2f}{brackets[1]}"
+
+
+def _bold(s: str, on: bool) -> str:
+    return f"**{s}**" if on else s
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _mb(nbytes: int | None) -> str:
+    return "-" if nbytes is None else f"{nbytes / 1e6:.2f}"
+
+
+def _macs(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return str(n)
+
+
+#: quantize.json's task metrics: key -> (short label, format)
+TASK_METRIC = {
+    "accuracy": ("acc", ".4f"),
+    "output_cosine": ("cos", ".5f"),
+    "embedding_cosine": ("cos", ".5f"),
+    "exact_match": ("exact", ".3f"),
+}
+
+
+def _task_metric(fid: dict | None) -> tuple[str | None, float | None]:
+    """(metric key, value) of a quantize.json fidelity dict: the first task metric it has."""
+    for k in TASK_METRIC:
+        if fid and k in fid:
+            return k, fid[k]
+    return None, None
+
+
+def _fid_text(fid: dict | None) -> str:
+    k, v = _task_metric(fid)
+    if k is None:
+        return "-"
+    label, spec = TASK_METRIC[k]
+    return f"{label} {format(v, spec)}"
+
+
+# ------------------------------------------------------------------------------------------ sections
+
+
+def t_lossless(res: Results) -> str | None:
+    rows = res.get("lossless")
+    if not rows:
+        return None
+    out = []
+    for r in rows:
+        cells = []
+        for tool in ("onnxslim", "ours"):
+            t = r[tool]
+            cells.append(f"{t['nodes']} / {_ratio(t['latency_ratio'], t['ratio_p10_p90'])} / "
+                         f"{t['rel_err']:.1e} / {t['seconds']:.1f}")
+        out.append([r["model"], f"{r['nodes']} (BN {r['bn']})", *cells])
+    return _table(["model", "nodes", "onnxslim: nodes / latency ratio (p10-p90) / rel err / s",
+                   "ours: nodes / latency ratio (p10-p90) / rel err / s"], out)
+
+
+def _lr_fid(r: dict) -> str:
+    if "accuracy" in r:
+        return f"acc {r['accuracy']:.4f}"
+    s = f"cos {r['cosine']:.4f}"
+    if "score_cosine" in r:
+        s += f" / score cos {r['score_cosine']:.3f}"
+    return s
+
+
+def t_low_rank(res: Results) -> str | None:
+    d = res.get("low_rank")
+    if not d or not d.get("models"):
+        return None
+    out = []
+    for r in d["models"]:
+        if "latency_ratio" not in r:  # the original
+            out.append([r["model"], r["variant"], _lr_fid(r), "1", "1", "-", "-", "-", "-"])
+            continue
+        med = r.get("median_ms") or [None, None]
+        out.append([r["model"], r["variant"], _lr_fid(r), _f(r.get("params_kept"), ".3f"), _f(r.get("macs_kept"), ".3f"),
+                    str(r.get("layers", "-")), _ratio(r["latency_ratio"], r.get("latency_p10_p90")),
+                    f"{_f(med[0])} / {_f(med[1])}", _f(r.get("pass_s"), ".1f")])
+    return _table(["model", "variant", "fidelity", "params kept", "MACs kept", "layers", "latency B/A (p10-p90)",
+                   "medians A / B ms", "pass s"], out)
+
+
+def t_low_rank_layers(res: Results) -> str | None:
+    d = res.get("low_rank")
+    if not d or not d.get("layer_sweep"):
+        return None
+    out = [[r["layer"], str(r["rank"]), f"{r['of_break_even']:.2f}", f"{r['macs_ratio']:.2f}",
+            f"{r['latency_ratio']:.2f}", f"{r['dense_ms']:.3f}"] for r in d["layer_sweep"]]
+    return _table(["layer", "rank", "rank / break-even", "MACs ratio", "latency ratio", "dense median ms"], out)
+
+
+def _prune_rows(d) -> list[dict]:
+    return (d or {}).get("results") or []
+
+
+def t_prune(res: Results) -> str | None:
+    rows = [r for r in _prune_rows(res.get("prune")) if "round_to" not in r]
+    if not rows:
+        return None
+    out = []
+    for r in rows:
+        acc = "-"
+        if "acc_orig" in r:
+            acc = f"{r['acc_plain']:.3f} / {r['acc_recovered']:.3f} ({r['acc_orig']:.3f})"
+        out.append([r["model"], str(r["ratio"]), f"{r['achieved']:.3f}", f"{r['macs_removed_total']:.3f}",
+                    _ratio(r["latency_ratio"], r["latency_p10_p90"]),
+                    f"{r['fidelity_plain']['rel_l2']:.3f}", f"{r['fidelity_recovered']['rel_l2']:.3f}",
+                    f"{r['fidelity_plain']['cosine']:.4f}", f"{r['fidelity_recovered']['cosine']:.4f}", acc])
+    return _table(["model", "ratio", "achieved (prunable MACs)", "Conv/Gemm/MatMul MACs removed", "latency ratio (p10-p90)",
+                   "rel. L2 plain", "rel. L2 recovered", "cosine plain", "cosine recovered",
+                   "top-1 plain / recovered (orig)"], out)
+
+
+def t_prune_round_to(res: Results) -> str | None:
+    rows = [r for r in _prune_rows(res.get("prune")) if "round_to" in r]
+    if not rows:
+        return None
+    out = [[r["model"], str(r["round_to"]), f"{r['achieved']:.3f}", _ratio(r["latency_ratio"], r["latency_p10_p90"])]
+           for r in rows]
+    return _table(["model", "round_to", "achieved", "latency ratio (p10-p90)"], out)
+
+
+QUANT_TOOLS = {"ours": "ours", "ort_static": "ORT static", "ort_dynamic": "ORT dynamic"}
+
+
+def _fp32_text(fid: dict) -> str:
+    k, v = _task_metric(fid)
+    if k is None:
+        return "-"
+    label, spec = TASK_METRIC[k]
+    return f"{label} {v:g}" if v == 1 else f"{label} {format(v, spec)}"
+
+
+def t_quantize(res: Results) -> str | None:
+    d = res.get("quantize")
+    if not d:
+        return None
+    out = []
+    for name, row in d.items():
+        if name.startswith("_"):
+            continue
+        ok = {t: row[t] for t in QUANT_TOOLS if t in row and "error" not in row[t]}
+        lat = {t: v.get("latency_ratio") for t, v in ok.items()}
+        fid = {t: _task_metric(v.get("fidelity"))[1] for t, v in ok.items()}
+        first = True
+        for tool, label in QUANT_TOOLS.items():
+            if tool not in row:
+                continue
+            t = row[tool]
+            lead = [MODEL_NAME.get(name, name), _fp32_text(row.get("fp32", {}))] if first else ["", ""]
+            first = False
+            if "error" in t and "latency_ratio" not in t:
+                out.append([*lead, label, "failed", t["error"][:80].replace("|", "/"), _f(t.get("wall_s"), ".1f"),
+                            _f(t.get("peak_rss_mb"), ".0f")])
+                continue
+            # ours is bold where it is the best (or tied) among the tools: the claim the table makes
+            mine = tool == "ours"
+            best_lat = mine and lat.get("ours") is not None and all(
+                v is None or lat["ours"] <= v for v in lat.values())
+            best_fid = mine and fid.get("ours") is not None and all(
+                v is None or fid["ours"] >= v for v in fid.values())
+            out.append([*lead, _bold(label, mine), _bold(_ratio(t.get("latency_ratio"), t.get("latency_p10_p90"), "[]"), best_lat),
+                        _bold(_fid_text(t.get("fidelity")), best_fid), _f(t.get("wall_s"), ".1f"),
+                        _f(t.get("peak_rss_mb"), ".0f")])
+    return _table(["model", "fp32 metric", "tool", "latency vs fp32 [p10-p90]", "fidelity", "wall s", "peak RSS MB"], out)
+
+
+def t_quantize_sweep(res: Results) -> str | None:
+    d = res.get("quantize_sweep")
+    if not d:
+        return None
+    models = [m for m in d if not m.startswith("_")]
+    methods: list[str] = []
+    for m in models:
+        methods += [k for k in d[m] if k not in methods]
+    head = {"digits": "digits acc", "yolov8n": "YOLOv8n cos", "ppocr_det": "det cos", "ppocr_rec": "rec exact",
+            "minilm": "MiniLM cos"}
+    vals = {m: {meth: _task_metric(d[m].get(meth, {}).get("fidelity"))[1] for meth in methods} for m in models}
+    out = []
+    for meth in methods:
+        cells = [meth]
+        for m in models:
+            v = vals[m][meth]
+            if v is None:
+                cells.append("failed" if "error" in d[m].get(meth, {}) else "-")
+                continue
+            k = _task_metric(d[m][meth]["fidelity"])[0]
+            best = all(o is None or v >= o for o in vals[m].values())
+            cells.append(_bold(format(v, TASK_METRIC[k][1]), best))
+        out.append(cells)
+    return _table(["calibration", *[head.get(m, m) for m in models]], out)
+
+
+def _pick_text(params: dict | None) -> str:
+    """A search trial's parameters as the pipeline a user would type (enabled passes only)."""
+    if not params:
+        return "-"
+    parts = []
+    if params.get("prune_channels.enabled"):
+        r = params.get("prune_channels.ratio")
+        parts.append(f"prune {r:g}" if isinstance(r, int | float) else "prune")
+    if params.get("low_rank.enabled"):
+        v = params.get("low_rank.value")
+        parts.append(f"low rank {v:.3g}" if isinstance(v, float) else "low rank")
+    if params.get("quantize.enabled"):
+        parts.append(f"int8 {params.get('quantize.calibration', '')}".strip())
+    return " + ".join(parts) or "no pass (original)"
+
+
+def _search_models(d: dict) -> list[str]:
+    return [m for m in d if isinstance(d[m], dict) and "final" in d[m]]
+
+
+def t_search(res: Results) -> str | None:
+    d = res.get("search")
+    if not d or not _search_models(d):
+        return None
+    out = []
+    for name in _search_models(d):
+        row = d[name]
+        metric, max_drop = row.get("metric"), row.get("max_drop")
+        short = "acc" if metric == "accuracy" else "cos"
+        s = row.get("search", {})
+        fin = row["final"]
+        pick = fin.get("search best")
+        best_preset = fin.get("best_preset")
+        bp = fin.get(best_preset) if best_preset else None
+        ort = fin.get("ort quantize_static")
+        speeds = [x["speedup"] for x in (pick, bp, ort) if x]
+        drop = s.get("best_drop")
+        drop_txt = _f(drop, ".4g")
+        if metric == "accuracy" and s.get("best_accuracy") is not None:
+            drop_txt += f" (acc {s['best_accuracy']:.3f} vs {row['baseline_metric']:.3f})"
+        if "error" in s:
+            pick_txt = f"failed: {s['error'][:60]}"
+        elif s.get("skipped"):
+            pick_txt = "(search skipped)"
+        else:
+            pick_txt = f"{_pick_text(s.get('best_params'))} ({s.get('best_trial', '?')})"
+        trials = f"{s.get('trials_to_feasible', '-')} / {s.get('trials_to_best', '-')} (of {s.get('evaluated', '-')})"
+        ort_txt = "-"
+        if ort:
+            ort_txt = f"{ort['speedup']:.2f}x"
+            o = row.get("ort_quantize_static", {})
+            if o.get("feasible") is False:
+                ort_txt += f" ({short} drop {o['drop']:.3f}: fails)"
+        out.append([
+            MODEL_NAME.get(name, name), f"{short} drop <= {max_drop:g}", pick_txt, drop_txt, trials,
+            _bold(f"{pick['speedup']:.2f}x", pick["speedup"] >= max(speeds)) if pick else "-",
+            f"{bp['speedup']:.2f}x ({best_preset})" if bp else "-", ort_txt,
+        ])
+    return _table(["model", "constraint", "search pick (trial)", "drop", "trials to 1st feasible / to pick",
+                   "final speedup: search", "best fixed preset", "ORT quantizer"], out)
+
+
+def t_search_cache(res: Results) -> str | None:
+    d = res.get("search")
+    if not d:
+        return None
+    out = []
+    for name in _search_models(d):
+        cb = d[name].get("cache_bench")
+        if not cb:
+            continue
+        cells = []
+        for k in ("with_cache", "without_cache"):
+            c = cb[k]
+            cells.append(f"{c['mean_s']:.1f} ({', '.join(f'{x:.1f}' for x in c['per_trial_s'])})")
+        out.append([MODEL_NAME.get(name, name), *cells])
+    if not out:
+        return None
+    return _table(["model", "with cache: mean (per trial) s", "without cache: mean (per trial) s"], out)
+
+
+# ------------------------------------------------------------------------------------------ side by side
+
+
+@dataclass
+class Entry:
+    """One tool's output on one model, normalized across the section JSONs."""
+
+    tool: str
+    section: str
+    latency: float | None = None
+    spread: list | None = None
+    fidelity: str = "-"
+    size_bytes: int | None = None
+    macs: str = "-"
+    wall_s: float | None = None
+    rss_mb: float | None = None
+
+
+def _entries(res: Results) -> dict[str, list[Entry]]:
+    """model -> the rows of its side-by-side table, in a fixed order: ours first, then each anchor."""
+    by: dict[str, list[Entry]] = {}
+
+    def add(model: str, e: Entry) -> None:
+        by.setdefault(MODEL_KEY.get(model, model), []).append(e)
+
+    quant = res.get("quantize") or {}
+    for name, row in quant.items():
+        if name.startswith("_"):
+            continue
+        for tool, label in (("ours", "ours `--quantize int8`"), ("ort_static", "ORT `quantize_static` (QDQ, per-channel, U8S8)"),
+                            ("ort_dynamic", "ORT `quantize_dynamic`")):
+            t = row.get(tool)
+            if not t:
+                continue
+            fid = _fid_text(t.get("fidelity")) if "error" not in t else f"failed: {t['error'][:60]}"
+            add(name, Entry(label, "quantize", t.get("latency_ratio"), t.get("latency_p10_p90"), fid,
+                            wall_s=t.get("wall_s"), rss_mb=t.get("peak_rss_mb")))
+    s = res.get("search") or {}
+    for name in _search_models(s):
+        row = s[name]
+        pick, srch = row["final"].get("search best"), row.get("search", {})
+        if pick:
+            short = "acc" if row.get("metric") == "accuracy" else "cos"
+            add(name, Entry(f"ours `search` ({_pick_text(srch.get('best_params'))})", "search", pick["latency_ratio"],
+                            pick.get("p10_p90"), f"{short} drop {_f(srch.get('best_drop'), '.4g')}",
+                            wall_s=srch.get("wall_seconds")))
+    for r in _prune_rows(res.get("prune")):
+        if "round_to" in r or abs(r["ratio"] - 0.3) > 1e-9:
+            continue
+        fid = f"cos {r['fidelity_recovered']['cosine']:.4f}"
+        if "acc_recovered" in r:
+            fid = f"acc {r['acc_recovered']:.4f}; " + fid
+        add(r["model"], Entry("ours `--prune 0.3 --calib`", "prune", r["latency_ratio"], r["latency_p10_p90"], fid,
+                              macs=f"-{100 * r['macs_removed_total']:.1f} %", wall_s=r.get("prune_recover_s")))
+    lr = res.get("low_rank") or {}
+    seen: set[str] = set()
+    for r in lr.get("models", []):
+        if r["model"] in seen or not r["variant"].startswith("whitened SVD") or "latency_ratio" not in r:
+            continue
+        seen.add(r["model"])
+        macs = f"x{r['macs_kept']:.3f} (factorized layers)" if r.get("macs_kept") is not None else "-"
+        add(r["model"], Entry(f"ours `--lowrank` ({r['variant']})", "low_rank", r["latency_ratio"], r.get("latency_p10_p90"),
+                              _lr_fid(r), macs=macs, wall_s=r.get("pass_s")))
+    for r in res.get("lossless") or []:
+        for tool, label in (("ours", "ours lossless `compress`"), ("onnxslim", "onnxslim")):
+            t = r[tool]
+            add(r["model"], Entry(label, "lossless", t["latency_ratio"], t["ratio_p10_p90"], f"rel err {t['rel_err']:.1e}",
+                                  wall_s=t.get("seconds")))
+    return by
+
+
+#: heading anchors of BENCHMARKS.md's sections, for the "from" column
+SECTION_LINK = {"quantize": "#quantization", "search": "#search", "prune": "#channel-pruning",
+                "low_rank": "#low-rank", "lossless": "#lossless-compress-vs-onnxslim"}
+
+
+def t_anchors(res: Results) -> str | None:
+    by = _entries(res)
+    if not by:
+        return None
+    parts = []
+    for model in [m for m in MODEL_NAME if m in by] + [m for m in by if m not in MODEL_NAME]:
+        rows = [[e.tool, _ratio(e.latency, e.spread), e.fidelity, e.macs, _f(e.wall_s, ".1f"), _f(e.rss_mb, ".0f"),
+                 f"[{e.section}]({SECTION_LINK.get(e.section, '#')})"] for e in by[model]]
+        parts.append(f"**{MODEL_NAME.get(model, model)}**\n\n" + _table(
+            ["tool", "latency vs original (p10-p90)", "fidelity", "MACs", "tool wall s", "peak RSS MB", "from"], rows))
+    return "\n\n".join(parts)
+
+
+def t_headline(res: Results) -> str | None:
+    """README: per real model, our int8 preset (and search pick) against each anchor."""
+    q, ll, s = res.get("quantize") or {}, res.get("lossless") or [], res.get("search") or {}
+    if not q and not ll:
+        return None
+    lossless = {MODEL_KEY.get(r["model"], r["model"]): r for r in ll}
+
+    def cell(t: dict | None) -> str:
+        if not t:
+            return "-"
+        if "error" in t and "latency_ratio" not in t:
+            return "failed"
+        return f"{_f(t.get('latency_ratio'))} / {_fid_text(t.get('fidelity'))}"
+
+    out = []
+    for m in [*REAL_MODELS, "digits"]:
+        row, lo = q.get(m), lossless.get(m)
+        if not row and not lo:
+            continue
+        row = row or {}
+        srch = s.get(m) if isinstance(s.get(m), dict) else None
+        pick = srch and srch.get("final", {}).get("search best")
+        search_cell = "-"
+        if pick:
+            short = "acc" if srch.get("metric") == "accuracy" else "cos"
+            search_cell = f"{pick['latency_ratio']:.2f} / {short} drop {_f(srch.get('search', {}).get('best_drop'), '.4g')}"
+        slim = "-"
+        if lo:
+            slim = (f"{lo['ours']['latency_ratio']:.2f} / {lo['onnxslim']['latency_ratio']:.2f}, "
+                    f"{lo['ours']['nodes']} / {lo['onnxslim']['nodes']} nodes")
+        out.append([MODEL_NAME.get(m, m), cell(row.get("ours")), cell(row.get("ort_static")),
+                    cell(row.get("ort_dynamic")), search_cell, slim])
+    return _table(["model", "ours `--quantize int8`", "ORT `quantize_static`", "ORT `quantize_dynamic`",
+                   "ours `search` (constraint drop)", "lossless: ours / onnxslim"], out)
+
+
+def t_headline_lossy(res: Results) -> str | None:
+    """README: the passes no anchor has (channel pruning, low rank), one row per model at the headline setting."""
+    out = []
+    for r in _prune_rows(res.get("prune")):
+        if "round_to" in r or abs(r["ratio"] - 0.3) > 1e-9:
+            continue
+        fid = (f"cosine {r['fidelity_recovered']['cosine']:.4f} "
+               f"({r['fidelity_plain']['cosine']:.4f} without recovery)")
+        if "acc_recovered" in r:
+            fid = f"accuracy {100 * r['acc_recovered']:.2f} % (original {100 * r['acc_orig']:.2f} %, {100 * r['acc_plain']:.1f} % without recovery)"
+        out.append([MODEL_NAME.get(r["model"], r["model"]), "`--prune 0.3 --calib`", _f(r["latency_ratio"]), fid])
+    lr = res.get("low_rank") or {}
+    rows = lr.get("models", [])
+    for m in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == m]
+        white = next((r for r in mine if r["variant"].startswith("whitened SVD") and "latency_ratio" in r), None)
+        plain = next((r for r in mine if r["variant"].startswith("plain SVD")), None)
+        if not white:
+            continue
+        ratio = white["variant"].split("ratio=")[1].split()[0] if "ratio=" in white["variant"] else "?"
+        fid = _lr_fid(white) + (f" (plain SVD: {_lr_fid(plain)})" if plain else "")
+        out.append([MODEL_NAME.get(m, m), f"`--lowrank ratio={ratio} --calib` (whitened)", _f(white["latency_ratio"]), fid])
+    if not out:
+        return None
+    return _table(["model", "what", "latency vs original", "fidelity"], out)
+
+
+def t_runs(res: Results) -> str | None:
+    """Machine and run record: what ran, when, how long, under what load (the machine is shared)."""
+    mc = res.machine
+    if not mc and not res.runs and not res.written:
+        return None
+    lines = []
+    if mc:
+        flags = mc.get("flags", {})
+        have = [k for k, v in flags.items() if v]
+        lacks = [k for k, v in flags.items() if not v]
+        lines.append(
+            f"Machine ({mc.get('recorded', 'recorded')}): {mc.get('cpu_model', '?')}, {mc.get('cpus', '?')} logical CPUs "
+            f"({mc.get('cpus_usable', '?')} usable), {mc.get('mem_gb', '?')} GB; CPU flags: "
+            f"{', '.join(have) or 'none of the listed'}"
+            + (f"; without {', '.join(lacks)}" if lacks else "")
+            + f". onnxruntime {mc.get('onnxruntime', '?')} ({', '.join(mc.get('providers', [])) or '?'}), "
+            f"onnx {mc.get('onnx', '?')}, Python {mc.get('python', '?')}.")
+        lines.append("")
+    covered = {o for r in res.runs.values() for o in r.get("outputs", [])}
+    rows = []
+    if res.runs:
+        for name, r in res.runs.items():
+            la, lb = r.get("loadavg_before"), r.get("loadavg_after")
+            load = "-" if la is None else f"{la[0]:.1f} -> {_f(lb[0] if lb else None, '.1f')}"
+            cmds = "<br>".join(f"`{c}`" for c in r.get("commands", [])) or "-"
+            rows.append([name, cmds, r.get("finished", "-"), _f(r.get("wall_s"), ".0f"), load, str(r.get("threads", "-")),
+                         _f(r.get("peak_rss_mb"), ".0f"), str(r.get("rc", "-"))])
+    for fname, when in res.written.items():
+        if fname in covered:
+            continue
+        d = res.data.get(fname.removesuffix(".json"))
+        meta = d.get("_meta", {}) if isinstance(d, dict) else {}
+        cmd = f"`{meta['command']}`" if meta.get("command") else "its section's command (not run by run_all)"
+        wall = meta.get("total_s") or (d.get("wall_s") if isinstance(d, dict) else None)
+        threads = meta.get("threads")
+        if threads is None and isinstance(d, dict):
+            threads = (d.get("args") or d.get("settings") or {}).get("threads") or d.get("target")
+        rows.append([fname.removesuffix(".json"), cmd, f"{when} (file time)", _f(wall, ".0f"), "-",
+                     str(threads if threads is not None else "-"), "-", "-"])
+    if rows:
+        lines.append(_table(["section", "command(s)", "finished (UTC)", "wall s", "load avg 1 min before -> after",
+                             "ORT threads", "peak RSS MB", "exit"], rows))
+    return "\n".join(lines)
+
+
+#: every block name a marker may use -> the function that renders it
+TABLES: dict[str, Callable[[Results], str | None]] = {
+    "runs": t_runs,
+    "anchors": t_anchors,
+    "lossless": t_lossless,
+    "low_rank": t_low_rank,
+    "low_rank_layers": t_low_rank_layers,
+    "prune": t_prune,
+    "prune_round_to": t_prune_round_to,
+    "quantize": t_quantize,
+    "quantize_sweep": t_quantize_sweep,
+    "search": t_search,
+    "search_cache": t_search_cache,
+    "headline": t_headline,
+    "headline_lossy": t_headline_lossy,
+}
+
+
+# ------------------------------------------------------------------------------------------ markers
+
+
+def replace_blocks(text: str, res: Results, tables: dict[str, Callable[[Results], str | None]] | None = None
+                   ) -> tuple[str, list[str], list[str]]:
+    """Replace the body of every generated block; returns (text, rendered names, names kept for lack of data).
+
+    Only bodies change: the markers and everything between blocks stay byte for byte."""
+    tables = TABLES if tables is None else tables
+    opens = re.findall(r"<!-- generated:([a-z0-9_]+) -->", text)
+    found = [m.group("name") for m in MARKER.finditer(text)]
+    if len(opens) != len(found) or text.count("<!-- /generated -->") != len(found):
+        raise RenderError(f"unbalanced generated markers: {len(opens)} opened, {text.count('<!-- /generated -->')} closed")
+    unknown = sorted(set(found) - set(tables))
+    if unknown:
+        raise RenderError(f"unknown generated block(s): {', '.join(unknown)} (known: {', '.join(tables)})")
+    done, kept = [], []
+
+    def sub(m: re.Match) -> str:
+        name = m.group("name")
+        body = tables[name](res)
+        if body is None:
+            kept.append(name)
+            return m.group(0)
+        done.append(name)
+        return f"<!-- generated:{name} -->\n{body.rstrip()}\n<!-- /generated -->"
+
+    return MARKER.sub(sub, text), done, kept
+
+
+def render_file(path: Path, res: Results, *, write: bool = True) -> tuple[bool, list[str], list[str]]:
+    """Render one Markdown file in place; returns (changed, rendered blocks, kept blocks)."""
+    old = path.read_text()
+    new, done, kept = replace_blocks(old, res)
+    if write and new != old:
+        path.write_text(new)
+    return new != old, done, kept
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", default=str(RESULTS), help="folder of the result JSON files")
+    ap.add_argument("--files", nargs="+", default=[str(ROOT / "BENCHMARKS.md"), str(ROOT / "README.md")])
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 when a file would change")
+    a = ap.parse_args(argv)
+    res = load_results(Path(a.results))
+    stale = False
+    for f in a.files:
+        changed, done, kept = render_file(Path(f), res, write=not a.check)
+        stale |= changed
+        verb = ("would change" if a.check else "updated") if changed else "unchanged"
+        print(f"{f}: {verb}; rendered {', '.join(done) or '-'}" + (f"; kept (no data) {', '.join(kept)}" if kept else ""))
+    return 1 if a.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
