@@ -41,6 +41,7 @@ RESULT_FILES = {
     "quantize": "quantize.json",
     "quantize_sweep": "quantize_sweep.json",
     "search": "search.json",
+    "footprint": "footprint.json",
 }
 
 #: one spelling per model across the scripts (bench_lossless calls the bundled model digits_cnn)
@@ -403,6 +404,8 @@ class Entry:
 
     tool: str
     section: str
+    #: key of this tool in footprint.json (size, MACs), None when footprint does not build it
+    footprint: str | None = None
     latency: float | None = None
     spread: list | None = None
     fidelity: str = "-"
@@ -429,7 +432,7 @@ def _entries(res: Results) -> dict[str, list[Entry]]:
             if not t:
                 continue
             fid = _fid_text(t.get("fidelity")) if "error" not in t else f"failed: {t['error'][:60]}"
-            add(name, Entry(label, "quantize", t.get("latency_ratio"), t.get("latency_p10_p90"), fid,
+            add(name, Entry(label, "quantize", tool, t.get("latency_ratio"), t.get("latency_p10_p90"), fid,
                             wall_s=t.get("wall_s"), rss_mb=t.get("peak_rss_mb")))
     s = res.get("search") or {}
     for name in _search_models(s):
@@ -437,7 +440,7 @@ def _entries(res: Results) -> dict[str, list[Entry]]:
         pick, srch = row["final"].get("search best"), row.get("search", {})
         if pick:
             short = "acc" if row.get("metric") == "accuracy" else "cos"
-            add(name, Entry(f"ours `search` ({_pick_text(srch.get('best_params'))})", "search", pick["latency_ratio"],
+            add(name, Entry(f"ours `search` ({_pick_text(srch.get('best_params'))})", "search", None, pick["latency_ratio"],
                             pick.get("p10_p90"), f"{short} drop {_f(srch.get('best_drop'), '.4g')}",
                             wall_s=srch.get("wall_seconds")))
     for r in _prune_rows(res.get("prune")):
@@ -446,7 +449,7 @@ def _entries(res: Results) -> dict[str, list[Entry]]:
         fid = f"cos {r['fidelity_recovered']['cosine']:.4f}"
         if "acc_recovered" in r:
             fid = f"acc {r['acc_recovered']:.4f}; " + fid
-        add(r["model"], Entry("ours `--prune 0.3 --calib`", "prune", r["latency_ratio"], r["latency_p10_p90"], fid,
+        add(r["model"], Entry("ours `--prune 0.3 --calib`", "prune", None, r["latency_ratio"], r["latency_p10_p90"], fid,
                               macs=f"-{100 * r['macs_removed_total']:.1f} %", wall_s=r.get("prune_recover_s")))
     lr = res.get("low_rank") or {}
     seen: set[str] = set()
@@ -455,19 +458,36 @@ def _entries(res: Results) -> dict[str, list[Entry]]:
             continue
         seen.add(r["model"])
         macs = f"x{r['macs_kept']:.3f} (factorized layers)" if r.get("macs_kept") is not None else "-"
-        add(r["model"], Entry(f"ours `--lowrank` ({r['variant']})", "low_rank", r["latency_ratio"], r.get("latency_p10_p90"),
+        add(r["model"], Entry(f"ours `--lowrank` ({r['variant']})", "low_rank", None, r["latency_ratio"], r.get("latency_p10_p90"),
                               _lr_fid(r), macs=macs, wall_s=r.get("pass_s")))
     for r in res.get("lossless") or []:
-        for tool, label in (("ours", "ours lossless `compress`"), ("onnxslim", "onnxslim")):
+        for tool, label, fp in (("ours", "ours lossless `compress`", "ours_lossless"), ("onnxslim", "onnxslim", "onnxslim")):
             t = r[tool]
-            add(r["model"], Entry(label, "lossless", t["latency_ratio"], t["ratio_p10_p90"], f"rel err {t['rel_err']:.1e}",
+            add(r["model"], Entry(label, "lossless", fp, t["latency_ratio"], t["ratio_p10_p90"], f"rel err {t['rel_err']:.1e}",
                                   wall_s=t.get("seconds")))
+    # size and MACs of each output from footprint.json; the original first, as the reference row
+    fp = res.get("footprint") or {}
+    for model, rows in by.items():
+        f = fp.get(model) or {}
+        for e in rows:
+            got = f.get(e.footprint) if e.footprint else None
+            if got and "error" not in got:
+                e.size_bytes = got.get("size_bytes")
+                if e.macs == "-":
+                    e.macs = _macs(got.get("macs"))
+                if e.rss_mb is None:
+                    e.rss_mb = got.get("peak_rss_mb")
+        if f.get("original"):
+            o = f["original"]
+            rows.insert(0, Entry("original (fp32)", "footprint", "original", 1.0, None, "reference",
+                                 o.get("size_bytes"), _macs(o.get("macs"))))
     return by
 
 
 #: heading anchors of BENCHMARKS.md's sections, for the "from" column
 SECTION_LINK = {"quantize": "#quantization", "search": "#search", "prune": "#channel-pruning",
-                "low_rank": "#low-rank", "lossless": "#lossless-compress-vs-onnxslim"}
+                "low_rank": "#low-rank", "lossless": "#lossless-compress-vs-onnxslim",
+                "footprint": "#size-macs-wall-time-and-memory-of-each-output"}
 
 
 def t_anchors(res: Results) -> str | None:
@@ -476,11 +496,44 @@ def t_anchors(res: Results) -> str | None:
         return None
     parts = []
     for model in [m for m in MODEL_NAME if m in by] + [m for m in by if m not in MODEL_NAME]:
-        rows = [[e.tool, _ratio(e.latency, e.spread), e.fidelity, e.macs, _f(e.wall_s, ".1f"), _f(e.rss_mb, ".0f"),
-                 f"[{e.section}]({SECTION_LINK.get(e.section, '#')})"] for e in by[model]]
+        rows = [[e.tool, _ratio(e.latency, e.spread), e.fidelity, _mb(e.size_bytes), e.macs, _f(e.wall_s, ".1f"),
+                 _f(e.rss_mb, ".0f"), f"[{e.section}]({SECTION_LINK.get(e.section, '#')})"] for e in by[model]]
         parts.append(f"**{MODEL_NAME.get(model, model)}**\n\n" + _table(
-            ["tool", "latency vs original (p10-p90)", "fidelity", "MACs", "tool wall s", "peak RSS MB", "from"], rows))
+            ["tool", "latency vs original (p10-p90)", "fidelity", "size MB", "MACs", "tool wall s", "peak RSS MB", "from"],
+            rows))
     return "\n\n".join(parts)
+
+
+FOOTPRINT_TOOLS = {"original": "original", "ours_lossless": "ours lossless `compress`", "onnxslim": "onnxslim",
+                   "ours": "ours `--quantize int8`", "ort_static": "ORT `quantize_static`",
+                   "ort_dynamic": "ORT `quantize_dynamic`"}
+
+
+def t_footprint(res: Results) -> str | None:
+    """Size, MACs, params and nodes of each tool's output, with the tool's own wall time and peak RSS."""
+    fp = res.get("footprint")
+    if not fp:
+        return None
+    out = []
+    for model in [m for m in MODEL_NAME if m in fp] + [m for m in fp if m not in MODEL_NAME and not m.startswith("_")]:
+        row = fp[model]
+        base = (row.get("original") or {}).get("size_bytes")
+        first = True
+        for tool, label in FOOTPRINT_TOOLS.items():
+            t = row.get(tool)
+            if t is None:
+                continue
+            lead = MODEL_NAME.get(model, model) if first else ""
+            first = False
+            if "error" in t:
+                out.append([lead, label, "failed", t["error"][:80].replace("|", "/"), "-", "-", "-", "-"])
+                continue
+            size = _mb(t.get("size_bytes"))
+            if base and tool != "original":
+                size += f" (x{t['size_bytes'] / base:.2f})"
+            out.append([lead, label, size, _macs(t.get("macs")), f"{t['params'] / 1e6:.2f} M" if t.get("params") is not None else "-",
+                        str(t.get("nodes", "-")), _f(t.get("wall_s"), ".1f"), _f(t.get("peak_rss_mb"), ".0f")])
+    return _table(["model", "tool", "size MB (vs original)", "MACs", "params", "nodes", "tool wall s", "peak RSS MB"], out)
 
 
 def t_headline(res: Results) -> str | None:
@@ -604,6 +657,7 @@ TABLES: dict[str, Callable[[Results], str | None]] = {
     "quantize_sweep": t_quantize_sweep,
     "search": t_search,
     "search_cache": t_search_cache,
+    "footprint": t_footprint,
     "headline": t_headline,
     "headline_lossy": t_headline_lossy,
 }

@@ -80,6 +80,8 @@ SECTIONS: dict[str, Section] = {s.name: s for s in [
             threads=1),
     Section("low_rank", [_py("bench_low_rank.py")], ["low_rank.json"], threads=1,
             note="timed runs per model from the script's RUNS table unless --runs"),
+    Section("footprint", [_py("bench_footprint.py")], ["footprint.json"], runs_flag=False,
+            note="size/MACs of each tool's output; no latency"),
     Section("search", [
         _py("bench_search.py", "--models", "digits", "--trials", "20", "--runs", "30", "--final-runs", "100",
             "--out", "benchmarks/results/search_digits.json"),

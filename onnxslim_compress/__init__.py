@@ -10,6 +10,16 @@ from .model_io import load_model, save_model  # noqa: E402
 from .pass_api import Pass, PassResult, Pipeline  # noqa: E402
 from .runtime import Target  # noqa: E402
 
+
+def __getattr__(name: str):
+    """`onnxslim_compress.search(model, ...)` without importing optuna on every `import onnxslim_compress`."""
+    if name == "search":
+        import importlib
+
+        return importlib.import_module(".search", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "AccuracyGateError",
     "BadInputError",

@@ -29,7 +29,11 @@ def make_pass(name: str, params: dict[str, Any] | None = None) -> Pass:
     return reg[name](**(params or {}))
 
 
-def pipeline_from_dict(data: Any, where: str = "recipe") -> Pipeline:
+def recipe_entries(data: Any, registry: dict[str, type[Pass]], where: str = "recipe") -> list[tuple[int, str, dict]]:
+    """Validate the shape of a recipe mapping: [(index, pass name, raw params)], names known.
+
+    Shared by plain recipes and search recipes (whose params may hold `{search: ...}` ranges).
+    """
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a mapping with a 'passes' list")
     extra = set(data) - {"passes"}
@@ -38,7 +42,7 @@ def pipeline_from_dict(data: Any, where: str = "recipe") -> Pipeline:
     entries = data.get("passes")
     if not isinstance(entries, list):
         raise RecipeError(f"{where}: 'passes' must be a list")
-    passes = []
+    out = []
     for i, entry in enumerate(entries):
         if isinstance(entry, str):
             name, params = entry, {}
@@ -47,10 +51,17 @@ def pipeline_from_dict(data: Any, where: str = "recipe") -> Pipeline:
             params = params or {}
         else:
             raise RecipeError(f"{where}: passes[{i}] must be a pass name or {{name: {{params}}}}")
+        name = str(name)
+        if name not in registry:
+            raise RecipeError(f"{where}: unknown pass '{name}' (known: {', '.join(sorted(registry))})")
         if not isinstance(params, dict):
             raise RecipeError(f"{where}: passes[{i}] ({name}): parameters must be a mapping")
-        passes.append(make_pass(str(name), params))
-    return Pipeline(passes)
+        out.append((i, name, params))
+    return out
+
+
+def pipeline_from_dict(data: Any, where: str = "recipe") -> Pipeline:
+    return Pipeline([make_pass(name, params) for _, name, params in recipe_entries(data, pass_registry(), where)])
 
 
 def load_recipe(path: str | os.PathLike) -> Pipeline:

@@ -80,6 +80,18 @@ SEARCH = {
     },
 }
 
+FOOTPRINT = {
+    "yolov8n": {
+        "original": {"size_bytes": 12_000_000, "macs": 1_012_627_200, "params": 3_009_158, "nodes": 323},
+        "onnxslim": {"wall_s": 2.56, "peak_rss_mb": 199.3, "size_bytes": 12_000_000, "macs": 1_012_627_200,
+                     "params": 3_009_158, "nodes": 323},
+        "ours": {"wall_s": 14.0, "peak_rss_mb": 400.0, "size_bytes": 3_000_000, "macs": 1_012_627_200,
+                 "params": 3_009_158, "nodes": 700},
+        "ort_dynamic": {"error": "RuntimeError: no"},
+    },
+    "_meta": {"total_s": 1.0},
+}
+
 PROSE_A = "# Benchmarks\n\nHand-written intro with | pipes | and `code`.\n\n"
 PROSE_B = "\n\nAnalysis: ours 0.63 vs ORT 0.73 -- written by a human, must survive.\n\n"
 PROSE_C = "\n\n## Tail\n\nMore prose.\n"
@@ -141,8 +153,8 @@ def test_anchors_table_collects_every_tool_per_model():
                      "ours `search` (low rank 0.812 + int8 percentile)", "ours `--prune 0.3 --calib`",
                      "ours lossless `compress`", "onnxslim"]
     rows = {r[0]: r for r in _rows(yolo.strip())}
-    assert rows["ours `--prune 0.3 --calib`"][3] == "-30.1 %"
-    assert rows["ORT `quantize_static` (QDQ, per-channel, U8S8)"][4:6] == ["17.9", "290"]
+    assert rows["ours `--prune 0.3 --calib`"][4] == "-30.1 %"
+    assert rows["ORT `quantize_static` (QDQ, per-channel, U8S8)"][5:7] == ["17.9", "290"]
     assert "**digits CNN**" in out  # digits_cnn of the lossless JSON is the same model as digits elsewhere
 
 
@@ -238,3 +250,21 @@ def test_repository_files_have_balanced_known_markers():
         text = (root / f).read_text()
         new, done, kept = render.replace_blocks(text, render.Results())
         assert new == text and done == [] and kept  # no data -> nothing changes
+
+
+def test_footprint_table_sizes_relative_to_original():
+    rows = _rows(render.t_footprint(_res(footprint=FOOTPRINT)))
+    assert rows[0] == ["YOLOv8n", "original", "12.00", "1.01 G", "3.01 M", "323", "-", "-"]
+    assert rows[1][1:3] == ["onnxslim", "12.00 (x1.00)"]
+    assert rows[2][1:3] == ["ours `--quantize int8`", "3.00 (x0.25)"] and rows[2][6:] == ["14.0", "400"]
+    assert rows[3][1:3] == ["ORT `quantize_dynamic`", "failed"]
+
+
+def test_anchors_table_takes_size_and_macs_from_footprint():
+    out = render.t_anchors(_res(lossless=LOSSLESS, quantize=QUANT, footprint=FOOTPRINT))
+    rows = {r[0]: r for r in _rows(out.split("**YOLOv8n**")[1].split("**")[0].strip())}
+    assert rows["original (fp32)"][1:5] == ["1.00", "reference", "12.00", "1.01 G"]
+    assert rows["ours `--quantize int8`"][3:5] == ["3.00", "1.01 G"]
+    # lossless.json has no RSS for onnxslim: the footprint run's own process gives it
+    assert rows["onnxslim"][3] == "12.00" and rows["onnxslim"][6] == "199"
+    assert rows["ORT `quantize_dynamic`"][3] == "-"  # its footprint build failed: no size shown

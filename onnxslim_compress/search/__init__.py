@@ -11,8 +11,22 @@ build (prefix reuse), runner (the trial loop), storage (RDB studies), report, jo
 
 from __future__ import annotations
 
+import sys
+import types
+
 from .job import SearchResult, run_worker, search
 from .objective import Evaluator, Measurement
 from .space import Dim, SearchSpace, default_recipe
 
 __all__ = ["Dim", "Evaluator", "Measurement", "SearchResult", "SearchSpace", "default_recipe", "run_worker", "search"]
+
+
+class _CallableModule(types.ModuleType):
+    """Lets `onnxslim_compress.search(model, ...)` call the search while the name stays the
+    subpackage (so `onnxslim_compress.search.space` and `import ... as` keep working)."""
+
+    def __call__(self, *args, **kwargs):
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

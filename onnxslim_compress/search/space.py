@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from ..errors import RecipeError
 from ..pass_api import Pass, Pipeline
+from ..recipe import recipe_entries
 
 Registry = Mapping[str, type[Pass]]
 
@@ -167,29 +168,12 @@ class SearchSpace:
     def from_recipe(cls, data: Any, registry: Registry | None = None, where: str = "search recipe") -> SearchSpace:
         """Parse a recipe mapping (already loaded from YAML) into a space, validating every value."""
         reg = registry if registry is not None else _default_registry()
-        if not isinstance(data, dict):
-            raise RecipeError(f"{where}: expected a mapping with a 'passes' list")
-        extra = set(data) - {"passes"}
-        if extra:
-            raise RecipeError(f"{where}: unknown key '{sorted(extra)[0]}' (expected 'passes')")
-        entries = data.get("passes")
-        if not isinstance(entries, list) or not entries:
+        entries = recipe_entries(data, reg, where)
+        if not entries:
             raise RecipeError(f"{where}: 'passes' must be a non-empty list")
         slots: list[Slot] = []
         seen: dict[str, int] = {}
-        for i, entry in enumerate(entries):
-            if isinstance(entry, str):
-                pname, params = entry, {}
-            elif isinstance(entry, dict) and len(entry) == 1:
-                pname, params = next(iter(entry.items()))
-                params = params or {}
-            else:
-                raise RecipeError(f"{where}: passes[{i}] must be a pass name or {{name: {{params}}}}")
-            pname = str(pname)
-            if pname not in reg:
-                raise RecipeError(f"{where}: unknown pass '{pname}' (known: {', '.join(sorted(reg))})")
-            if not isinstance(params, dict):
-                raise RecipeError(f"{where}: passes[{i}] ({pname}): parameters must be a mapping")
+        for i, pname, params in entries:
             seen[pname] = seen.get(pname, 0) + 1
             slot_name = pname if seen[pname] == 1 else f"{pname}#{seen[pname]}"
             slot = Slot(slot_name, pname)
