@@ -475,8 +475,8 @@ def _entries(res: Results) -> dict[str, list[Entry]]:
                 e.size_bytes = got.get("size_bytes")
                 if e.macs == "-":
                     e.macs = _macs(got.get("macs"))
-                if e.rss_mb is None:
-                    e.rss_mb = got.get("peak_rss_mb")
+                if e.section == "lossless":  # lossless.json times the pass in-process; footprint, like quantize, the whole tool
+                    e.wall_s, e.rss_mb = got.get("wall_s", e.wall_s), got.get("peak_rss_mb")
         if f.get("original"):
             o = f["original"]
             rows.insert(0, Entry("original (fp32)", "footprint", "original", 1.0, None, "reference",
@@ -631,7 +631,7 @@ def t_runs(res: Results) -> str | None:
             continue
         d = res.data.get(fname.removesuffix(".json"))
         meta = d.get("_meta", {}) if isinstance(d, dict) else {}
-        cmd = f"`{meta['command']}`" if meta.get("command") else "its section's command (not run by run_all)"
+        cmd = f"`{meta['command'].strip()}`" if meta.get("command") else "its section's command (not run by run_all)"
         wall = meta.get("total_s") or (d.get("wall_s") if isinstance(d, dict) else None)
         threads = meta.get("threads")
         if threads is None and isinstance(d, dict):
