@@ -542,20 +542,24 @@ def t_headline(res: Results) -> str | None:
     if not q and not ll:
         return None
     lossless = {MODEL_KEY.get(r["model"], r["model"]): r for r in ll}
+    fp = res.get("footprint") or {}
 
-    def cell(t: dict | None) -> str:
+    def cell(t: dict | None, size: dict | None) -> str:
         if not t:
             return "-"
         if "error" in t and "latency_ratio" not in t:
             return "failed"
-        return f"{_f(t.get('latency_ratio'))} / {_fid_text(t.get('fidelity'))}"
+        txt = f"{_f(t.get('latency_ratio'))} / {_fid_text(t.get('fidelity'))}"
+        if size and "error" not in size and size.get("size_bytes"):
+            txt += f" / {size['size_bytes'] / 1e6:.1f} MB"
+        return txt
 
     out = []
     for m in [*REAL_MODELS, "digits"]:
         row, lo = q.get(m), lossless.get(m)
         if not row and not lo:
             continue
-        row = row or {}
+        row, sizes = row or {}, fp.get(m) or {}
         srch = s.get(m) if isinstance(s.get(m), dict) else None
         pick = srch and srch.get("final", {}).get("search best")
         search_cell = "-"
@@ -566,8 +570,9 @@ def t_headline(res: Results) -> str | None:
         if lo:
             slim = (f"{lo['ours']['latency_ratio']:.2f} / {lo['onnxslim']['latency_ratio']:.2f}, "
                     f"{lo['ours']['nodes']} / {lo['onnxslim']['nodes']} nodes")
-        out.append([MODEL_NAME.get(m, m), cell(row.get("ours")), cell(row.get("ort_static")),
-                    cell(row.get("ort_dynamic")), search_cell, slim])
+        orig = (sizes.get("original") or {}).get("size_bytes")
+        out.append([MODEL_NAME.get(m, m) + (f" ({orig / 1e6:.1f} MB)" if orig else ""),
+                    *(cell(row.get(t), sizes.get(t)) for t in ("ours", "ort_static", "ort_dynamic")), search_cell, slim])
     return _table(["model", "ours `--quantize int8`", "ORT `quantize_static`", "ORT `quantize_dynamic`",
                    "ours `search` (constraint drop)", "lossless: ours / onnxslim"], out)
 

@@ -167,6 +167,7 @@ class Quantize(Pass):
             raise BadInputError("quantize: the calibration data set is empty")
         is_float = {t for t, v in first.items() if v.dtype == np.float32}
         units, skipped = qp.build_units(model, kind, is_float, inits)
+        isolated: list[dict] = []
         if kind == "cpu":
             units, isolated = qp.prune_isolated(model, units)
             stats["left_float"] = len(isolated)
@@ -210,8 +211,17 @@ class Quantize(Pass):
         if p.min_fidelity:
             qmodel = self._mixed_precision(model, units, build, data, kind, ctx, stats)
         qp.drop_unused_initializers(qmodel)
-        stats.update(quantized_units=len(units), quantized_tensors=len(all_chosen), excluded=excluded,
-                     skipped=skipped, calibration=p.calibration, activation_type=TensorProto.DataType.Name(fmt.act_type))
+        prec = "fp8" if mode == "fp8" else "int8"
+        layers = [{"node": u.node, "op": u.op, "precision": prec,
+                   "weights": ("per-channel" if p.per_channel else "per-tensor") if u.weights else ""} for u in units]
+        layers += [{"node": n, "op": "", "precision": "float", "weights": "", "reason": "excluded"} for n in excluded]
+        kept = set(stats.get("kept_float", []))
+        for row in layers:
+            if row["node"] in kept:
+                row.update(precision="float", reason="sensitive (--min-fidelity)")
+        stats.update(quantized_units=len(units), quantized_tensors=len(all_chosen), excluded=excluded, layers=layers,
+                     isolated=isolated, skipped=skipped, calibration=p.calibration,
+                     activation_type=TensorProto.DataType.Name(fmt.act_type))
         if kind == "cpu":
             kern = count_integer_kernels(qmodel, ctx.target.threads or 1)
             stats["integer_kernels"] = sum(kern.values())

@@ -165,6 +165,9 @@ def test_headline_one_row_per_model_with_each_anchor():
                              "0.50 / cos drop 0.00995", "1.01 / 1.01, 320 / 323 nodes"]
     assert by["MiniLM-L3"][3] == "failed"
     assert by["digits CNN"][1:4] == ["-", "-", "-"]  # lossless only
+    sized = {r[0]: r for r in _rows(render.t_headline(_res(lossless=LOSSLESS, quantize=QUANT, footprint=FOOTPRINT)))}
+    assert sized["YOLOv8n (12.0 MB)"][1] == "0.63 / cos 0.99976 / 3.0 MB"
+    assert sized["YOLOv8n (12.0 MB)"][3] == "2.79 / cos 0.99952"  # its footprint build failed: no size
 
 
 def test_replace_blocks_keeps_prose_byte_for_byte_and_is_idempotent():
@@ -268,3 +271,15 @@ def test_anchors_table_takes_size_and_macs_from_footprint():
     # lossless.json times onnxslim in-process (no RSS): the footprint run's own process gives both
     assert rows["onnxslim"][3] == "12.00" and rows["onnxslim"][5:7] == ["2.6", "199"]
     assert rows["ORT `quantize_dynamic`"][3] == "-"  # its footprint build failed: no size shown
+
+
+def test_run_section_streams_logs_and_records_failure(tmp_path, capsys):
+    sec = run_all.Section("fake", [["python", "-c", "print('hello from fake'); raise SystemExit(3)"],
+                                   ["python", "-c", "print('never runs')"]], ["fake.json"], runs_flag=False)
+    rec = run_all.run_section(sec, runs=5, threads=None, log_dir=tmp_path)
+    assert rec["rc"] == 3 and rec["threads"] == 2
+    assert rec["commands"][0].startswith("python -c") and "--runs" not in rec["commands"][0]
+    assert len(rec["loadavg_before"]) == 3 and rec["wall_s"] >= 0
+    log = (tmp_path / "fake.log").read_text()
+    assert "hello from fake" in log and "never runs" not in log  # stops at the first failing command
+    assert "hello from fake" in capsys.readouterr().out
