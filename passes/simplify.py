@@ -53,8 +53,25 @@ class Simplify(Pass):
         if out is None or [o.name for o in out.graph.output] != outputs:
             return PassResult(model, False, {"skipped": [{"node": "<graph>", "reason": "onnxslim changed the outputs"}]})
         clamp_ir_version(out)
+        _dedupe_value_info(out)
         after = op_counts(out)
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after))}
         delta = {k: v for k, v in delta.items() if v}
         n0, n1 = sum(before.values()), sum(after.values())
         return PassResult(out, n1 != n0 or bool(delta), {"nodes_before": n0, "nodes_after": n1, "op_delta": delta})
+
+
+def _dedupe_value_info(model: ModelProto) -> int:
+    """onnxslim can write several value_info entries per tensor (YOLOv8n: 1327 for 332 names); keep
+    the first of each so the file does not grow from a lossless pass."""
+    seen: set[str] = set()
+    keep = []
+    for vi in model.graph.value_info:
+        if vi.name not in seen:
+            seen.add(vi.name)
+            keep.append(vi)
+    removed = len(model.graph.value_info) - len(keep)
+    if removed:
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep)
+    return removed

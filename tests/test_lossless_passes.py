@@ -142,3 +142,17 @@ def test_lossless_pipeline_on_resnet():
     assert op_counts(res.model).get("BatchNormalization") is None
     assert len(res.model.graph.node) < len(m.graph.node)
     assert_same_outputs(m, res.model, {"input": random_input([3, 3, 16, 16])})
+
+
+def test_simplify_never_leaves_duplicate_value_info():
+    m = resnet_like()
+    res = Simplify()(m)
+    names = [v.name for v in res.model.graph.value_info]
+    assert len(names) == len(set(names))
+    # a model that arrives with duplicates (as onnxslim writes for YOLOv8n) leaves without them
+    dup = onnx.ModelProto()
+    dup.CopyFrom(res.model)
+    dup.graph.value_info.extend(list(dup.graph.value_info))
+    from onnxslim_compress.passes.simplify import _dedupe_value_info
+
+    assert _dedupe_value_info(dup) == len(names) and len(dup.graph.value_info) == len(names)
