@@ -32,6 +32,8 @@ _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPro
 _MAX_K = 16
 #: calibration rows kept per sample and layer (a seeded subsample bounds the Gram cost on big maps)
 _MAX_ROWS = 8192
+#: widest layer input whitened with a dense float64 Gram (8192: 512 MiB); wider ones get the plain SVD
+MAX_GRAM_FEATURES = 8192
 
 
 @dataclass
@@ -176,7 +178,13 @@ class LowRank(Pass):
         data_aware = p.data_aware if p.data_aware is not None else ctx.calib is not None
         if data_aware and ctx.calib is None:
             raise BadInputError("low_rank: data_aware=true needs calibration data (--calib)")
-        grams = collect_grams(model, layers, ctx, p) if data_aware and layers else {}
+        narrow = [L for L in layers if L.w.shape[1] <= MAX_GRAM_FEATURES]
+        not_whitened = [
+            {"node": L.name, "reason": f"{L.w.shape[1]} inputs: a dense Gram would take "
+             f"{L.w.shape[1] ** 2 * 8 / 2**30:.1f} GiB (limit {MAX_GRAM_FEATURES} features); plain SVD used"}
+            for L in layers if data_aware and L.w.shape[1] > MAX_GRAM_FEATURES
+        ]
+        grams = collect_grams(model, narrow, ctx, p) if data_aware and narrow else {}
         measure = p.alds_measure if p.mode == "alds" else "params"
         cands = []  # (layer, [(key, decomposition, cost, allowed ranks, errors)], full size, gram)
         for L in layers:
@@ -220,6 +228,7 @@ class LowRank(Pass):
                 "macs_after": None if mc is None else int(j * mc),
             })
         stats = self._stats(rows, skipped, cands, data_aware, alds_info)
+        stats["not_whitened"] = not_whitened
         stats["macs_at_assumed_dims"] = bound.assumed  # dynamic dims counted as 1 unless the user gave shapes
         if not replace:
             return PassResult(model, False, stats)

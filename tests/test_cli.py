@@ -215,3 +215,13 @@ def test_hardware_aware_round_to(tmp_path, capsys, model_path, target, extra, ro
 
         round_to = REGISTRY["prune_channels"].Params().round_to
     assert steps["prune_channels"]["round_to"] == round_to
+
+
+def test_warns_when_cpu_onnxruntime_is_installed_too(tmp_path, capsys, model_path, monkeypatch):
+    import importlib.metadata as md
+
+    real = md.version
+    monkeypatch.setattr(md, "version", lambda d: "1.31.1" if d == "onnxruntime" else real(d))
+    code, _, err = call(["inspect", model_path, "--json"], capsys)
+    assert code == 0
+    assert "both onnxruntime 1.31.1 and onnxruntime-gpu" in err and "reinstall only onnxruntime-gpu" in err

@@ -153,6 +153,19 @@ def test_normalize_renames_duplicate_node_names():
     run_model(m, corpus("dup_names").feeds[0])
 
 
+def test_low_rank_does_not_whiten_layers_too_wide_for_a_dense_gram(monkeypatch):
+    """A 65536-wide input asked for a 32 GiB float64 Gram (MemoryError on the large-model test)."""
+    import onnxslim_compress.passes.low_rank as lr
+    from onnxslim_compress.context import Context
+
+    cm = corpus("dynamic")  # fc1: 32 inputs, fc2: 96 inputs
+    monkeypatch.setattr(lr, "MAX_GRAM_FEATURES", 64)
+    res = lr.LowRank(mode="ratio", value=0.5, min_params=0)(cm.model, Context(calib=cm.feeds))
+    rows = {r["node"]: r for r in res.stats["layers"]}
+    assert [r["whitened"] for r in rows.values()] == [True, False]
+    assert len(res.stats["not_whitened"]) == 1 and "96 inputs" in res.stats["not_whitened"][0]["reason"]
+
+
 # ---- real models (models/fetch.py cache), slow ----
 
 REAL = ["yolov8n", "ppocr_det", "ppocr_rec", "ppocr_cls", "minilm"]
@@ -160,7 +173,6 @@ REAL = ["yolov8n", "ppocr_det", "ppocr_rec", "ppocr_cls", "minilm"]
 
 def _real(name: str) -> CorpusModel:
     from models.fetch import fetch
-
     from onnxslim_compress.calibration import synthetic_feeds
     from onnxslim_compress.model_io import load_model
     from onnxslim_compress.shapes import bind_input_shapes
