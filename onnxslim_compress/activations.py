@@ -45,6 +45,7 @@ def iterate_tensors(
     """
     m = with_outputs(model, names)
     sess = make_session(m, target or Target(kind="cpu", opt_level="basic"))
+    del m  # the session holds its own weights: this copy would live as long as the generator
     input_names = [i.name for i in sess.get_inputs()]
     for k, feed in enumerate(data):
         if limit is not None and k >= limit:

@@ -223,8 +223,13 @@ def cmd_compress(ns: argparse.Namespace) -> int:
         print(dump_recipe(pipeline), end="")
         return 0
     check_output_path(ns.output, [ns.model])
-    model = load_model(ns.model)
+    # the graph is enough for the data's input specs; compress() loads the weights (one copy, not two)
+    model = load_model(ns.model, load_external_data=False)
     shapes = ModelArgs.shapes(ns)
+    if shapes:  # a wrong --input-shape fails here, before any work (not midway, nor silently)
+        from .shapes import bind_input_shapes
+
+        bind_input_shapes(model, shapes)
     target = TargetArgs.target(ns)
     calib = DataArgs.open(ns, "calib", model, shapes, seed=ns.seed) if ns.calib else None
     eval_data = DataArgs.open(ns, "eval", model, shapes, seed=ns.seed) if ns.eval else None

@@ -90,11 +90,19 @@ def compress(
     if output is not None:
         check_output_path(output, inputs)
     src = load_model(model) if not isinstance(model, onnx.ModelProto) else model
-    work = onnx.ModelProto()
-    work.CopyFrom(src)
+    ctx = Context(target=target or Target(), calib=calib, input_shapes=dict(input_shapes or {}), seed=seed, progress=progress)
+    before = _costs(src, ctx.input_shapes)
+    # Memory: the input is needed after the run only to measure fidelity or latency against it. A
+    # model we loaded ourselves is otherwise handed to the pipeline as is (no copy), so a 2 GB model
+    # costs one copy of its weights here instead of three (BENCHMARKS.md "Robustness").
+    keep_src = isinstance(model, onnx.ModelProto) or eval_data is not None or measure_latency
+    if keep_src:
+        work = onnx.ModelProto()
+        work.CopyFrom(src)
+    else:
+        work, src = src, None
     norm = normalize(work)
     pipeline = pipeline or lossless_pipeline()
-    ctx = Context(target=target or Target(), calib=calib, input_shapes=dict(input_shapes or {}), seed=seed, progress=progress)
     t0 = time.perf_counter()
     bar = None
     if progress:
@@ -111,7 +119,8 @@ def compress(
 
         verifier = Verifier(verify, eval_data if eval_data is not None else calib)
     try:
-        res = pipeline.run(work, ctx, progress=tick if bar else None, verifier=verifier)
+        res = pipeline.run(work, ctx, progress=tick if bar else None, verifier=verifier, copy_input=False)
+        del work
     finally:
         if bar is not None:
             bar.close()
@@ -129,7 +138,7 @@ def compress(
         ],
         "modified": res.modified,
         "seconds": round(time.perf_counter() - t0, 3),
-        "before": _costs(src, ctx.input_shapes),
+        "before": before,
         "after": _costs(res.model, ctx.input_shapes),
     }
     if eval_data is not None:

@@ -182,14 +182,16 @@ class Pipeline:
         self.passes = list(passes)
 
     def run(
-        self, model: onnx.ModelProto, ctx: Any = None, *, progress: Any = None, verifier: Any = None
+        self, model: onnx.ModelProto, ctx: Any = None, *, progress: Any = None, verifier: Any = None,
+        copy_input: bool = True,
     ) -> PipelineResult:
         """Run every pass. With a `verifier` (see verify.Verifier) each pass's output is checked
-        against its input, which is then kept intact (in-place passes get a copy)."""
+        against its input, which is then kept intact (in-place passes get a copy). copy_input=False:
+        the caller gives up `model` (in-place passes may edit it), which saves one copy of the weights."""
         from .context import Context
 
         ctx = ctx if ctx is not None else Context()
-        current = copy.deepcopy(model)
+        current = copy.deepcopy(model) if copy_input else model
         steps: list[StepRecord] = []
         modified = False
         for p in self.passes:

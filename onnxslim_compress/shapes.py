@@ -103,6 +103,34 @@ def with_static_inputs(model: onnx.ModelProto, shapes: ShapeMap) -> onnx.ModelPr
     return m
 
 
+#: float initializers above this many bytes reach onnx's shape inference as name, type and dims only
+_LIGHT_BYTES = 1 << 16
+_FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+
+
+def without_big_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy for shape inference in which big float weights keep name, type and dims but no bytes.
+
+    Shape inference reads constant values only for shape-like inputs (small integer tensors), but
+    onnx serializes the whole proto to run it: on a 2 GB model a plain copy cost three extra copies
+    of the weights (BENCHMARKS.md "Robustness").
+    """
+    m = onnx.ModelProto()
+    m.ir_version = model.ir_version
+    m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
+    g, src = m.graph, model.graph
+    g.name = src.name
+    for f in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(g, f).extend(getattr(src, f))
+    for t in src.initializer:
+        if t.data_type in _FLOATS and (t.data_location == TensorProto.EXTERNAL or t.ByteSize() > _LIGHT_BYTES):
+            g.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+        else:
+            g.initializer.append(t)
+    return m
+
+
 def infer_shapes(model: onnx.ModelProto, given: ShapeMap | None = None, *, run_fallback: bool = True) -> tuple[
     ShapeMap, BoundShapes, str
 ]:
@@ -112,7 +140,7 @@ def infer_shapes(model: onnx.ModelProto, given: ShapeMap | None = None, *, run_f
     "onnxruntime" when the shapes were read off one ORT run, "partial" when neither was complete.
     """
     bound = bind_input_shapes(model, given)
-    m = with_static_inputs(model, bound.inputs)
+    m = with_static_inputs(without_big_weights(model), bound.inputs)
     shapes: ShapeMap = {}
     for t in m.graph.initializer:
         shapes[t.name] = list(t.dims)
@@ -137,7 +165,7 @@ def infer_shapes(model: onnx.ModelProto, given: ShapeMap | None = None, *, run_f
         return shapes, bound, "onnx"
     if run_fallback:
         try:
-            shapes.update(_shapes_from_run(m, bound.inputs, sorted(missing)))
+            shapes.update(_shapes_from_run(with_static_inputs(model, bound.inputs), bound.inputs, sorted(missing)))
             return shapes, bound, "onnxruntime"
         except Exception:  # noqa: BLE001 - the model may not run with generated inputs; partial is fine
             pass

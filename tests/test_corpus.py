@@ -166,9 +166,33 @@ def test_low_rank_does_not_whiten_layers_too_wide_for_a_dense_gram(monkeypatch):
     assert len(res.stats["not_whitened"]) == 1 and "96 inputs" in res.stats["not_whitened"][0]["reason"]
 
 
+def test_shape_inference_does_not_copy_big_weights(monkeypatch):
+    """infer_shapes deep-copied the model and onnx serialized it: 3 extra weight copies (large-model test)."""
+    import onnxslim_compress.shapes as sh
+    from onnxslim_compress.shapes import infer_shapes, without_big_weights
+
+    monkeypatch.setattr(sh, "_LIGHT_BYTES", 1024)
+    cm = corpus("dynamic")
+    light = without_big_weights(cm.model)
+    big = {t.name for t in cm.model.graph.initializer if t.ByteSize() > 1024}
+    assert len(big) == 2
+    assert all(not t.raw_data and not t.float_data for t in light.graph.initializer if t.name in big)
+    assert light.graph.node == cm.model.graph.node
+    shapes, _, method = infer_shapes(cm.model, {"tokens": [2, 7, 32]})
+    assert method == "onnx" and shapes["hidden"] == [2, 7, 32]
+
+
 # ---- real models (models/fetch.py cache), slow ----
 
 REAL = ["yolov8n", "ppocr_det", "ppocr_rec", "ppocr_cls", "minilm"]
+#: concrete shapes for the dynamic dims (the sizes these models are deployed at)
+REAL_SHAPES = {
+    "yolov8n": {"images": [1, 3, 320, 320]},
+    "ppocr_det": {"x": [1, 3, 320, 320]},
+    "ppocr_rec": {"x": [1, 3, 48, 320]},
+    "ppocr_cls": {"x": [1, 3, 48, 192]},
+    "minilm": {"input_ids": [1, 16], "attention_mask": [1, 16]},
+}
 
 
 def _real(name: str) -> CorpusModel:
@@ -182,7 +206,7 @@ def _real(name: str) -> CorpusModel:
     except Exception as e:  # noqa: BLE001 - no cache and no network: skip, do not fail
         pytest.skip(f"{name} not available: {e}")
     m = load_model(path)
-    feeds = list(synthetic_feeds(m, bind_input_shapes(m).inputs, 2, 0))
+    feeds = list(synthetic_feeds(m, bind_input_shapes(m, REAL_SHAPES[name]).inputs, 2, 0))
     return CorpusModel(name, m, feeds)
 
 
@@ -195,7 +219,7 @@ def test_pass_on_real_model(model_name: str, pass_name: str):
         _CACHE[key] = _real(model_name)
     cm = _CACHE[key]
     pipeline, lossless = _pipelines()[pass_name]
-    res = compress(cm.model, pipeline=pipeline, calib=cm.feeds, seed=0)
+    res = compress(cm.model, pipeline=pipeline, calib=cm.feeds, seed=0, input_shapes=REAL_SHAPES[model_name])
     for step in res.report["passes"]:
         skipped_entries_are_well_formed(step["stats"])
     out = res.model
@@ -206,5 +230,5 @@ def test_pass_on_real_model(model_name: str, pass_name: str):
         assert r.shape == g.shape
         if np.issubdtype(g.dtype, np.floating):
             assert np.isfinite(g).all()
-            if lossless:
-                assert rel_err(r, g) < 1e-4
+            if lossless:  # ppocr_det's map is ~0 almost everywhere: ORT's own BN fusion gives rel 2e-2, abs 1.5e-7
+                assert rel_err(r, g) < 1e-4 or np.abs(r - g).max() < 1e-5 * max(1.0, float(np.abs(r).max()))

@@ -66,3 +66,24 @@ def test_low_rank_keeps_outputs_at_ratio_one_and_runs_at_any_ratio(g):
     half = LowRank(mode="ratio", value=0.3, min_params=0)(model)
     onnx.checker.check_model(half.model)
     assert run(half.model, {"x": x})[0].shape == ref.shape
+
+
+QUANT_SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@QUANT_SETTINGS
+@given(cnn_graphs(max_steps=4), st.sampled_from(["int8", "fp16"]))
+def test_quantize_gives_valid_runnable_model(g, mode):
+    from onnxslim_compress.context import Context
+    from onnxslim_compress.passes import Quantize
+
+    model, shape = g
+    calib = [{"x": random_input(shape, seed=s)} for s in range(3)]
+    res = Quantize(mode=mode, calib_samples=3)(model, Context(calib=calib))
+    onnx.checker.check_model(res.model)
+    x = random_input(shape)
+    ref = run(model, {"x": x})[0]
+    out = run(res.model, {"x": x})[0]
+    assert out.shape == ref.shape and np.isfinite(out).all()
+    if mode == "fp16":  # half precision keeps outputs close on these small, well-scaled graphs
+        assert rel_err(ref, out) < 2e-2
