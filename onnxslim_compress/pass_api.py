@@ -132,6 +132,10 @@ class Pass(ABC):
 
     def ensures(self, model: onnx.ModelProto, ctx: Any) -> None:
         """Raise CompressError if the output breaks the pass's promise. Default: checker passes."""
+        from . import model_io
+
+        if model_io.model_bytes(model) > model_io.EXTERNAL_DATA_THRESHOLD:
+            return  # the in-memory checker cannot serialize >2 GB (EncodeError); save_model checks by path
         try:
             onnx.checker.check_model(model)
         except onnx.checker.ValidationError as e:

@@ -182,6 +182,22 @@ def test_shape_inference_does_not_copy_big_weights(monkeypatch):
     assert method == "onnx" and shapes["hidden"] == [2, 7, 32]
 
 
+def test_pass_check_is_skipped_for_models_over_the_protobuf_limit(monkeypatch):
+    """Pass.ensures ran the in-memory checker on a 2.15 GB model: protobuf's EncodeError crashed simplify."""
+    from google.protobuf.message import EncodeError
+
+    import onnxslim_compress.model_io as mio
+
+    def too_big(*_a, **_k):
+        raise EncodeError("Failed to serialize proto")
+
+    model = corpus("opset13").model
+    monkeypatch.setattr(mio, "EXTERNAL_DATA_THRESHOLD", 0)  # every model now counts as over the limit
+    monkeypatch.setattr(onnx.checker, "check_model", too_big)
+    res = compress(model, pipeline=Pipeline([FoldBatchNorm()]))
+    assert res.report["passes"][0]["stats"]["folded"] == 6
+
+
 # ---- real models (models/fetch.py cache), slow ----
 
 REAL = ["yolov8n", "ppocr_det", "ppocr_rec", "ppocr_cls", "minilm"]
