@@ -354,3 +354,46 @@ def test_bundled_digits_model_keeps_accuracy_with_integer_kernels():
     acc_f = np.mean([sf.run(None, {"input": x})[0].argmax() == y for x, y in zip(test, labels, strict=True)])
     acc_q = np.mean([sq.run(None, {"input": x})[0].argmax() == y for x, y in zip(test, labels, strict=True)])
     assert acc_q >= acc_f - 0.005
+
+
+def test_embedding_table_stored_as_uint8_and_run_as_uint8_gather(tmp_path):
+    """CPU int8 stores a large Gather table as uint8; ORT fuses DQ->Gather->Q into a uint8 Gather."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxslim_compress.context import Context
+    from onnxslim_compress.passes import Quantize
+    from onnxslim_compress.runtime import Target
+
+    rng = np.random.default_rng(0)
+    table = (rng.standard_normal((400, 256)) * 0.1).astype(np.float32)  # 102400 elements
+    w = (rng.standard_normal((256, 8)) * 0.1).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
+         helper.make_node("MatMul", ["e", "w"], ["y"], name="proj")],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 8])],
+        [numpy_helper.from_array(table, "emb"), numpy_helper.from_array(w, "w")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    feeds = [{"ids": rng.integers(0, 400, (1, 6)).astype(np.int64)} for _ in range(8)]
+    res = Quantize()(m, Context(calib=feeds, target=Target(threads=1)))
+    row = next(r for r in res.stats["layers"] if r["node"] == "embed")
+    assert row["precision"] == "uint8 table" and row["elements"] == 102400
+    tables = {t.name: t for t in res.model.graph.initializer}
+    assert "emb" not in tables and any(t.data_type == TensorProto.UINT8 and list(t.dims) == [400, 256] for t in tables.values())
+    # ORT's optimized graph gathers from the uint8 table (no full-table DequantizeLinear left before it)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    from onnxslim_compress.model_io import clamp_ir_version
+
+    clamp_ir_version(res.model)
+    sess = ort.InferenceSession(res.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    opt = onnx.load(str(tmp_path / "opt.onnx"))
+    producer = {o: n for n in opt.graph.node for o in n.output}
+    gather = next(n for n in opt.graph.node if n.op_type == "Gather")
+    assert gather.input[0] not in producer  # reads the uint8 initializer directly
+    ref = (table[feeds[0]["ids"]] @ w)
+    out = sess.run(None, feeds[0])[0]
+    assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
