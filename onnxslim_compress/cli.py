@@ -174,43 +174,34 @@ def _pipeline_from_flags(ns: argparse.Namespace):
         return load_recipe(ns.recipe)
     if all(f is None for f in pass_flags):
         return lossless_pipeline()
-    exclude = list(ns.exclude or [])
-    prune = lowrank = quant = None
-    if not ns.round_to and ns.target != "cpu":
+    exclude = list(ns.exclude or []) or None
+    round_to = ns.round_to
+    if not round_to and ns.target != "cpu":
         # hardware-aware default: tensor cores want multiples of 8 (fp16) or 16/32 (int8)
         from .latency_table import default_round_to
 
         precision = "int8" if ns.quantize in ("int8", "fp8") else "fp16"
-        ns.round_to = default_round_to(TargetArgs.target(ns), precision)
+        round_to = default_round_to(TargetArgs.target(ns), precision)
+    prune = lowrank = quant = None
     if ns.prune is not None:
-        prune = {"ratio": ns.prune}
-        if ns.prune_criterion:
-            prune["criterion"] = ns.prune_criterion
-        if ns.round_to:
-            prune["round_to"] = ns.round_to
-        if exclude:
-            prune["exclude"] = exclude
+        prune = _given(ratio=ns.prune, criterion=ns.prune_criterion, round_to=round_to, exclude=exclude)
     if ns.lowrank is not None:
         mode, sep, value = ns.lowrank.partition("=")
         try:
-            lowrank = {"mode": mode, "value": float(value)} if sep else None
+            v = float(value) if sep else None
         except ValueError:
-            lowrank = None
-        if lowrank is None:
+            v = None
+        if v is None:
             raise BadInputError(f"--lowrank {ns.lowrank!r}: expected energy=0.9, ratio=0.5 or alds=0.7")
-        if ns.round_to:
-            lowrank["round_to"] = ns.round_to
-        if exclude:
-            lowrank["exclude"] = exclude
+        lowrank = _given(mode=mode, value=v, round_to=round_to, exclude=exclude)
     if ns.quantize is not None:
-        quant = {"mode": ns.quantize}
-        if ns.calibration:
-            quant["calibration"] = ns.calibration
-        if ns.min_fidelity:
-            quant["min_fidelity"] = ns.min_fidelity
-        if exclude:
-            quant["exclude"] = exclude
+        quant = _given(mode=ns.quantize, calibration=ns.calibration, min_fidelity=ns.min_fidelity, exclude=exclude)
     return flags_pipeline(prune, lowrank, quant)
+
+
+def _given(**params: Any) -> dict[str, Any]:
+    """Pass parameters the user set on the command line; the rest keep the pass's defaults."""
+    return {k: v for k, v in params.items() if v is not None}
 
 
 def cmd_compress(ns: argparse.Namespace) -> int:

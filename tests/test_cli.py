@@ -225,3 +225,18 @@ def test_warns_when_cpu_onnxruntime_is_installed_too(tmp_path, capsys, model_pat
     code, _, err = call(["inspect", model_path, "--json"], capsys)
     assert code == 0
     assert "both onnxruntime 1.31.1 and onnxruntime-gpu" in err and "reinstall only onnxruntime-gpu" in err
+
+
+def test_pass_flags_map_onto_params_and_zero_is_kept(tmp_path, capsys, model_path):
+    import yaml
+
+    code, stdout, err = call(
+        ["compress", model_path, "-o", tmp_path / "o.onnx", "--prune", "0", "--lowrank", "alds=0.7", "--quantize", "int8",
+         "--calibration", "mse", "--exclude", "^head", "--print-recipe"], capsys,
+    )
+    assert code == 0, err
+    steps = {k: v for d in yaml.safe_load(stdout)["passes"] for k, v in d.items()}
+    assert steps["prune_channels"]["ratio"] == 0.0  # an explicit 0 is not replaced by the default
+    assert (steps["low_rank"]["mode"], steps["low_rank"]["value"]) == ("alds", 0.7)
+    assert steps["quantize"]["calibration"] == "mse"
+    assert all(steps[p]["exclude"] == ["^head"] for p in ("prune_channels", "low_rank", "quantize"))
