@@ -10,11 +10,13 @@ entries, Split sizes).
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
+from . import weights
 from .channel_groups import ChannelAnalysis
 from .channel_rules import SpaceKey, attr
 
@@ -94,15 +96,27 @@ def apply_pruning(an: ChannelAnalysis, pruned: np.ndarray) -> onnx.ModelProto:
     m = copy.deepcopy(an.model)
     g = m.graph
     v = an.view
-    arrays: dict[str, np.ndarray] = {}
-    for key in an.spaces:
-        t, a = key
-        if t not in v.init:
-            continue
-        keep = kept_positions(an, key, pruned)
-        if len(keep) == an.spaces[key].size:
-            continue
-        arrays[t] = np.take(arrays.get(t, v.const(t)), keep, axis=a)
+    ws = weights.Workspace.of(m)
+    by_name = {t.name: t for t in g.initializer}
+    axes: dict[str, list[int]] = defaultdict(list)
+    for t, a in an.spaces:
+        if t in v.init:
+            axes[t].append(a)
+    # one weight at a time, written as soon as it is cut: offloaded models never hold them all
+    arrays: dict[str, np.ndarray] = {}  # small cut tensors, which shape rewrites below may read
+    for t, t_axes in axes.items():
+        arr, cut = None, False
+        for a in t_axes:
+            keep = kept_positions(an, (t, a), pruned)
+            if len(keep) == an.spaces[(t, a)].size:
+                continue
+            arr = np.take(v.const(t) if arr is None else arr, keep, axis=a)
+            cut = True
+        if cut:
+            arr = arr.astype(v.const_dtype(t))
+            by_name[t].CopyFrom(weights.new_tensor(arr, t, ws))
+            if not weights.is_offloaded(by_name[t]):
+                arrays[t] = arr
     new_inits: dict[str, np.ndarray] = {}
     for r in an.rewrites:
         n = g.node[r.node]
@@ -119,11 +133,8 @@ def apply_pruning(an: ChannelAnalysis, pruned: np.ndarray) -> onnx.ModelProto:
             n.input[r.pos] = name
         elif r.kind == "split":
             _rewrite_split(an, n, r.node, r.space[1], pruned, new_inits)
-    for t in g.initializer:
-        if t.name in arrays:
-            t.CopyFrom(numpy_helper.from_array(arrays[t.name].astype(v.const(t.name).dtype), t.name))
     for name, arr in new_inits.items():
-        g.initializer.append(numpy_helper.from_array(arr, name))
+        g.initializer.append(weights.new_tensor(arr, name, ws))
     used = {x for n in g.node for x in n.input} | {o.name for o in g.output}
     keep_inits = [t for t in g.initializer if t.name in used]
     if len(keep_inits) != len(g.initializer):

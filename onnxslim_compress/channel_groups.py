@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from . import weights
 from .channel_rules import GraphView, Rewrite, SpaceKey, apply_rule, attr
 from .shapes import ShapeMap, infer_shapes
 
@@ -101,7 +102,7 @@ def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
             a = n.attribute[0]
             arr = None
             if a.name == "value":
-                arr = numpy_helper.to_array(a.t)
+                arr = weights.read(a.t)
             elif a.name in ("value_float", "value_floats"):
                 arr = np.asarray(onnx.helper.get_attribute_value(a), dtype=np.float32)
             elif a.name in ("value_int", "value_ints"):

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from . import weights
 
 SpaceKey = tuple[str, int]
 
@@ -54,9 +55,15 @@ class GraphView:
         """Value of an initializer (Constant nodes were turned into initializers beforehand)."""
         if not name or name not in self.init:
             return None
-        if name not in self._arrays:
-            self._arrays[name] = numpy_helper.to_array(self.init[name])
-        return self._arrays[name]
+        if name in self._arrays:
+            return self._arrays[name]
+        arr = weights.read(self.init[name])
+        if not weights.is_offloaded(self.init[name]):  # offloaded weights are re-read, never all held
+            self._arrays[name] = arr
+        return arr
+
+    def const_dtype(self, name: str) -> np.dtype:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self.init[name].data_type))
 
     def shape(self, name: str) -> list[int] | None:
         return self.shapes.get(name)

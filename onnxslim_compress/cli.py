@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--labels", metavar="FILE", help="labels of --eval: report accuracy before and after")
     comp.add_argument("--measure", action="store_true", help="measure latency of output vs input on --target (interleaved)")
     comp.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report")
+    comp.add_argument(
+        "--offload", choices=["auto", "on", "off"], default="auto",
+        help="keep weights in files beside the output and memory-map them (peak memory near the model size); "
+        "auto: when the input has external data",
+    )
     ModelArgs.add(comp)
     TargetArgs.add(comp)
     DataArgs.add(
@@ -236,7 +241,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     res = compress(
         ns.model, ns.output, pipeline=pipeline, calib=calib, eval_data=eval_data, target=target,
         input_shapes=shapes, seed=ns.seed, progress=_progress(ns), verify=verify, measure_latency=ns.measure,
-        eval_labels=_labels(ns, eval_data),
+        eval_labels=_labels(ns, eval_data), offload={"auto": None, "on": True, "off": False}[ns.offload],
     )
     if ns.report:
         from .html_report import write
@@ -342,7 +347,7 @@ def cmd_profile(ns: argparse.Namespace) -> int:
         out["ab"] = ab.as_dict()
         text = ab.summary()
     else:
-        st = measure(make_session(model, target), feeds, warmup=ns.warmup, runs=ns.runs)
+        st = measure(make_session(model, target, timing=True), feeds, warmup=ns.warmup, runs=ns.runs)
         out["latency_ms"] = {"median": st.median, "p90": st.p90, "p95": st.p95, "mean": st.mean, "min": st.min, "runs": st.n}
         text = f"median {st.median:.3f} ms  p90 {st.p90:.3f}  p95 {st.p95:.3f}  ({st.n} runs, {target.kind})"
     if ns.ops:

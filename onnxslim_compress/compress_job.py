@@ -15,11 +15,12 @@ from typing import Any
 
 import onnx
 
-from . import __version__
+from . import __version__, weights
 from .context import Context
 from .model_io import check_output_path, load_model, model_bytes, normalize, save_model
 from .pass_api import Pipeline, PipelineResult
 from .runtime import Target
+from .weights import Workspace
 
 REPORT_KEY = "onnxslim_compress"
 
@@ -78,6 +79,7 @@ def compress(
     progress: bool = False,
     verify: Any = None,
     measure_latency: bool = False,
+    offload: bool | None = None,
 ) -> CompressResult:
     """Run `pipeline` (default: the lossless passes) and optionally save to `output`.
 
@@ -85,17 +87,53 @@ def compress(
     the input model. `verify` (a verify.VerifySpec) checks each pass on eval (else calib) data and
     bisects a pass that costs more than its threshold; `measure_latency` adds the latency ratio of
     the result against the input on the target (interleaved runs).
+
+    `offload` (None = when the input has external data) keeps the weights out of memory: they stay
+    in files in a workspace folder beside the output (weights.py), ORT memory-maps them, and passes
+    read one weight at a time, so peak memory stays near the model's size instead of a multiple of
+    it. The returned model's weights then live in the output's `.data` file (or, without an
+    output, are read back into the proto).
     """
     inputs = [model] if not isinstance(model, onnx.ModelProto) else []
     if output is not None:
         check_output_path(output, inputs)
-    src = load_model(model) if not isinstance(model, onnx.ModelProto) else model
+    if offload is None:
+        offload = _has_external_data(model)
+    ws = Workspace.create(Path(output).absolute().parent if output is not None else None) if offload else None
+    try:
+        return _compress(model, output, ws, pipeline=pipeline, calib=calib, eval_data=eval_data,
+                         eval_labels=eval_labels, target=target, input_shapes=input_shapes, seed=seed,
+                         progress=progress, verify=verify, measure_latency=measure_latency)
+    finally:
+        if ws is not None:
+            ws.close()
+
+
+def _has_external_data(model: str | os.PathLike | onnx.ModelProto) -> bool:
+    m = model if isinstance(model, onnx.ModelProto) else load_model(model, load_external_data=False)
+    return any(weights.is_external(t) for t in weights.all_tensors(m.graph))
+
+
+def _compress(
+    model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None, ws: Workspace | None, *,
+    pipeline: Pipeline | None, calib: Any, eval_data: Any, eval_labels: Any, target: Target | None,
+    input_shapes: dict[str, list[int]] | None, seed: int, progress: bool, verify: Any, measure_latency: bool,
+) -> CompressResult:
+    inputs = [model] if not isinstance(model, onnx.ModelProto) else []
+    if isinstance(model, onnx.ModelProto):
+        src = model
+        if ws is not None:  # offload a copy; the caller's proto stays as it was
+            src = onnx.ModelProto()
+            src.CopyFrom(model)
+            ws.adopt(src, None)
+    else:
+        src = load_model(model, offload_to=ws)
     ctx = Context(target=target or Target(), calib=calib, input_shapes=dict(input_shapes or {}), seed=seed, progress=progress)
     before = _costs(src, ctx.input_shapes)
     # Memory: the input is needed after the run only to measure fidelity or latency against it. A
     # model we loaded ourselves is otherwise handed to the pipeline as is (no copy), so a 2 GB model
     # costs one copy of its weights here instead of three (BENCHMARKS.md "Robustness").
-    keep_src = isinstance(model, onnx.ModelProto) or eval_data is not None or measure_latency
+    keep_src = isinstance(model, onnx.ModelProto) or eval_data is not None or measure_latency or ws is not None
     if keep_src:
         work = onnx.ModelProto()
         work.CopyFrom(src)
@@ -154,8 +192,12 @@ def compress(
 
             feeds = open_data(None, src, input_shapes=ctx.input_shapes, seed=seed)
         report["latency"] = compare(src, res.model, first_feed(feeds), ctx.target).as_dict()
+    if ws is not None:
+        report["offloaded"] = True
     set_report(res.model, report)
     out_path = save_model(res.model, output) if output is not None else None
+    if ws is not None and weights.has_offloaded(res.model) and Workspace.of(res.model).path == ws.path:
+        weights.materialize(res.model)  # no output: the workspace goes, so the weights come back in
     return CompressResult(res.model, report, out_path, res)
 
 

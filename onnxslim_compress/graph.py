@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from . import weights
+
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -52,11 +54,13 @@ class GraphIndex:
         self.inputs = {i.name for i in graph.input}
         self.captured = subgraph_inputs(graph)
         self._names = {n.name for n in graph.node} | set(self.producer) | set(self.initializers) | self.inputs
+        #: where new big tensors go when the model's weights are offloaded (weights.py), else None
+        self.workspace = weights.Workspace.of(graph)
 
     def constant(self, name: str) -> np.ndarray | None:
         """Value of an initializer or Constant-node output, else None (a runtime tensor)."""
         if name in self.initializers and name not in self.inputs:
-            return numpy_helper.to_array(self.initializers[name])
+            return weights.read(self.initializers[name])
         node = self.producer.get(name)
         if node is not None and node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:
             for a in node.attribute:
@@ -86,14 +90,13 @@ class GraphIndex:
 
     def add_initializer(self, base: str, value: np.ndarray) -> str:
         name = self.unique_name(base)
-        t = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        t = weights.new_tensor(value, name, self.workspace)
         self.graph.initializer.append(t)
         self.initializers[name] = t
         return name
 
     def replace_initializer(self, name: str, value: np.ndarray) -> None:
-        t = numpy_helper.from_array(np.ascontiguousarray(value), name)
-        self.initializers[name].CopyFrom(t)
+        self.initializers[name].CopyFrom(weights.new_tensor(value, name, self.workspace))
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):

@@ -15,12 +15,15 @@ allocates with its own operator-norm error sigma_{j+1} / sigma_1 (see Decomposit
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from .weights import Workspace, new_tensor
 
 
 def whitener(gram: np.ndarray, ridge: float) -> np.ndarray | None:
@@ -57,6 +60,12 @@ class Decomposition:
     svals: list[np.ndarray]
     whitened: bool
     norm2: float  # spectral norm of the (whitened) matrix the groups come from
+
+    def lighten(self) -> Decomposition:
+        """Drop W and the U factors, keep the spectra: enough to choose ranks. A lightened
+        decomposition is recomputed for the layers that get factorized (option_decomposition)."""
+        self.w, self.us = None, []
+        return self
 
     @property
     def max_rank(self) -> int:
@@ -308,16 +317,37 @@ def patches(x: np.ndarray, kernel: list[int], strides: list[int], dilations: lis
 
 @dataclass
 class Layer:
-    """A factorizable node: its weight folded to (m, n) and what the data statistics need."""
+    """A factorizable node: its weight folded to (m, n) and what the data statistics need.
+
+    `weight` is the folded float64 array, or a function that reads it: offloaded models (weights.py)
+    read each weight when it is needed instead of holding all of them (then `shape_hint` gives the
+    folded shape without a read)."""
 
     node: onnx.NodeProto
-    w: np.ndarray
+    weight: np.ndarray | Callable[[], np.ndarray]
     dtype: Any
     act: str
     spec: tuple  # ("axis", a) for Gemm/MatMul rows, ("patch", kernel, strides, dilations, pads, auto_pad)
     rows: int | None  # output positions per run (MACs = rows * weight size); None when shapes unknown
     act_rank: int | None
     in_spatial: list[int] | None = None
+    shape_hint: tuple[int, int] | None = None
+
+    @property
+    def w(self) -> np.ndarray:
+        return self.weight() if callable(self.weight) else self.weight
+
+    @property
+    def lazy(self) -> bool:
+        return callable(self.weight)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.shape_hint if self.shape_hint is not None else self.weight.shape
+
+    @property
+    def size(self) -> int:
+        return int(self.shape[0]) * int(self.shape[1])
 
     @property
     def name(self) -> str:
@@ -348,7 +378,7 @@ def layer_options(L: Layer, alds_mode: bool, conv_form: str, gram: np.ndarray | 
     has no whitened variant (its factors mix output and kernel positions), so with data it is used
     only when asked for explicitly (plain SVD, reported as whitened=false) and "auto" means channel.
     """
-    m, n = L.w.shape
+    m, n = L.shape
     conv = L.spec[0] == "patch"
     c = n // int(np.prod(L.spec[1])) if conv else n
     ks = [1]
@@ -356,20 +386,35 @@ def layer_options(L: Layer, alds_mode: bool, conv_form: str, gram: np.ndarray | 
         ks = [k for k in range(1, min(max_k, c) + 1) if c % k == 0]
     if not conv and L.act_rank is None:
         ks = [1]  # Split/Concat need the activation's rank
-    opts = []
+    keys = []
     spatial_ok = conv and len(L.spec[1]) == 2 and min(L.spec[1]) > 1 and L.spec[5] in ("NOTSET", "VALID")
     if not (conv_form == "spatial" and spatial_ok):
-        opts += [(("channel", k), decompose(L.w, k, gram, ridge)) for k in ks]
+        keys += [("channel", k) for k in ks]
     if spatial_ok and (conv_form == "spatial" or (conv_form == "auto" and gram is None)):
-        f, kh, kw = m, L.spec[1][0], L.spec[1][1]
-        a = L.w.reshape(f, c, kh, kw).transpose(0, 3, 1, 2).reshape(f * kw, c * kh)
-        opts.append((("spatial", 1), decompose(a, 1)))
+        keys.append(("spatial", 1))
+    w = L.w  # one read of a lazy weight for all options
+    opts = []
+    for key in keys:
+        d = option_decomposition(L, key, gram, ridge, w)
+        opts.append((key, d.lighten() if L.lazy else d))
     return opts
+
+
+def option_decomposition(L: Layer, key: tuple, gram: np.ndarray | None, ridge: float,
+                         w: np.ndarray | None = None) -> Decomposition:
+    """The decomposition of one (form, k) option of a layer."""
+    w = L.w if w is None else w
+    form, k = key
+    if form == "channel":
+        return decompose(w, k, gram, ridge)
+    m, n = L.shape
+    c, (kh, kw) = n // int(np.prod(L.spec[1])), L.spec[1]
+    return decompose(w.reshape(m, c, kh, kw).transpose(0, 3, 1, 2).reshape(m * kw, c * kh), 1)
 
 
 def option_cost(L: Layer, key: tuple, measure: str) -> float | None:
     """Size per unit of per-group rank j, in params or MACs."""
-    m, n = L.w.shape
+    m, n = L.shape
     form, k = key
     if form == "channel":
         per = k * m + n
@@ -389,7 +434,7 @@ def approximation(L: Layer, key: tuple, d: Decomposition, j: int) -> np.ndarray:
     """The folded (m, n) weight that the factorization at per-group rank j computes."""
     approx = np.concatenate([dec @ enc for enc, dec in d.factors(j)], axis=1)
     if key[0] == "spatial":  # undo the (f*kw, c*kh) rearrangement
-        f, (kh, kw) = L.w.shape[0], L.spec[1]
+        f, (kh, kw) = L.shape[0], L.spec[1]
         approx = approx.reshape(f, kw, -1, kh).transpose(0, 2, 3, 1).reshape(f, -1)
     return approx
 
@@ -412,8 +457,9 @@ class Names:
         return name
 
 
-def emit(L: Layer, key: tuple, j: int, d: Decomposition, names: Names, opset: int):
-    """New nodes and initializers computing the layer's output as Dec(Enc(x)); the bias goes last."""
+def emit(L: Layer, key: tuple, j: int, d: Decomposition, names: Names, opset: int, ws: Workspace | None = None):
+    """New nodes and initializers computing the layer's output as Dec(Enc(x)); the bias goes last.
+    Factors go to the workspace `ws` when the model's weights are offloaded."""
     node, a, base = L.node, node_attrs(L.node), L.name + "_lr"
     facs = d.factors(j)
     enc = [e for e, _ in facs]
@@ -422,14 +468,14 @@ def emit(L: Layer, key: tuple, j: int, d: Decomposition, names: Names, opset: in
 
     def init(arr: np.ndarray, suffix: str) -> str:
         nm = names(f"{base}_{suffix}")
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr).astype(L.dtype), nm))
+        inits.append(new_tensor(np.ascontiguousarray(arr).astype(L.dtype), nm, ws))
         return nm
 
     hid, out = names(f"{base}_h"), node.output[0]
     form, k = key
     if form == "spatial":
-        f, (kh, kw) = L.w.shape[0] // 1, L.spec[1]
-        c = L.w.shape[1] // (kh * kw)
+        f, (kh, kw) = L.shape[0], L.spec[1]
+        c = L.shape[1] // (kh * kw)
         pads, st, dl = list(L.spec[4]) or [0] * 4, L.spec[2], L.spec[3]
         v = enc[0].reshape(j, c, kh, 1)
         h = dec.reshape(f, kw, j).transpose(0, 2, 1)[:, :, None, :]
@@ -465,7 +511,7 @@ def emit(L: Layer, key: tuple, j: int, d: Decomposition, names: Names, opset: in
         parts = [names(f"{base}_x{i}") for i in range(k)]
         # explicit sizes: ORT's common-subexpression elimination merges Splits of one tensor that differ
         # only in their number of outputs (seen on MiniLM, where q/k/v share an input but got different k)
-        g = L.w.shape[1] // k
+        g = L.shape[1] // k
         if opset >= 13:
             sizes = names(f"{base}_split_sizes")
             inits.append(numpy_helper.from_array(np.full(k, g, dtype=np.int64), sizes))

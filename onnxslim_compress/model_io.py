@@ -19,7 +19,9 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import version_converter
 
+from . import weights
 from .errors import BadInputError, CompressError
+from .weights import Workspace
 
 PROTOBUF_LIMIT = 2**31 - 1
 #: Above this many bytes of initializers a model is saved with external data (protobuf's hard limit
@@ -27,8 +29,13 @@ PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
-def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
-    """Load an ONNX file, turning every way it can be broken into one BadInputError line."""
+def load_model(
+    path: str | os.PathLike, *, load_external_data: bool = True, offload_to: Workspace | None = None
+) -> onnx.ModelProto:
+    """Load an ONNX file, turning every way it can be broken into one BadInputError line.
+
+    With `offload_to`, weights are not read: external data is linked into the workspace and big
+    in-proto tensors are written there (weights.py), so the returned proto is graph-only."""
     p = Path(path)
     if not p.exists():
         raise BadInputError(f"{p}: no such file")
@@ -44,7 +51,7 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> o
         not model.graph.node and not model.graph.output
     ):
         raise BadInputError(f"{p}: not a valid ONNX model (no graph or opset)")
-    if load_external_data:
+    if load_external_data or offload_to is not None:
         missing = sorted(
             {
                 _external_location(t)
@@ -55,11 +62,29 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> o
         )
         if missing:
             raise BadInputError(f"{p}: external data file missing: {missing[0]}")
+    if offload_to is not None:
+        try:
+            offload_to.adopt(model, p.parent)
+        except (OSError, ValueError) as e:
+            raise BadInputError(f"{p}: cannot read external data ({e})") from e
+        _check_external_lengths(model, p)
+        return model
+    if load_external_data:
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
         except (OSError, ValueError) as e:
             raise BadInputError(f"{p}: cannot read external data ({e})") from e
     return model
+
+
+def _check_external_lengths(model: onnx.ModelProto, p: Path) -> None:
+    """A truncated data file must fail here, with the file named, not later inside a pass."""
+    for t in _all_initializers(model.graph):
+        if weights.is_offloaded(t):
+            info = weights.external_info(t)
+            end = int(info.get("offset", 0)) + int(info["length"])
+            if os.path.getsize(info["location"]) < end:
+                raise BadInputError(f"{p}: external data of {t.name!r} runs past the end of its file (truncated?)")
 
 
 def _external_location(t: onnx.TensorProto) -> str:
@@ -83,10 +108,7 @@ def _all_initializers(graph: onnx.GraphProto):
 
 def model_bytes(model: onnx.ModelProto) -> int:
     """Approximate serialized size, without serializing (which fails above 2 GB)."""
-    total = 0
-    for t in _all_initializers(model.graph):
-        total += len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
-    return total + 1_000_000
+    return sum(weights.nbytes(t) for t in _all_initializers(model.graph)) + 1_000_000
 
 
 @functools.lru_cache(maxsize=1)
@@ -225,6 +247,8 @@ def save_model(
     """
     out = Path(path)
     clamp_ir_version(model)
+    if weights.has_offloaded(model):
+        return _save_offloaded(model, out, check=check)
     big = model_bytes(model) > EXTERNAL_DATA_THRESHOLD
     use_ext = big if external_data is None else external_data
     if check:
@@ -256,6 +280,32 @@ def save_model(
     return out
 
 
+def _save_offloaded(model: onnx.ModelProto, out: Path, *, check: bool) -> Path:
+    """Stream the weights of an offloaded model into `<name>.data`, one tensor at a time, then point
+    the caller's proto at the written file (so it stays usable once the workspace is gone)."""
+    parent = out.absolute().parent
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    data_name = out.name + ".data"
+    try:
+        written = weights.write_external(model, tmpdir / out.name, data_name)
+        if check:
+            try:
+                onnx.checker.check_model(str(tmpdir / out.name))
+            except onnx.checker.ValidationError as e:
+                raise CompressError(f"output model fails onnx.checker: {str(e).splitlines()[0]}") from e
+        os.replace(tmpdir / data_name, parent / data_name)
+        os.replace(tmpdir / out.name, out)
+    except OSError as e:
+        raise BadInputError(f"cannot write {out}: {e.strerror or e}") from e
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    for t, w in zip(weights.all_tensors(model.graph), weights.all_tensors(written.graph), strict=True):
+        if weights.is_offloaded(t):
+            info = weights.external_info(w)
+            weights.set_external(t, str(parent / data_name), int(info["offset"]), int(info["length"]))
+    return out
+
+
 def _check(model: onnx.ModelProto, big: bool) -> None:
     if big:
         return  # the in-memory checker refuses >2 GB protos; the path-based check runs after writing
@@ -268,6 +318,10 @@ def _check(model: onnx.ModelProto, big: bool) -> None:
 @contextlib.contextmanager
 def temp_model_file(model: onnx.ModelProto):
     """A model written to a temporary path (for ORT sessions of >2 GB models and tools wanting paths)."""
+    if weights.has_offloaded(model):
+        with weights.session_file(model) as p:
+            yield p
+        return
     d = Path(tempfile.mkdtemp(prefix="osc-"))
     try:
         p = d / "model.onnx"
@@ -278,8 +332,9 @@ def temp_model_file(model: onnx.ModelProto):
 
 
 def serialize_for_session(model: onnx.ModelProto) -> bytes | None:
-    """Bytes for ort.InferenceSession, or None when the model must go through a file (>2 GB)."""
+    """Bytes for ort.InferenceSession, or None when the model must go through a file (>2 GB, or
+    offloaded weights that ORT should memory-map)."""
     clamp_ir_version(model)
-    if model_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+    if weights.has_offloaded(model) or model_bytes(model) > EXTERNAL_DATA_THRESHOLD:
         return None
     return model.SerializeToString()

@@ -132,12 +132,16 @@ class Pass(ABC):
 
     def ensures(self, model: onnx.ModelProto, ctx: Any) -> None:
         """Raise CompressError if the output breaks the pass's promise. Default: checker passes."""
-        from . import model_io
+        from . import model_io, weights
 
-        if model_io.model_bytes(model) > model_io.EXTERNAL_DATA_THRESHOLD:
+        offloaded = weights.has_offloaded(model)
+        if not offloaded and model_io.model_bytes(model) > model_io.EXTERNAL_DATA_THRESHOLD:
             return  # the in-memory checker cannot serialize >2 GB (EncodeError); save_model checks by path
         try:
-            onnx.checker.check_model(model)
+            if offloaded:
+                weights.check(model)  # by path: the in-memory checker refuses offloaded locations
+            else:
+                onnx.checker.check_model(model)
         except onnx.checker.ValidationError as e:
             raise CompressError(f"pass '{self.name}' produced an invalid model: {str(e).splitlines()[0]}") from e
         except ValueError:

@@ -351,8 +351,8 @@ def compare(
         raise BadInputError("runs must be >= 1")
     target = target or Target()
     feed = first_feed(feeds)
-    sa = make_session(model_a, target)
-    sb = make_session(model_b, target)
+    sa = make_session(model_a, target, timing=True)
+    sb = make_session(model_b, target, timing=True)
     ta, tb = interleaved(make_runner(sa, feed, io_binding), make_runner(sb, feed, io_binding), warmup, runs)
     return ab_from_samples(ta, tb, target, {"a": sa.get_providers(), "b": sb.get_providers()})
 
@@ -422,7 +422,7 @@ def op_type_profile(
     feed = first_feed(feeds)
     tmp = tempfile.mkdtemp(prefix="osc_prof_")
     try:
-        sess = make_session(model, target, profile_prefix=str(Path(tmp) / "ort"))
+        sess = make_session(model, target, profile_prefix=str(Path(tmp) / "ort"), timing=True)
         f = _feeds_for(sess, feed)
         for _ in range(max(warmup, 0) + max(runs, 1)):
             sess.run(None, f)
@@ -503,7 +503,7 @@ def profile_model(
         feeds_from = "signature"
     else:
         feed = first_feed(data_or_feeds)
-    sess = make_session(model_or_path, target)
+    sess = make_session(model_or_path, target, timing=True)
     latency = measure(sess, feed, warmup=warmup, runs=runs)
     providers = sess.get_providers()
     del sess

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from . import weights
 from .activations import iterate_tensors
 from .channel_apply import kept_positions
 from .channel_groups import ChannelAnalysis
@@ -253,13 +253,15 @@ def _solve_validated(t: _Target, ridge: float, intercept: bool) -> tuple[np.ndar
 def _write(model: onnx.ModelProto, targets: list[_Target], an: ChannelAnalysis, ridge: float) -> int:
     g = model.graph
     by_name = {t.name: t for t in g.initializer}
+    ws = weights.Workspace.of(model)
 
     def get(name: str) -> np.ndarray:
-        return numpy_helper.to_array(by_name[name])
+        return weights.read(by_name[name])
 
     def put(name: str, arr: np.ndarray, like: str | None = None) -> None:
-        dt = get(like or name).dtype if (like or name) in by_name else np.float32
-        t = numpy_helper.from_array(np.asarray(arr).astype(dt), name)
+        src = by_name.get(like or name)
+        dt = onnx.helper.tensor_dtype_to_np_dtype(src.data_type) if src is not None else np.float32
+        t = weights.new_tensor(np.asarray(arr).astype(dt), name, ws)
         if name in by_name:
             by_name[name].CopyFrom(t)
         else:
@@ -333,26 +335,32 @@ def _set_bias(n, w, bias_name, b, put, get, by_name) -> None:
 
 
 def fidelity(reference: onnx.ModelProto, models: list[onnx.ModelProto], data: Iterable, limit: int) -> list[dict]:
-    """Relative L2 error and cosine of every model's outputs against the reference, over the data."""
+    """Relative L2 error and cosine of every model's outputs against the reference, over the data.
+
+    One session at a time (the reference's outputs are kept): on offloaded weights each session maps
+    a full copy of the model, and three side by side would triple the peak."""
     tgt = Target(kind="cpu", opt_level="basic")
-    ref = make_session(reference, tgt)
-    sess = [make_session(m, tgt) for m in models]
-    names = [i.name for i in ref.get_inputs()]
+
+    def outputs(model: onnx.ModelProto) -> Iterable[np.ndarray]:
+        s = make_session(model, tgt)
+        names = [i.name for i in s.get_inputs()]
+        for k, feed in enumerate(data):
+            if k >= limit:
+                break
+            f = {n: feed[n] for n in names if n in feed}
+            yield np.concatenate([np.asarray(o, np.float32).reshape(-1) for o in s.run(None, f)])
+
+    ref = list(outputs(reference))
+    na = sum(float(a.astype(np.float64) @ a) for a in ref)
     err = np.zeros(len(models))
     dot = np.zeros(len(models))
     nb = np.zeros(len(models))
-    na = 0.0
-    for k, feed in enumerate(data):
-        if k >= limit:
-            break
-        f = {n: feed[n] for n in names if n in feed}
-        a = np.concatenate([np.asarray(o, np.float64).reshape(-1) for o in ref.run(None, f)])
-        na += float(a @ a)
-        for j, s in enumerate(sess):
-            b = np.concatenate([np.asarray(o, np.float64).reshape(-1) for o in s.run(None, f)])
-            err[j] += float((a - b) @ (a - b))
-            dot[j] += float(a @ b)
-            nb[j] += float(b @ b)
+    for j, m in enumerate(models):
+        for a, b in zip(ref, outputs(m), strict=False):
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            err[j] += float((a64 - b64) @ (a64 - b64))
+            dot[j] += float(a64 @ b64)
+            nb[j] += float(b64 @ b64)
     return [
         {"rel_l2": float(np.sqrt(err[j] / max(na, 1e-30))), "cosine": float(dot[j] / max(np.sqrt(na * nb[j]), 1e-30))}
         for j in range(len(models))

@@ -13,8 +13,9 @@ import re
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from . import weights
 from .graph import DEFAULT_DOMAINS, GraphIndex
 
 
@@ -48,7 +49,7 @@ def quantize_gather_tables(model: onnx.ModelProto, exclude: list[str], min_eleme
         if why:
             skipped.append({"node": node.name, "reason": why})
             continue
-        arr = numpy_helper.to_array(t)
+        arr = weights.read(t)
         base = node.name or table
         if reuse is not None:
             # the output is already quantized with (scale, zp): Q(table)[ids] == Q(table[ids]), exact

@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from . import weights
+
 WEIGHTED_AXIS = {"Conv": 0, "ConvTranspose": 1}  # per-output-channel axis of the weight tensor
 WEIGHTED = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 #: ORT CPU integer kernels reached through QDQ node units (QLinearConv/MatMul, QGemm, QLinearAdd/Mul,
@@ -291,11 +293,11 @@ def quantize_weight(w: np.ndarray, axis: int | None, qmax: int) -> tuple[np.ndar
     return np.clip(np.round(w / scale.reshape(shape)), -qmax, qmax), scale
 
 
-def _int_tensor(name: str, q: np.ndarray, elem_type: int) -> TensorProto:
+def _int_tensor(name: str, q: np.ndarray, elem_type: int, ws: weights.Workspace | None = None) -> TensorProto:
     if elem_type in (TensorProto.FLOAT8E4M3FN,):
         return helper.make_tensor(name, elem_type, q.shape, q.astype(np.float32).ravel().tolist())
     dt = helper.tensor_dtype_to_np_dtype(elem_type)
-    return numpy_helper.from_array(q.astype(dt), name)
+    return weights.new_tensor(q.astype(dt), name, ws)
 
 
 def _zp_tensor(name: str, zp, elem_type: int, shape: tuple = ()) -> TensorProto:
@@ -328,6 +330,7 @@ def insert_qdq(
     m.CopyFrom(model)
     g = m.graph
     inits = {t.name: t for t in g.initializer}
+    ws = weights.Workspace.of(m)
     unit_by_node = {u.node: u for u in units}
     new_inits: list[TensorProto] = []
     drop_inits: set[str] = set()
@@ -354,12 +357,12 @@ def insert_qdq(
                 continue
             k += 1
             if u is not None and idx in u.weights and t in inits:
-                w = numpy_helper.to_array(inits[t])
+                w = weights.read(inits[t])
                 q, scale = quantize_weight(w, u.weights[idx], fmt.weight_qmax)
                 base = f"{t}__w{k}"
                 axis = u.weights[idx]
                 new_inits += [
-                    _int_tensor(base, q, fmt.weight_type),
+                    _int_tensor(base, q, fmt.weight_type, ws),
                     numpy_helper.from_array(scale.astype(np.float32), base + "_scale"),
                     _zp_tensor(base + "_zp", 0, fmt.weight_type, tuple(scale.shape)),
                 ]
@@ -372,8 +375,8 @@ def insert_qdq(
                 w_t = n.input[1]
                 if x is None or x not in act_q or not w_t.endswith("_dq"):
                     continue
-                b = numpy_helper.to_array(inits[t]).astype(np.float64)
-                w_scale = numpy_helper.to_array(next(i for i in new_inits if i.name == w_t[:-3] + "_scale"))
+                b = weights.read(inits[t]).astype(np.float64)
+                w_scale = weights.read(next(i for i in new_inits if i.name == w_t[:-3] + "_scale"))
                 bs = (act_q[x].scale * w_scale.astype(np.float64)).reshape(-1) * np.ones(b.shape[0])
                 qb = np.clip(np.round(b / bs), -(2**31) + 1, 2**31 - 1).astype(np.int32)
                 base = f"{t}__b{k}"
@@ -386,7 +389,7 @@ def insert_qdq(
                 n.input[idx] = base + "_dq"
                 drop_inits.add(t)
             elif u is not None and idx in u.const_acts and t in inits:
-                c = numpy_helper.to_array(inits[t]).astype(np.float32)
+                c = weights.read(inits[t]).astype(np.float32)
                 lo, hi = float(min(c.min(), 0)), float(max(c.max(), 0))
                 from .calibration import asymmetric_qparams, symmetric_qparams
 
@@ -422,16 +425,24 @@ def insert_qdq(
 def apply_float_bias_delta(model: onnx.ModelProto, delta: dict[str, np.ndarray], bias_input: dict[str, str]) -> None:
     """In place: add a correction to float bias initializers (bias_input maps node -> initializer)."""
     inits = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for n in model.graph.node:
+        for t in set(n.input):
+            readers[t] = readers.get(t, 0) + 1
     for node, name in bias_input.items():
-        if node in delta and name in inits:
-            b = numpy_helper.to_array(inits[name]).astype(np.float32)
-            inits[name].CopyFrom(numpy_helper.from_array((b + delta[node].reshape(b.shape)).astype(np.float32), name))
+        if node in delta and name in inits and readers.get(name, 0) == 1:
+            b = weights.read(inits[name]).astype(np.float32)
+            d = delta[node].reshape(-1)
+            if b.size == 1 and d.size > 1:  # a broadcast Gemm C (e.g. [1] before opset 11) becomes per-output
+                b = np.full(d.shape, b.reshape(-1)[0], np.float32)
+            inits[name].CopyFrom(weights.new_tensor((b + d.reshape(b.shape)).astype(np.float32), name,
+                                                    weights.Workspace.of(model)))
 
 
 def _const_value(inits: dict[str, TensorProto], t: str) -> float | None:
     if t not in inits:
         return None
-    a = numpy_helper.to_array(inits[t])
+    a = weights.read(inits[t])
     return float(a.reshape(-1)[0]) if a.size == 1 else None
 
 
@@ -528,7 +539,7 @@ def int4_weight_only(model: onnx.ModelProto, block: int, exclude: list[str]) -> 
             if w_name not in inits or len(inits[w_name].dims) != 2:
                 skipped.append({"node": n.name, "reason": "weight is not a constant 2-D tensor"})
             else:
-                w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+                w = weights.read(inits[w_name]).astype(np.float32)
                 wk = w.T if trans else w  # [K, N]; blocks run along K
                 k_dim, n_dim = wk.shape
                 pad = (-k_dim) % block

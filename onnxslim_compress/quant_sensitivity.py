@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import weights
 from .activations import iterate_tensors
 from .errors import BadInputError
 from .qdq_placement import Unit, quantize_weight
@@ -131,7 +132,7 @@ def weight_bias_shift(
         x = n.input[0]
         if u.weight_out_axis is None or 1 not in u.weights or x not in input_means or n.input[1] not in inits:
             continue
-        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+        w = weights.read(inits[n.input[1]]).astype(np.float64)
         q, s = quantize_weight(w, u.weights[1], qmax)
         shape = [1] * w.ndim
         if u.weights[1] is not None:
@@ -211,14 +212,14 @@ def smoothquant(model: onnx.ModelProto, units: list[Unit], feeds: list[Feed], al
     new_nodes: list[tuple[str, onnx.NodeProto]] = []
     done = 0
     for x, ns in groups.items():
-        ws = [numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in ns]
+        ws = [weights.read(inits[n.input[1]]).astype(np.float32) for n in ns]
         wmax = np.max([np.abs(w).max(1) for w in ws], axis=0)
         s = np.power(np.maximum(absmax[x], 1e-5), alpha) / np.power(np.maximum(wmax, 1e-5), 1 - alpha)
         s = np.clip(s, 1e-2, 1e2).astype(np.float32)
         p = producer.get(x)
         if p is not None and p.op_type == "LayerNormalization" and len(p.input) > 2 and all(t in inits for t in p.input[1:3]):
             for t in p.input[1:3]:
-                v = numpy_helper.to_array(inits[t]).astype(np.float32) / s
+                v = weights.read(inits[t]).astype(np.float32) / s
                 minits[t].CopyFrom(numpy_helper.from_array(v, t))
         else:
             sname, xs = f"{x}__smooth", f"{x}__smoothed"
@@ -229,7 +230,7 @@ def smoothquant(model: onnx.ModelProto, units: list[Unit], feeds: list[Feed], al
                 mnodes[n.name].input[0] = xs
         for n, w in zip(ns, ws, strict=True):
             wn = f"{n.input[1]}__sq_{n.name}"
-            m.graph.initializer.append(numpy_helper.from_array((w * s[:, None]).astype(np.float32), wn))
+            m.graph.initializer.append(weights.new_tensor((w * s[:, None]).astype(np.float32), wn, weights.Workspace.of(m)))
             mnodes[n.name].input[1] = wn
         done += 1
     if new_nodes:

@@ -88,14 +88,25 @@ def make_session(
     *,
     optimized_model_path: str | None = None,
     profile_prefix: str | None = None,
+    timing: bool = False,
+    config: dict[str, str] | None = None,
 ):
-    """An InferenceSession on `target`; raises ProviderError if its EP did not load."""
+    """An InferenceSession on `target`; raises ProviderError if its EP did not load.
+
+    A session over offloaded weights (weights.py) that is not used for `timing` skips weight
+    prepacking: ORT would otherwise hold a packed copy of every MatMul/Gemm weight beside the
+    memory-mapped one. Timed sessions keep ORT's defaults so latency figures stay real."""
     import onnxruntime as ort
 
     from .model_io import clamp_ir_version, serialize_for_session, temp_model_file
+    from .weights import has_offloaded
 
     target = target or Target()
     so = session_options(target, optimized_model_path=optimized_model_path, profile_prefix=profile_prefix)
+    if not timing and isinstance(model, onnx.ModelProto) and has_offloaded(model):
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    for k, v in (config or {}).items():
+        so.add_session_config_entry(k, v)
     providers = target.providers()
     available = ort.get_available_providers()
     if target.provider not in available:

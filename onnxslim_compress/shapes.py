@@ -174,20 +174,15 @@ def infer_shapes(model: onnx.ModelProto, given: ShapeMap | None = None, *, run_f
 
 def _shapes_from_run(model: onnx.ModelProto, inputs: ShapeMap, names: list[str]) -> ShapeMap:
     """Expose `names` as outputs, run once on zeros, and read their shapes."""
-    import onnxruntime as ort
-
-    from .model_io import clamp_ir_version
+    from .runtime import Target, make_session
 
     m = copy.deepcopy(model)
     existing = {o.name for o in m.graph.output}
     for n in names:
         if n not in existing:
             m.graph.output.append(helper.make_empty_tensor_value_info(n))
-    clamp_ir_version(m)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    # make_session: offloaded weights are memory-mapped, >2 GB models go through a file
+    sess = make_session(m, Target(kind="cpu", opt_level="disable"))
     feeds = {}
     for i in sess.get_inputs():
         dt = _np_dtype(i.type)

@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxslim_compress import lowrank_math as lm
+from onnxslim_compress import weights
 from onnxslim_compress.activations import Moments, accumulate
 from onnxslim_compress.context import fingerprint
 from onnxslim_compress.errors import BadInputError
@@ -96,7 +96,7 @@ def find_layers(model: onnx.ModelProto, shapes: dict, p: LowRankParams) -> tuple
         if t.data_type not in _FLOAT_TYPES:
             skip(f"weight type {onnx.TensorProto.DataType.Name(t.data_type)} not supported")
             continue
-        w = numpy_helper.to_array(t)
+        w = _WeightShape(t) if weights.is_offloaded(t) else weights.read(t)
         out_shape, in_shape = shapes.get(node.output[0]), shapes.get(node.input[0])
         if node.op_type == "Conv":
             if a.get("group", 1) != 1:
@@ -106,23 +106,42 @@ def find_layers(model: onnx.ModelProto, shapes: dict, p: LowRankParams) -> tuple
             spec = ("patch", tuple(w.shape[2:]), tuple(a.get("strides", [1] * nd)), tuple(a.get("dilations", [1] * nd)),
                     tuple(a.get("pads", [0] * 2 * nd)), a.get("auto_pad", b"NOTSET").decode())
             rows = int(np.prod([out_shape[0]] + out_shape[2:])) if out_shape else None
-            layer = lm.Layer(node, w.reshape(w.shape[0], -1).astype(np.float64), w.dtype, node.input[0], spec, rows,
-                          len(in_shape) if in_shape else None, in_shape[2:] if in_shape else None)
+            fold = _folder(t, lambda a: a.reshape(a.shape[0], -1), w)
+            layer = lm.Layer(node, fold, w.dtype, node.input[0], spec, rows, len(in_shape) if in_shape else None,
+                             in_shape[2:] if in_shape else None, (w.shape[0], int(np.prod(w.shape[1:]))))
         else:
             if w.ndim != 2:
                 skip(f"weight has rank {w.ndim}, not 2")
                 continue
             trans_a, trans_b = a.get("transA", 0), a.get("transB", 0)
-            wt = w if trans_b else w.T  # (out, in)
+            fold = _folder(t, (lambda a: a) if trans_b else (lambda a: a.T), w)  # (out, in)
             axis = (0 if trans_a else 1) if node.op_type == "Gemm" else -1
             rows = int(np.prod(out_shape[:-1])) if out_shape else None
-            layer = lm.Layer(node, wt.astype(np.float64), w.dtype, node.input[0], ("axis", axis), rows,
-                          len(in_shape) if in_shape else None)
-        if layer.w.size < p.min_params:
-            skip(f"small layer: {layer.w.size} params < min_params={p.min_params}")
+            layer = lm.Layer(node, fold, w.dtype, node.input[0], ("axis", axis), rows,
+                             len(in_shape) if in_shape else None, None,
+                             (w.shape[0], w.shape[1]) if trans_b else (w.shape[1], w.shape[0]))
+        if layer.size < p.min_params:
+            skip(f"small layer: {layer.size} params < min_params={p.min_params}")
             continue
         layers.append(layer)
     return layers, skipped
+
+
+class _WeightShape:
+    """Shape and dtype of an offloaded weight, without reading it."""
+
+    def __init__(self, t: onnx.TensorProto):
+        self.shape = tuple(int(d) for d in t.dims)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+
+
+def _folder(t: onnx.TensorProto, fold, w):
+    """The folded float64 weight, or (offloaded: `w` is a _WeightShape) a function that reads and
+    folds it on demand."""
+    if isinstance(w, _WeightShape):
+        return lambda: fold(weights.read(t)).astype(np.float64)
+    return fold(w).astype(np.float64)
 
 
 def collect_grams(model: onnx.ModelProto, layers: list[lm.Layer], ctx: Any, p: LowRankParams) -> dict[tuple, np.ndarray]:
@@ -178,18 +197,18 @@ class LowRank(Pass):
         data_aware = p.data_aware if p.data_aware is not None else ctx.calib is not None
         if data_aware and ctx.calib is None:
             raise BadInputError("low_rank: data_aware=true needs calibration data (--calib)")
-        narrow = [L for L in layers if L.w.shape[1] <= MAX_GRAM_FEATURES]
+        narrow = [L for L in layers if L.shape[1] <= MAX_GRAM_FEATURES]
         not_whitened = [
-            {"node": L.name, "reason": f"{L.w.shape[1]} inputs: a dense Gram would take "
-             f"{L.w.shape[1] ** 2 * 8 / 2**30:.1f} GiB (limit {MAX_GRAM_FEATURES} features); plain SVD used"}
-            for L in layers if data_aware and L.w.shape[1] > MAX_GRAM_FEATURES
+            {"node": L.name, "reason": f"{L.shape[1]} inputs: a dense Gram would take "
+             f"{L.shape[1] ** 2 * 8 / 2**30:.1f} GiB (limit {MAX_GRAM_FEATURES} features); plain SVD used"}
+            for L in layers if data_aware and L.shape[1] > MAX_GRAM_FEATURES
         ]
         grams = collect_grams(model, narrow, ctx, p) if data_aware and narrow else {}
         measure = p.alds_measure if p.mode == "alds" else "params"
         cands = []  # (layer, [(key, decomposition, cost, allowed ranks, errors)], full size, gram)
         for L in layers:
             gram = grams.get((L.act, L.spec))
-            full = L.w.size if measure == "params" else (None if L.rows is None else L.w.size * L.rows)
+            full = L.size if measure == "params" else (None if L.rows is None else L.size * L.rows)
             opts = []
             for key, d in lm.layer_options(L, p.mode == "alds", p.conv_form, gram, p.ridge, _MAX_K):
                 cost = lm.option_cost(L, key, measure)
@@ -203,9 +222,10 @@ class LowRank(Pass):
             cands.append((L, opts, float(full), gram))
         decisions, alds_info = self._decide(cands, p, ctx.seed)
         names, replace, removed, rows = lm.Names(model), {}, set(), []
+        ws = weights.Workspace.of(model)
         for (L, opts, full, gram), (oi, j) in zip(cands, decisions, strict=True):
             key, d, cost = opts[oi][:3]
-            m, n = L.w.shape
+            m, n = L.shape
             if j is None:
                 skipped.append({"node": L.name, "reason": f"ALDS keeps it: no saving at error level {alds_info['max_error']:.4f}"})
                 continue
@@ -213,18 +233,21 @@ class LowRank(Pass):
                 form = "" if key == ("channel", 1) else f" (form {key[0]}, k={key[1]})"
                 skipped.append({"node": L.name, "reason": f"no saving: rank {j * key[1]} >= m*n/(m+n) = {full / cost:.1f}{form}"})
                 continue
-            replace[L.node.output[0]] = lm.emit(L, key, j, d, names, opset)
+            w = L.w
+            if L.lazy:  # a lightened decomposition: recompute this one option (one weight in memory)
+                d = lm.option_decomposition(L, key, gram, p.ridge, w)
+            replace[L.node.output[0]] = lm.emit(L, key, j, d, names, opset, ws)
             removed.add(L.node.input[1])
-            dw = L.w - lm.approximation(L, key, d, j)
+            dw = w - lm.approximation(L, key, d, j)
             params_after = j * lm.option_cost(L, key, "params")
             mc = lm.option_cost(L, key, "macs")
             rows.append({
                 "node": L.name, "op": L.node.op_type, "form": key[0], "k": key[1], "rank": j * key[1],
                 "shape": [m, n], "whitened": d.whitened,
-                "weight_error": float(np.linalg.norm(dw) / max(np.linalg.norm(L.w), 1e-30)),
-                "output_error": None if gram is None else lm.output_error(dw, L.w, gram),
-                "params_before": int(L.w.size), "params_after": int(params_after),
-                "macs_before": None if L.rows is None else int(L.w.size * L.rows),
+                "weight_error": float(np.linalg.norm(dw) / max(np.linalg.norm(w), 1e-30)),
+                "output_error": None if gram is None else lm.output_error(dw, w, gram),
+                "params_before": int(L.size), "params_after": int(params_after),
+                "macs_before": None if L.rows is None else int(L.size * L.rows),
                 "macs_after": None if mc is None else int(j * mc),
             })
         stats = self._stats(rows, skipped, cands, data_aware, alds_info)
@@ -263,9 +286,9 @@ class LowRank(Pass):
         total: dict[str, Any] = {"params_before": 0, "params_after": 0, "macs_before": 0, "macs_after": 0}
         for L, *_ in cands:
             r = done.get(L.name)
-            total["params_before"] += L.w.size
-            total["params_after"] += r["params_after"] if r else L.w.size
-            macs = None if L.rows is None else L.w.size * L.rows
+            total["params_before"] += L.size
+            total["params_after"] += r["params_after"] if r else L.size
+            macs = None if L.rows is None else L.size * L.rows
             for key, val in (("macs_before", macs), ("macs_after", r["macs_after"] if r else macs)):
                 total[key] = None if val is None or total[key] is None else total[key] + val
         return {"factorized": len(rows), "candidates": len(cands), "data_aware": data_aware, **total,

@@ -17,11 +17,12 @@ from typing import Literal
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from onnxslim_compress import calibration as cal
 from onnxslim_compress import qdq_placement as qp
 from onnxslim_compress import quant_sensitivity as qs
+from onnxslim_compress import weights
 from onnxslim_compress.activations import iterate_tensors
 from onnxslim_compress.errors import AccuracyGateError, BadInputError
 from onnxslim_compress.model_io import main_opset, upgrade_opset
@@ -106,7 +107,11 @@ def count_integer_kernels(model: onnx.ModelProto, threads: int = 1) -> dict[str,
     """Op counts of integer kernels in ORT's optimized CPU model (what really runs)."""
     with tempfile.TemporaryDirectory() as d:
         p = str(Path(d) / "opt.onnx")
-        make_session(model, Target(kind="cpu", threads=threads, opt_level="all"), optimized_model_path=p)
+        config = {}
+        if weights.has_offloaded(model):  # ORT would otherwise embed every weight in the optimized file
+            config = {"session.optimized_model_external_initializers_file_name": "opt.onnx.data",
+                      "session.optimized_model_external_initializers_min_size_in_bytes": "1024"}
+        make_session(model, Target(kind="cpu", threads=threads, opt_level="all"), optimized_model_path=p, config=config)
         opt = onnx.load(p, load_external_data=False)
     counts: dict[str, int] = {}
     for n in opt.graph.node:
@@ -162,7 +167,7 @@ class Quantize(Pass):
             bound = bind_input_shapes(model, ctx.input_shapes)
             data = cal.synthetic_feeds(model, bound.inputs, min(p.calib_samples, 16), ctx.seed)
             stats["calibration_data"] = "synthetic (no --calib given: weak fallback)"
-        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        inits = {t.name: weights.info(t) for t in model.graph.initializer}  # dtype/ndim only: no reads
         probe = sorted({t for n in model.graph.node if n.op_type in _PROBE for t in [*n.input, *n.output]
                         if t and t not in inits})
         first = next(iterate_tensors(model, probe, cal.take(data, 1)), None)

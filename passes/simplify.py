@@ -5,6 +5,10 @@ exported models. Its Conv+BN fusion is skipped by default so that `fold_batchnor
 folded and pruning can still read BN scales; set keep_batchnorm=false to let onnxslim fuse them.
 If onnxslim fails on a model (custom ops, odd subgraphs) the model is returned untouched and the
 reason reported: simplification is an optimisation, never a reason to fail the run.
+
+On an offloaded model (weights.py) onnxslim sees the offloaded weights as graph inputs of the same
+type and shape, so it never reads them (it would load every weight, several times); they become
+initializers again afterwards. Folding that would need a big weight's values is then not done.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import contextlib
 import io
 from dataclasses import dataclass
 
+import onnx
 from onnx import ModelProto
 
+from onnxslim_compress import weights
 from onnxslim_compress.graph import op_counts
 from onnxslim_compress.model_io import clamp_ir_version
 from onnxslim_compress.pass_api import Pass, PassResult
@@ -44,9 +50,12 @@ class Simplify(Pass):
         if not p.constant_folding:
             kwargs["skip_optimizations"] = ["constant_folding"]
         outputs = [o.name for o in model.graph.output]
+        work, hidden = _hide_offloaded(model)
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                out = onnxslim.slim(model, **kwargs)
+                out = onnxslim.slim(work, **kwargs)
+            if out is not None and hidden:
+                _restore_hidden(out, hidden)
         except Exception as e:  # noqa: BLE001 - onnxslim raises anything; the model stays as it was
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             return PassResult(model, False, {"skipped": [{"node": "<graph>", "reason": f"onnxslim failed: {reason}"}]})
@@ -59,6 +68,32 @@ class Simplify(Pass):
         delta = {k: v for k, v in delta.items() if v}
         n0, n1 = sum(before.values()), sum(after.values())
         return PassResult(out, n1 != n0 or bool(delta), {"nodes_before": n0, "nodes_after": n1, "op_delta": delta})
+
+
+def _hide_offloaded(model: ModelProto) -> tuple[ModelProto, dict[str, onnx.TensorProto]]:
+    """(model for onnxslim, hidden initializers): offloaded main-graph weights become graph inputs."""
+    hidden = {t.name: t for t in model.graph.initializer if weights.is_offloaded(t)}
+    if not hidden:
+        return model, {}
+    m = ModelProto()
+    m.CopyFrom(model)
+    keep = [t for t in m.graph.initializer if t.name not in hidden]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    for name, t in hidden.items():
+        m.graph.input.append(onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+    return m, hidden
+
+
+def _restore_hidden(out: ModelProto, hidden: dict[str, onnx.TensorProto]) -> None:
+    """In place: the hidden weights onnxslim left in use become initializers again; the rest go."""
+    from onnxslim_compress.graph import subgraph_inputs
+
+    used = {i for n in out.graph.node for i in n.input} | subgraph_inputs(out.graph) | {o.name for o in out.graph.output}
+    inputs = [i for i in out.graph.input if i.name not in hidden]
+    del out.graph.input[:]
+    out.graph.input.extend(inputs)
+    out.graph.initializer.extend(t for name, t in hidden.items() if name in used)
 
 
 def _dedupe_value_info(model: ModelProto) -> int:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+from onnxslim_compress import weights
 
 #: ops with fp16 kernels whose accuracy is fine in half precision
 FP16_OK = {
@@ -66,10 +68,8 @@ def convert_fp16(model: onnx.ModelProto, keep_io_fp32: bool = True) -> tuple[onn
     m.CopyFrom(model)
     g = m.graph
     is_float = _float_tensors(m)
-    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    for n in g.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    consts = weights.Constants(g)
+    ws = weights.Workspace.of(m)
     outputs = {o.name for o in g.output}
     from onnxslim_compress.graph import subgraph_inputs
 
@@ -99,7 +99,7 @@ def convert_fp16(model: onnx.ModelProto, keep_io_fp32: bool = True) -> tuple[onn
         if t not in v16:
             if t in consts:
                 v16[t] = f"{t}__fp16"
-                new_inits.append(numpy_helper.from_array(consts[t].astype(np.float16), v16[t]))
+                new_inits.append(weights.new_tensor(consts[t].astype(np.float16), v16[t], ws))
             else:
                 v16[t] = f"{t}__to_fp16"
                 new_nodes.append(helper.make_node("Cast", [v32[t]], [v16[t]], to=TensorProto.FLOAT16, name=v16[t]))

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
+from .. import weights
 from ..errors import BadInputError
 from ..metrics import FidelityAccumulator, _feed_for, accuracy, predictions
 from ..model_io import _all_initializers
@@ -68,7 +69,7 @@ def weight_bytes(model: onnx.ModelProto) -> int:
     Not model_io.model_bytes, which adds a fixed allowance for the graph: on small models that
     allowance would hide the change the size objective is meant to see.
     """
-    return sum(len(t.raw_data) if t.HasField("raw_data") else t.ByteSize() for t in _all_initializers(model.graph))
+    return sum(weights.nbytes(t) for t in _all_initializers(model.graph))
 
 
 def default_metric(model: onnx.ModelProto, labels: Any, evaluate: EvaluateFn | None) -> MetricKind:
