@@ -284,6 +284,8 @@ def _print_compress_summary(r: dict[str, Any]) -> None:
         print(f"  {s['name']:<16} {'changed' if s['modified'] else 'no change':<10} {keys}{extra}")
     for k in ("macs", "params", "size_bytes", "nodes"):
         print(f"  {k:<10} {ratio(k)}")
+    for sg in r.get("subgraphs_untouched", []):
+        print(f"  left as is: {sg['op']} {sg['node']} ({sg['body_nodes']} nodes in its bodies; {sg['reason']})")
     lat = r.get("latency")
     if lat:
         print(f"  latency    {lat['b']['median']:.3f} ms vs {lat['a']['median']:.3f} ms: ratio {lat['ratio']:.3f} "

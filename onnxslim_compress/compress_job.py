@@ -170,6 +170,7 @@ def _compress(
         "seed": seed,
         "target": ctx.target.kind,
         "normalize": norm.as_dict(),
+        "subgraphs_untouched": subgraph_bodies(res.model),
         "passes": [
             {"name": s.name, "params": s.params, "modified": s.modified, "seconds": round(s.seconds, 3), "stats": s.stats}
             for s in res.steps
@@ -199,6 +200,21 @@ def _compress(
     if ws is not None and weights.has_offloaded(res.model) and Workspace.of(res.model).path == ws.path:
         weights.materialize(res.model)  # no output: the workspace goes, so the weights come back in
     return CompressResult(res.model, report, out_path, res)
+
+
+def subgraph_bodies(model: onnx.ModelProto) -> list[dict[str, Any]]:
+    """If/Loop/Scan nodes of the main graph and the size of their bodies: no pass compresses inside
+    a body (weights there are read per iteration or per branch, and the channel/rank analysis
+    covers one graph), so the report lists what was left as it was."""
+    out = []
+    for n in model.graph.node:
+        bodies = [a.g for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+        bodies += [g for a in n.attribute if a.type == onnx.AttributeProto.GRAPHS for g in a.graphs]
+        if bodies:
+            out.append({"node": n.name or n.output[0], "op": n.op_type, "body_nodes": sum(len(g.node) for g in bodies),
+                        "body_weights": sum(len(g.initializer) for g in bodies),
+                        "reason": "passes do not compress inside control-flow bodies"})
+    return out
 
 
 def set_report(model: onnx.ModelProto, report: dict[str, Any]) -> None:

@@ -370,7 +370,7 @@ def constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 
 
 def layer_options(L: Layer, alds_mode: bool, conv_form: str, gram: np.ndarray | None, ridge: float,
-                  max_k: int = 16) -> list[tuple[tuple, Decomposition]]:
+                  max_k: int = 16, spectra: bool = True) -> list[tuple[tuple, Decomposition]]:
     """Candidate (form, k) decompositions of one layer; ALDS chooses among them, other modes take k=1.
 
     k runs over the divisors of the input channels up to max_k (more groups = more SVDs for very thin
@@ -392,12 +392,27 @@ def layer_options(L: Layer, alds_mode: bool, conv_form: str, gram: np.ndarray | 
         keys += [("channel", k) for k in ks]
     if spatial_ok and (conv_form == "spatial" or (conv_form == "auto" and gram is None)):
         keys.append(("spatial", 1))
+    if not spectra and L.lazy:
+        # the rank rule needs only the shapes (a rank fraction): no read, no SVD until emission
+        return [(key, _shape_only(L, key, gram is not None)) for key in keys]
     w = L.w  # one read of a lazy weight for all options
     opts = []
     for key in keys:
         d = option_decomposition(L, key, gram, ridge, w)
         opts.append((key, d.lighten() if L.lazy else d))
     return opts
+
+
+def _shape_only(L: Layer, key: tuple, whitened: bool) -> Decomposition:
+    """A lightened decomposition with the option's max rank and no spectrum (rel_errors are zeros)."""
+    m, n = L.shape
+    form, k = key
+    if form == "channel":
+        q = min(m, n // k)
+    else:
+        c, (kh, kw) = n // int(np.prod(L.spec[1])), L.spec[1]
+        q = min(m * kw, c * kh)
+    return Decomposition(None, k, [], [np.zeros(q)] * k, whitened, 0.0)
 
 
 def option_decomposition(L: Layer, key: tuple, gram: np.ndarray | None, ridge: float,

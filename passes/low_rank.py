@@ -210,7 +210,8 @@ class LowRank(Pass):
             gram = grams.get((L.act, L.spec))
             full = L.size if measure == "params" else (None if L.rows is None else L.size * L.rows)
             opts = []
-            for key, d in lm.layer_options(L, p.mode == "alds", p.conv_form, gram, p.ridge, _MAX_K):
+            for key, d in lm.layer_options(L, p.mode == "alds", p.conv_form, gram, p.ridge, _MAX_K,
+                                           spectra=p.mode != "ratio"):
                 cost = lm.option_cost(L, key, measure)
                 errs = d.spectral_errors() if p.mode == "alds" else d.rel_errors()
                 ranks = np.unique([lm.round_rank(j, p.round_to, d.max_rank) for j in range(1, d.max_rank + 1)])

@@ -248,3 +248,18 @@ def test_pass_on_real_model(model_name: str, pass_name: str):
             assert np.isfinite(g).all()
             if lossless:  # ppocr_det's map is ~0 almost everywhere: ORT's own BN fusion gives rel 2e-2, abs 1.5e-7
                 assert rel_err(r, g) < 1e-4 or np.abs(r - g).max() < 1e-5 * max(1.0, float(np.abs(r).max()))
+
+
+def test_control_flow_bodies_left_untouched_are_reported():
+    cm = corpus("control_flow")
+    res = compress(cm.model, pipeline=_pipelines()["low_rank"][0], calib=cm.feeds)
+    got = {(s["op"], s["body_nodes"]) for s in res.report["subgraphs_untouched"]}
+    bodies = {}
+    for n in cm.model.graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                bodies[n.op_type] = bodies.get(n.op_type, 0) + len(a.g.node)
+    assert got == {(op, k) for op, k in bodies.items()} and {op for op, _ in got} == {"If", "Loop", "Scan"}
+    sub_before = [a.g.SerializeToString() for n in cm.model.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+    sub_after = [a.g.SerializeToString() for n in res.model.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+    assert sub_before == sub_after
