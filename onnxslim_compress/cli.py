@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
           {PROG} compress model.onnx -o int8.onnx --quantize int8 --calib calib.npz --target cpu
           {PROG} compress model.onnx -o out.onnx --recipe recipe.yaml --json
           {PROG} compress model.onnx -o out.onnx --prune 0.3 --print-recipe > recipe.yaml
+          {PROG} compress llm.onnx -o llm.int8.onnx --quantize int8 --calib calib.npz   # external data: offloaded
         """)
     comp.add_argument("model")
     comp.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")

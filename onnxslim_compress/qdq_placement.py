@@ -531,6 +531,7 @@ def int4_weight_only(model: onnx.ModelProto, block: int, exclude: list[str]) -> 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     inits = {t.name: t for t in m.graph.initializer}
+    ws = weights.Workspace.of(m)
     rows, skipped, nodes = [], [], []
     for n in m.graph.node:
         if n.op_type in ("MatMul", "Gemm") and not any(re.search(rx, n.name) for rx in exclude):
@@ -557,7 +558,7 @@ def int4_weight_only(model: onnx.ModelProto, block: int, exclude: list[str]) -> 
                     q, scale = q.T, scale.T
                 base = f"{w_name}__int4_{n.name}"
                 m.graph.initializer.extend([
-                    helper.make_tensor(base, TensorProto.INT4, q.shape, q.astype(np.int8).ravel().tolist()),
+                    weights.new_int4_tensor(q, base, ws),
                     numpy_helper.from_array(scale.astype(np.float32), base + "_scale"),
                 ])
                 nodes.append(helper.make_node("DequantizeLinear", [base, base + "_scale"], [base + "_dq"],

@@ -257,6 +257,23 @@ def new_tensor(arr: np.ndarray, name: str, ws: Workspace | None) -> TensorProto:
     return numpy_helper.from_array(np.ascontiguousarray(arr), name)
 
 
+def new_int4_tensor(q: np.ndarray, name: str, ws: Workspace | None) -> TensorProto:
+    """An INT4 tensor from int values in [-8, 7], packed two per byte (low nibble first) with numpy:
+    helper.make_tensor would build a Python list of every value (GBs of ints on a big model)."""
+    flat = np.asarray(q, dtype=np.int8).reshape(-1)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.int8)])
+    packed = ((flat[0::2] & 0x0F) | ((flat[1::2] & 0x0F) << 4)).astype(np.uint8)
+    if ws is not None and packed.nbytes >= OFFLOAD_MIN_BYTES:
+        t = ws.put(packed, name)
+    else:
+        t = TensorProto(name=name, raw_data=packed.tobytes())
+    t.data_type = TensorProto.INT4
+    del t.dims[:]
+    t.dims.extend(int(d) for d in np.shape(q))
+    return t
+
+
 def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
     """In place: read every offloaded tensor back into the proto (the workspace may then go)."""
     for t in all_tensors(model.graph):

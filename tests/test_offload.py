@@ -282,3 +282,30 @@ def test_staged_recovery_in_chunks_equals_side_by_side(tmp_path, small_threshold
         assert st[k]["cosine"] == pytest.approx(ref[k]["cosine"], rel=1e-6)
     for a, b in zip(_run(mem.model, calib[0]), _run(tmp_path / "o.onnx", calib[0]), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_truncated_external_data_exit_2_one_line(tmp_path, capsys):
+    from onnxslim_compress.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    _mlp(src / "m.onnx")
+    data = src / "m.onnx.data"
+    data.write_bytes(data.read_bytes()[:5000])
+    before = _digest(src)
+    rc = main(["compress", str(src / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--lowrank", "ratio=0.5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "m.onnx" in err[0] and ("truncated" in err[0] or "end of its file" in err[0])
+    assert _digest(src) == before and sorted(os.listdir(tmp_path)) == ["in"]
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (4, 8), (1,)])
+def test_int4_packing_matches_onnx(tmp_path, shape, monkeypatch):
+    monkeypatch.setattr(weights, "OFFLOAD_MIN_BYTES", 0)
+    q = np.random.default_rng(0).integers(-8, 8, size=shape)
+    ref = numpy_helper.to_array(helper.make_tensor("a", TensorProto.INT4, shape, q.astype(np.int8).ravel().tolist()))
+    for ws in (None, weights.Workspace(tmp_path)):
+        t = weights.new_int4_tensor(q, "a", ws)
+        assert t.data_type == TensorProto.INT4 and list(t.dims) == list(shape)
+        assert weights.is_offloaded(t) == (ws is not None)
+        np.testing.assert_array_equal(weights.read(t).astype(np.int8), ref.astype(np.int8))
