@@ -17,7 +17,15 @@ import onnx
 
 from . import __version__, weights
 from .context import Context
-from .model_io import check_output_path, load_model, model_bytes, normalize, save_model
+from .model_io import (
+    check_output_path,
+    load_model,
+    load_weights,
+    model_bytes,
+    normalize,
+    save_model,
+    uses_external_data,
+)
 from .pass_api import Pipeline, PipelineResult
 from .runtime import Target
 from .weights import Workspace
@@ -97,11 +105,20 @@ def compress(
     inputs = [model] if not isinstance(model, onnx.ModelProto) else []
     if output is not None:
         check_output_path(output, inputs)
+    # parsed once, graph-only: whether to offload depends on it, and then the weights are attached
+    src = model if isinstance(model, onnx.ModelProto) else load_model(model, load_external_data=False)
     if offload is None:
-        offload = _has_external_data(model)
+        offload = uses_external_data(src)
     ws = Workspace.create(Path(output).absolute().parent if output is not None else None) if offload else None
     try:
-        return _compress(model, output, ws, pipeline=pipeline, calib=calib, eval_data=eval_data,
+        if isinstance(model, onnx.ModelProto):
+            if ws is not None:  # offload a copy; the caller's proto stays as it was
+                src = onnx.ModelProto()
+                src.CopyFrom(model)
+                ws.adopt(src, None)
+        else:
+            load_weights(src, model, offload_to=ws)
+        return _compress(model, src, output, ws, pipeline=pipeline, calib=calib, eval_data=eval_data,
                          eval_labels=eval_labels, target=target, input_shapes=input_shapes, seed=seed,
                          progress=progress, verify=verify, measure_latency=measure_latency)
     finally:
@@ -109,25 +126,13 @@ def compress(
             ws.close()
 
 
-def _has_external_data(model: str | os.PathLike | onnx.ModelProto) -> bool:
-    m = model if isinstance(model, onnx.ModelProto) else load_model(model, load_external_data=False)
-    return any(weights.is_external(t) for t in weights.all_tensors(m.graph))
-
-
 def _compress(
-    model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None, ws: Workspace | None, *,
+    model: str | os.PathLike | onnx.ModelProto, src: onnx.ModelProto, output: str | os.PathLike | None,
+    ws: Workspace | None, *,
     pipeline: Pipeline | None, calib: Any, eval_data: Any, eval_labels: Any, target: Target | None,
     input_shapes: dict[str, list[int]] | None, seed: int, progress: bool, verify: Any, measure_latency: bool,
 ) -> CompressResult:
     inputs = [model] if not isinstance(model, onnx.ModelProto) else []
-    if isinstance(model, onnx.ModelProto):
-        src = model
-        if ws is not None:  # offload a copy; the caller's proto stays as it was
-            src = onnx.ModelProto()
-            src.CopyFrom(model)
-            ws.adopt(src, None)
-    else:
-        src = load_model(model, offload_to=ws)
     ctx = Context(target=target or Target(), calib=calib, input_shapes=dict(input_shapes or {}), seed=seed, progress=progress)
     before = _costs(src, ctx.input_shapes)
     # Memory: the input is needed after the run only to measure fidelity or latency against it. A

@@ -52,29 +52,39 @@ def load_model(
     ):
         raise BadInputError(f"{p}: not a valid ONNX model (no graph or opset)")
     if load_external_data or offload_to is not None:
-        missing = sorted(
-            {
-                _external_location(t)
-                for t in _all_initializers(model.graph)
-                if t.data_location == onnx.TensorProto.EXTERNAL
-                and not (p.parent / _external_location(t)).exists()
-            }
-        )
-        if missing:
-            raise BadInputError(f"{p}: external data file missing: {missing[0]}")
+        load_weights(model, p, offload_to=offload_to)
+    return model
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(weights.is_external(t) for t in weights.all_tensors(model.graph))
+
+
+def load_weights(model: onnx.ModelProto, path: str | os.PathLike, *, offload_to: Workspace | None = None) -> None:
+    """In place: the external data of a model loaded graph-only from `path`, read into the proto or,
+    with `offload_to`, left in files the workspace points at (one clear error if missing/truncated)."""
+    p = Path(path)
+    missing = sorted(
+        {
+            _external_location(t)
+            for t in _all_initializers(model.graph)
+            if t.data_location == onnx.TensorProto.EXTERNAL
+            and not (p.parent / _external_location(t)).exists()
+        }
+    )
+    if missing:
+        raise BadInputError(f"{p}: external data file missing: {missing[0]}")
     if offload_to is not None:
         try:
             offload_to.adopt(model, p.parent)
         except (OSError, ValueError) as e:
             raise BadInputError(f"{p}: cannot read external data ({e})") from e
         _check_external_lengths(model, p)
-        return model
-    if load_external_data:
-        try:
-            onnx.load_external_data_for_model(model, str(p.parent))
-        except (OSError, ValueError) as e:
-            raise BadInputError(f"{p}: cannot read external data ({e})") from e
-    return model
+        return
+    try:
+        onnx.load_external_data_for_model(model, str(p.parent))
+    except (OSError, ValueError) as e:
+        raise BadInputError(f"{p}: cannot read external data ({e})") from e
 
 
 def _check_external_lengths(model: onnx.ModelProto, p: Path) -> None:
@@ -96,14 +106,8 @@ def _external_location(t: onnx.TensorProto) -> str:
 
 def _all_initializers(graph: onnx.GraphProto):
     """Initializers of a graph and of every subgraph (If/Loop/Scan bodies)."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_initializers(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _all_initializers(g)
+    for g in weights.graphs(graph):
+        yield from g.initializer
 
 
 def model_bytes(model: onnx.ModelProto) -> int:

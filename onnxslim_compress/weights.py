@@ -128,20 +128,28 @@ _DIRECT_TYPES = {
 }
 
 
-def all_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
-    """Initializers and Constant/attribute tensors of a graph and all its subgraphs."""
-    yield from graph.initializer
+def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """A graph and every If/Loop/Scan body nested in it."""
+    yield graph
     for node in graph.node:
         for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR:
-                yield a.t
-            elif a.type == onnx.AttributeProto.TENSORS:
-                yield from a.tensors
-            elif a.type == onnx.AttributeProto.GRAPH:
-                yield from all_tensors(a.g)
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from graphs(a.g)
             elif a.type == onnx.AttributeProto.GRAPHS:
                 for g in a.graphs:
-                    yield from all_tensors(g)
+                    yield from graphs(g)
+
+
+def all_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+    """Initializers and Constant/attribute tensors of a graph and all its subgraphs."""
+    for g in graphs(graph):
+        yield from g.initializer
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    yield a.t
+                elif a.type == onnx.AttributeProto.TENSORS:
+                    yield from a.tensors
 
 
 def has_offloaded(model_or_graph: onnx.ModelProto | onnx.GraphProto) -> bool:
@@ -293,33 +301,30 @@ def relocated_copy(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
     return m
 
 
-def check(model: onnx.ModelProto) -> None:
-    """onnx.checker on an offloaded model's graph: its offloaded initializers are checked as graph
-    inputs of the same type and shape. (The checker refuses absolute locations, and by path it
-    refuses the hard-linked input data; the data itself is checked when the output is saved.)"""
+def as_inputs(model: onnx.ModelProto, *, subgraphs: bool = True) -> tuple[onnx.ModelProto, dict[str, TensorProto]]:
+    """(graph-only copy, hidden tensors): offloaded initializers become main-graph inputs of the same
+    type and shape, for tools that must not read them (the checker, onnxslim). Names are unique
+    across scopes, so a body reads such an input as an outer-scope capture."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    for g in _graphs(m.graph):
+    hidden: dict[str, TensorProto] = {}
+    for g in graphs(m.graph) if subgraphs else [m.graph]:
         off = [t for t in g.initializer if is_offloaded(t)]
         if not off:
             continue
         keep = [t for t in g.initializer if not is_offloaded(t)]
         del g.initializer[:]
         g.initializer.extend(keep)
-        # names are unique across scopes, so a subgraph reads a main-graph input of that name as a capture
-        m.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in off)
-    onnx.checker.check_model(m)
+        hidden.update((t.name, t) for t in off)
+    m.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in hidden.values())
+    return m, hidden
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    yield from _graphs(g)
+def check(model: onnx.ModelProto) -> None:
+    """onnx.checker on an offloaded model's graph, offloaded initializers checked as inputs (the
+    checker refuses absolute locations, and by path the hard-linked input data; the data itself is
+    checked when the output is saved)."""
+    onnx.checker.check_model(as_inputs(model)[0])
 
 
 @contextlib.contextmanager

@@ -72,17 +72,9 @@ class Simplify(Pass):
 
 def _hide_offloaded(model: ModelProto) -> tuple[ModelProto, dict[str, onnx.TensorProto]]:
     """(model for onnxslim, hidden initializers): offloaded main-graph weights become graph inputs."""
-    hidden = {t.name: t for t in model.graph.initializer if weights.is_offloaded(t)}
-    if not hidden:
+    if not any(weights.is_offloaded(t) for t in model.graph.initializer):
         return model, {}
-    m = ModelProto()
-    m.CopyFrom(model)
-    keep = [t for t in m.graph.initializer if t.name not in hidden]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(keep)
-    for name, t in hidden.items():
-        m.graph.input.append(onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
-    return m, hidden
+    return weights.as_inputs(model, subgraphs=False)
 
 
 def _restore_hidden(out: ModelProto, hidden: dict[str, onnx.TensorProto]) -> None:
