@@ -67,11 +67,11 @@ def worker(tool: str, name: str, out: str) -> dict:
     import io
 
     t0 = time.perf_counter()
-    from onnxslim_compress.model_io import load_model, save_model
+    from onnxslim_compress.graph.io import load_model, save_model
 
     model = load_model(model_path(name))
     if tool == "ours_lossless":
-        from onnxslim_compress.compress_job import compress
+        from onnxslim_compress.jobs.compress import compress
 
         save_model(compress(model).model, out)
     elif tool == "onnxslim":
@@ -86,8 +86,8 @@ def worker(tool: str, name: str, out: str) -> dict:
 
 
 def measure(path: Path, shapes: dict[str, list[int]]) -> dict:
-    from onnxslim_compress.macs import count_costs
-    from onnxslim_compress.model_io import load_model
+    from onnxslim_compress.graph.costs import count_costs
+    from onnxslim_compress.graph.io import load_model
 
     total = count_costs(load_model(path), shapes).total
     return {"size_bytes": path.stat().st_size, "macs": total.macs, "params": total.params, "nodes": total.nodes}

@@ -22,11 +22,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import datasets, fetch  # noqa: E402
-from onnxslim_compress.compress_job import compress  # noqa: E402
-from onnxslim_compress.graph import op_counts  # noqa: E402
-from onnxslim_compress.model_io import clamp_ir_version, load_model  # noqa: E402
-from onnxslim_compress.profiler import compare  # noqa: E402
-from onnxslim_compress.runtime import Target, make_session  # noqa: E402
+from onnxslim_compress.graph.index import op_counts  # noqa: E402
+from onnxslim_compress.graph.io import clamp_ir_version, load_model  # noqa: E402
+from onnxslim_compress.jobs.compress import compress  # noqa: E402
+from onnxslim_compress.runtime.profiler import compare  # noqa: E402
+from onnxslim_compress.runtime.session import Target, make_session  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -37,11 +37,11 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from onnxslim_compress.context import Context  # noqa: E402
-from onnxslim_compress.model_io import load_model  # noqa: E402
-from onnxslim_compress.passes.low_rank import LowRank  # noqa: E402
-from onnxslim_compress.profiler import compare  # noqa: E402
-from onnxslim_compress.runtime import Target, make_session  # noqa: E402
+from onnxslim_compress.graph.io import load_model  # noqa: E402
+from onnxslim_compress.passes.context import Context  # noqa: E402
+from onnxslim_compress.passes.low_rank.low_rank import LowRank  # noqa: E402
+from onnxslim_compress.runtime.profiler import compare  # noqa: E402
+from onnxslim_compress.runtime.session import Target, make_session  # noqa: E402
 
 TARGET = Target(kind="cpu", threads=1)
 #: uniform rank fraction per model for the equal-size comparisons (chosen so plain SVD visibly hurts)

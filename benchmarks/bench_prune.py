@@ -34,13 +34,13 @@ import onnx  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from onnxslim_compress.context import Context  # noqa: E402
-from onnxslim_compress.macs import count_costs  # noqa: E402
-from onnxslim_compress.model_io import load_model  # noqa: E402
-from onnxslim_compress.passes.prune_channels import PruneChannels  # noqa: E402
-from onnxslim_compress.profiler import compare  # noqa: E402
-from onnxslim_compress.prune_recovery import fidelity  # noqa: E402
-from onnxslim_compress.runtime import Target, make_session  # noqa: E402
+from onnxslim_compress.graph.costs import count_costs  # noqa: E402
+from onnxslim_compress.graph.io import load_model  # noqa: E402
+from onnxslim_compress.passes.context import Context  # noqa: E402
+from onnxslim_compress.passes.prune.prune_channels import PruneChannels  # noqa: E402
+from onnxslim_compress.passes.prune.recovery import fidelity  # noqa: E402
+from onnxslim_compress.runtime.profiler import compare  # noqa: E402
+from onnxslim_compress.runtime.session import Target, make_session  # noqa: E402
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -71,8 +71,8 @@ def _upgraded_copy(src: Path, tmp: Path) -> Path:
     our pass does internally, so the comparison is about quantization, not about input quirks."""
     import onnx
 
-    from onnxslim_compress.model_io import clamp_ir_version, upgrade_opset
-    from onnxslim_compress.qdq_placement import constants_to_initializers
+    from onnxslim_compress.graph.io import clamp_ir_version, upgrade_opset
+    from onnxslim_compress.passes.quantize.placement import constants_to_initializers
 
     m = onnx.load(str(src))
     m, changed = upgrade_opset(m, 13)
@@ -94,7 +94,7 @@ def worker(tool: str, name: str, out: str) -> dict:
     feeds = calib_feeds(name)
     if tool.startswith("ours"):
         from onnxslim_compress import Context, Target, load_model, save_model
-        from onnxslim_compress.passes.quantize import Quantize
+        from onnxslim_compress.passes.quantize.quantize import Quantize
 
         ctx = Context(target=Target("cpu", threads=2), calib=feeds)
         opts = dict(OURS_OPTIONS.get(name, {}))
@@ -177,7 +177,7 @@ def sweep_model(name: str, tmp: Path) -> dict:
     import onnx
 
     from onnxslim_compress import Target
-    from onnxslim_compress.runtime import make_session
+    from onnxslim_compress.runtime.session import make_session
 
     target = Target("cpu", threads=2)
     feeds, meta = eval_set(name)
@@ -200,9 +200,9 @@ def bench_model(name: str, runs: int, tmp: Path) -> dict:
     import onnx
 
     from onnxslim_compress import Target
-    from onnxslim_compress.model_io import clamp_ir_version
-    from onnxslim_compress.profiler import compare
-    from onnxslim_compress.runtime import make_session
+    from onnxslim_compress.graph.io import clamp_ir_version
+    from onnxslim_compress.runtime.profiler import compare
+    from onnxslim_compress.runtime.session import make_session
 
     target = Target("cpu", threads=2)
     src = model_path(name)

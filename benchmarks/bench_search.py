@@ -71,7 +71,7 @@ def data_paths(name: str) -> tuple[Path, Path, Path | None]:
 
 
 def _pipeline_passes(spec: dict):
-    from onnxslim_compress.compress_job import flags_pipeline
+    from onnxslim_compress.jobs.compress import flags_pipeline
 
     return flags_pipeline(spec.get("prune"), spec.get("lowrank"), spec.get("quantize")).passes
 
@@ -80,7 +80,7 @@ def _ort_quantize(src: Path, calib, tmp: Path):
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from onnxslim_compress.model_io import clamp_ir_version, upgrade_opset
+    from onnxslim_compress.graph.io import clamp_ir_version, upgrade_opset
 
     m = onnx.load(str(src))
     m, _ = upgrade_opset(m, 13)
@@ -104,11 +104,11 @@ def _ort_quantize(src: Path, calib, tmp: Path):
 def bench_model(name: str, a: argparse.Namespace, tmp: Path) -> dict:
     import onnx
 
-    from onnxslim_compress.context import Context
     from onnxslim_compress.data import open_data
-    from onnxslim_compress.metrics import load_labels_any
-    from onnxslim_compress.profiler import compare
-    from onnxslim_compress.runtime import Target
+    from onnxslim_compress.passes.context import Context
+    from onnxslim_compress.runtime.metrics import load_labels_any
+    from onnxslim_compress.runtime.profiler import compare
+    from onnxslim_compress.runtime.session import Target
     from onnxslim_compress.search import search
     from onnxslim_compress.search.build import TrialBuilder
     from onnxslim_compress.search.job import _load

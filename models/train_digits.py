@@ -43,8 +43,8 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from onnxslim_compress.model_io import clamp_ir_version  # noqa: E402
-from onnxslim_compress.shapes import infer_shapes  # noqa: E402
+from onnxslim_compress.graph.io import clamp_ir_version  # noqa: E402
+from onnxslim_compress.graph.shapes import infer_shapes  # noqa: E402
 
 OPSET = 13
 IMAGE_SIZE = 32

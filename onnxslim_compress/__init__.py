@@ -4,11 +4,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .context import Context  # noqa: E402
-from .errors import AccuracyGateError, BadInputError, CompressError, RecipeError  # noqa: E402
-from .model_io import load_model, save_model  # noqa: E402
-from .pass_api import Pass, PassResult, Pipeline  # noqa: E402
-from .runtime import Target  # noqa: E402
+from onnxslim_compress.errors import AccuracyGateError, BadInputError, CompressError, RecipeError  # noqa: E402
+from onnxslim_compress.graph.io import load_model, save_model  # noqa: E402
+from onnxslim_compress.passes.base import Pass, PassResult, Pipeline  # noqa: E402
+from onnxslim_compress.passes.context import Context  # noqa: E402
+from onnxslim_compress.runtime.session import Target  # noqa: E402
 
 
 def __getattr__(name: str):

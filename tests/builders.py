@@ -6,6 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxslim_compress.graph.costs import count_costs
+
 
 class GraphBuilder:
     """Accumulates nodes/initializers; `conv_bn_relu` etc. return the output tensor name."""
@@ -106,10 +108,56 @@ def resnet_like(seed: int = 0, batch: int | str = 1, opset: int = 13) -> onnx.Mo
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    from onnxslim_compress.runtime import Target, make_session
+    from onnxslim_compress.runtime.session import Target, make_session
 
     return make_session(model, Target(kind="cpu", threads=1)).run(None, feeds)
 
 
 def random_input(shape, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def zero_channels(b: GraphBuilder, name: str, axis: int, idx: list[int]) -> None:
+    """Zero the channels `idx` of initializer `name` along `axis` (makes those channels dead)."""
+    for k, t in enumerate(b.inits):
+        if t.name == name:
+            a = numpy_helper.to_array(t).copy()
+            sl = [slice(None)] * a.ndim
+            sl[axis] = idx
+            a[tuple(sl)] = 0
+            b.inits[k] = numpy_helper.from_array(a, name)
+            return
+    raise KeyError(name)
+
+
+def conv_dead(b: GraphBuilder, x: str, cin: int, cout: int, k: int = 3, group: int = 1, bias: bool = True, dead=()):
+    """Conv whose output channels in `dead` are zero (weights and bias)."""
+    n0 = len(b.inits)
+    y = b.conv(x, cin, cout, k=k, group=group, bias=bias)
+    names = [t.name for t in b.inits[n0:]]
+    for nm in names:
+        zero_channels(b, nm, 0, list(dead))
+    return y
+
+
+def bn_dead(b: GraphBuilder, x: str, c: int, dead=()) -> str:
+    """BatchNorm whose channels in `dead` have gamma = beta = 0."""
+    n0 = len(b.inits)
+    y = b.bn(x, c)
+    gamma, beta = b.inits[n0].name, b.inits[n0 + 1].name
+    zero_channels(b, gamma, 0, list(dead))
+    zero_channels(b, beta, 0, list(dead))
+    return y
+
+
+def cbr_dead(b, x, cin, cout, dead=(), k=3, act="Relu"):
+    """Conv-BN-activation whose output channels in `dead` are exactly zero."""
+    y = bn_dead(b, conv_dead(b, x, cin, cout, k=k, bias=False, dead=dead), cout, dead)
+    if act == "SiLU":
+        return b.node("Mul", [y, b.node("Sigmoid", [y])])
+    return b.node(act, [y])
+
+
+def ref_macs(m: onnx.ModelProto) -> int:
+    """MACs of Conv/Gemm/MatMul from the independent counter (onnxslim_compress.graph.costs)."""
+    return sum(n.macs for n in count_costs(m).nodes if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"))

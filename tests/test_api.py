@@ -3,7 +3,7 @@
 from builders import random_input, resnet_like
 
 import onnxslim_compress as osc
-from onnxslim_compress.compress_job import compress
+from onnxslim_compress.jobs.compress import compress
 
 
 def test_compress_function_returns_model_and_report(tmp_path):

@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxslim_compress.runtime import Target, make_session
+from onnxslim_compress.runtime.session import Target, make_session
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[1] / "models"
 MODEL = MODELS / "digits_cnn.onnx"
 
 

@@ -13,11 +13,11 @@ import onnx
 import pytest
 from corpus_models import BUILDERS, CorpusModel
 
-from onnxslim_compress.compress_job import compress, lossless_pipeline
-from onnxslim_compress.model_io import clamp_ir_version
-from onnxslim_compress.pass_api import Pipeline
+from onnxslim_compress.graph.io import clamp_ir_version
+from onnxslim_compress.jobs.compress import compress, lossless_pipeline
 from onnxslim_compress.passes import EliminateDead, FoldBatchNorm, Quantize, Simplify
-from onnxslim_compress.runtime import Target, make_session
+from onnxslim_compress.passes.base import Pipeline
+from onnxslim_compress.runtime.session import Target, make_session
 
 
 def _pipelines() -> dict[str, tuple[Pipeline, bool]]:
@@ -103,7 +103,7 @@ def test_pass_on_corpus_model(model_name: str, pass_name: str):
 
 def test_quantize_keeps_initializers_read_only_inside_a_subgraph():
     """qdq_placement.drop_unused_initializers dropped a Loop body's outer-scope capture (ORT: invalid graph)."""
-    from onnxslim_compress.qdq_placement import drop_unused_initializers
+    from onnxslim_compress.passes.quantize.placement import drop_unused_initializers
 
     m = corpus("control_flow").model
     work = onnx.ModelProto()
@@ -126,7 +126,7 @@ def test_fp16_keeps_subgraph_captures_fp32():
 
 def test_iterate_tensors_with_no_names_yields_empty_dicts():
     """sess.run([]) returns every graph output, so zip(names, outs, strict=True) raised (fp16 model -> int8)."""
-    from onnxslim_compress.activations import iterate_tensors
+    from onnxslim_compress.runtime.activations import iterate_tensors
 
     cm = corpus("opset13")
     assert list(iterate_tensors(cm.model, [], cm.feeds, limit=2)) == [{}, {}]
@@ -142,7 +142,7 @@ def test_int8_on_fp16_model_is_reported_not_crashed():
 
 def test_normalize_renames_duplicate_node_names():
     """ORT refuses a graph with two nodes of one name; every pass that ran a session crashed on it."""
-    from onnxslim_compress.model_io import normalize
+    from onnxslim_compress.graph.io import normalize
 
     m = onnx.ModelProto()
     m.CopyFrom(corpus("dup_names").model)
@@ -155,8 +155,8 @@ def test_normalize_renames_duplicate_node_names():
 
 def test_low_rank_does_not_whiten_layers_too_wide_for_a_dense_gram(monkeypatch):
     """A 65536-wide input asked for a 32 GiB float64 Gram (MemoryError on the large-model test)."""
-    import onnxslim_compress.passes.low_rank as lr
-    from onnxslim_compress.context import Context
+    import onnxslim_compress.passes.low_rank.low_rank as lr
+    from onnxslim_compress.passes.context import Context
 
     cm = corpus("dynamic")  # fc1: 32 inputs, fc2: 96 inputs
     monkeypatch.setattr(lr, "MAX_GRAM_FEATURES", 64)
@@ -168,8 +168,8 @@ def test_low_rank_does_not_whiten_layers_too_wide_for_a_dense_gram(monkeypatch):
 
 def test_shape_inference_does_not_copy_big_weights(monkeypatch):
     """infer_shapes deep-copied the model and onnx serialized it: 3 extra weight copies (large-model test)."""
-    import onnxslim_compress.shapes as sh
-    from onnxslim_compress.shapes import infer_shapes, without_big_weights
+    import onnxslim_compress.graph.shapes as sh
+    from onnxslim_compress.graph.shapes import infer_shapes, without_big_weights
 
     monkeypatch.setattr(sh, "_LIGHT_BYTES", 1024)
     cm = corpus("dynamic")
@@ -186,7 +186,7 @@ def test_pass_check_is_skipped_for_models_over_the_protobuf_limit(monkeypatch):
     """Pass.ensures ran the in-memory checker on a 2.15 GB model: protobuf's EncodeError crashed simplify."""
     from google.protobuf.message import EncodeError
 
-    import onnxslim_compress.model_io as mio
+    import onnxslim_compress.graph.io as mio
 
     def too_big(*_a, **_k):
         raise EncodeError("Failed to serialize proto")
@@ -213,9 +213,9 @@ REAL_SHAPES = {
 
 def _real(name: str) -> CorpusModel:
     from models.fetch import fetch
-    from onnxslim_compress.calibration import synthetic_feeds
-    from onnxslim_compress.model_io import load_model
-    from onnxslim_compress.shapes import bind_input_shapes
+    from onnxslim_compress.graph.io import load_model
+    from onnxslim_compress.graph.shapes import bind_input_shapes
+    from onnxslim_compress.passes.quantize.calibration import synthetic_feeds
 
     try:
         path = fetch(name)

@@ -8,10 +8,10 @@ where float reassociation alone (ORT's own optimizer) shows a 2 % relative diffe
 import numpy as np
 import pytest
 
-from onnxslim_compress.compress_job import compress
-from onnxslim_compress.graph import op_counts
-from onnxslim_compress.model_io import load_model
-from onnxslim_compress.runtime import Target, make_session
+from onnxslim_compress.graph.index import op_counts
+from onnxslim_compress.graph.io import load_model
+from onnxslim_compress.jobs.compress import compress
+from onnxslim_compress.runtime.session import Target, make_session
 
 pytestmark = pytest.mark.slow
 REAL = ["yolov8n", "ppocr_det", "ppocr_rec", "ppocr_cls", "minilm"]

@@ -14,9 +14,9 @@ from __future__ import annotations
 import sys
 import types
 
-from .job import SearchResult, run_worker, search
-from .objective import Evaluator, Measurement
-from .space import Dim, SearchSpace, default_recipe
+from onnxslim_compress.search.job import SearchResult, run_worker, search
+from onnxslim_compress.search.objective import Evaluator, Measurement
+from onnxslim_compress.search.space import Dim, SearchSpace, default_recipe
 
 __all__ = ["Dim", "Evaluator", "Measurement", "SearchResult", "SearchSpace", "default_recipe", "run_worker", "search"]
 

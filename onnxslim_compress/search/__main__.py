@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from ..cli import _Parser
-from ..errors import CompressError
-from .cli import add_commands
+from onnxslim_compress.cli.main import _Parser
+from onnxslim_compress.cli.search_commands import add_commands
+from onnxslim_compress.errors import CompressError
 
 
 def main(argv: list[str] | None = None) -> int:

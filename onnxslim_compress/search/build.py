@@ -17,9 +17,9 @@ from typing import Any
 
 import onnx
 
-from ..context import Context, fingerprint
-from ..errors import PassFailure
-from ..pass_api import Pass, StepRecord, params_to_dict
+from onnxslim_compress.errors import PassFailure
+from onnxslim_compress.passes.base import Pass, StepRecord, params_to_dict
+from onnxslim_compress.passes.context import Context, fingerprint
 
 
 @dataclass

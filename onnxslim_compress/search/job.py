@@ -21,14 +21,14 @@ import onnx
 import optuna
 import yaml
 
-from .. import __version__
-from ..context import Context
-from ..errors import AccuracyGateError, BadInputError, RecipeError
-from ..model_io import check_output_path, load_model, normalize, save_model
-from ..runtime import Target
-from .build import TrialBuilder
-from .objective import EvaluateFn, Evaluator, default_metric
-from .report import (
+from onnxslim_compress import __version__
+from onnxslim_compress.errors import AccuracyGateError, BadInputError, RecipeError
+from onnxslim_compress.graph.io import check_output_path, load_model, normalize, save_model
+from onnxslim_compress.passes.context import Context
+from onnxslim_compress.runtime.session import Target
+from onnxslim_compress.search.build import TrialBuilder
+from onnxslim_compress.search.objective import EvaluateFn, Evaluator, default_metric
+from onnxslim_compress.search.report import (
     LiveTable,
     TrialRecord,
     best_feasible,
@@ -37,9 +37,9 @@ from .report import (
     trials_to_best,
     trials_to_feasible,
 )
-from .runner import LoopSettings, TrialLoop, _json_safe, wait_for_running
-from .space import Registry, SearchSpace, default_recipe
-from .storage import (
+from onnxslim_compress.search.runner import LoopSettings, TrialLoop, _json_safe, wait_for_running
+from onnxslim_compress.search.space import Registry, SearchSpace, default_recipe
+from onnxslim_compress.search.storage import (
     StudySettings,
     _redact,
     create_or_resume,
@@ -47,7 +47,7 @@ from .storage import (
     load_settings,
     open_storage,
 )
-from .strategy import BisectionSampler, make_sampler
+from onnxslim_compress.search.strategy import BisectionSampler, make_sampler
 
 
 @dataclass
@@ -114,7 +114,7 @@ def _recipe_data(recipe: Any, target: Target, registry: Registry | None, goal: s
 def _image_options(image: Any):
     if image is None:
         return None
-    from ..data import ImageOptions
+    from onnxslim_compress.data import ImageOptions
 
     if isinstance(image, ImageOptions):
         return image
@@ -146,8 +146,8 @@ def _prepare(
     registry: Registry | None,
     reuse: bool,
 ) -> _Prepared:
-    from ..data import open_data
-    from ..metrics import load_labels_any
+    from onnxslim_compress.data import open_data
+    from onnxslim_compress.runtime.metrics import load_labels_any
 
     space = SearchSpace.from_recipe(recipe, registry)
     img = _image_options(image)
@@ -247,7 +247,7 @@ def search(
     work = _load(model)
     goal = None
     if recipe is None and evaluate is None:
-        from ..metrics import load_labels_any
+        from onnxslim_compress.runtime.metrics import load_labels_any
 
         goal = fidelity_goal(metric or default_metric(work, load_labels_any(labels), None), max_drop)
     recipe_data = _recipe_data(recipe, tgt, registry, goal)
@@ -406,7 +406,7 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
         if note:
             report["notes"].append(note)
     if model_out is not None:
-        from ..compress_job import set_report
+        from onnxslim_compress.jobs.compress import set_report
 
         summary = {k: report[k] for k in ("tool", "version", "study", "baseline", "best", "best_recipe", "trials_to_best")}
         summary["settings"] = {k: v for k, v in settings.as_dict().items() if k not in ("recipe",)}
@@ -448,7 +448,7 @@ def _trial_params(study, rec: TrialRecord) -> dict[str, Any]:
 def _write_json(path: Path, obj: Any) -> None:
     import json
 
-    from ..compress_job import _json_default
+    from onnxslim_compress.jobs.compress import _json_default
 
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(_json_safe(obj), indent=2, default=_json_default))

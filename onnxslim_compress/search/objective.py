@@ -24,11 +24,11 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
-from .. import weights
-from ..errors import BadInputError
-from ..metrics import FidelityAccumulator, _feed_for, accuracy, predictions
-from ..model_io import _all_initializers
-from ..runtime import Target, make_session
+from onnxslim_compress.errors import BadInputError
+from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.io import _all_initializers
+from onnxslim_compress.runtime.metrics import FidelityAccumulator, _feed_for, accuracy, predictions
+from onnxslim_compress.runtime.session import Target, make_session
 
 ObjectiveKind = Literal["latency", "macs", "size"]
 MetricKind = Literal["accuracy", "top1", "cosine", "custom"]
@@ -66,7 +66,7 @@ class Measurement:
 def weight_bytes(model: onnx.ModelProto) -> int:
     """Bytes of all initializers (subgraphs included): what quantization and factorization shrink.
 
-    Not model_io.model_bytes, which adds a fixed allowance for the graph: on small models that
+    Not graph.io.model_bytes, which adds a fixed allowance for the graph: on small models that
     allowance would hide the change the size objective is meant to see.
     """
     return sum(weights.nbytes(t) for t in _all_initializers(model.graph))
@@ -182,7 +182,7 @@ class Evaluator:
     # ------------------------------------------------------------------ pieces
 
     def _costs(self, model: onnx.ModelProto) -> dict[str, float]:
-        from ..macs import count_costs
+        from onnxslim_compress.graph.costs import count_costs
 
         out: dict[str, float] = {"size_bytes": float(weight_bytes(model))}
         if self.objective == "macs" or self.objective == "latency":
@@ -240,7 +240,7 @@ class Evaluator:
     def measure(self, model: onnx.ModelProto) -> Measurement:
         """Quality first: a candidate that breaks the constraint still gets its cost measured, so the
         surrogate model learns the whole trade-off and the Pareto front is complete."""
-        from ..profiler import compare
+        from onnxslim_compress.runtime.profiler import compare
 
         t0 = time.perf_counter()
         value, drop, extra = self.quality(model)

@@ -33,11 +33,11 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..errors import CompressError
-from .build import TrialBuilder
-from .objective import Evaluator, Measurement
-from .space import SearchSpace
-from .strategy import TRIAL_CONSTRAINTS, BisectionSampler, constraint_of
+from onnxslim_compress.errors import CompressError
+from onnxslim_compress.search.build import TrialBuilder
+from onnxslim_compress.search.objective import Evaluator, Measurement
+from onnxslim_compress.search.space import SearchSpace
+from onnxslim_compress.search.strategy import TRIAL_CONSTRAINTS, BisectionSampler, constraint_of
 
 #: how long a trial waits for a twin running in another worker before computing it itself
 _TWIN_WAIT_S = 3600.0

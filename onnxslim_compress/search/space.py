@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import RecipeError
-from ..pass_api import Pass, Pipeline
-from ..recipe import recipe_entries
+from onnxslim_compress.errors import RecipeError
+from onnxslim_compress.passes.base import Pass, Pipeline
+from onnxslim_compress.passes.recipe import recipe_entries
 
 Registry = Mapping[str, type[Pass]]
 
@@ -372,7 +372,7 @@ def _validate_slot(slot: Slot, cls: type[Pass], where: str) -> None:
 
 
 def _default_registry() -> Registry:
-    from ..recipe import pass_registry
+    from onnxslim_compress.passes.recipe import pass_registry
 
     return pass_registry()
 

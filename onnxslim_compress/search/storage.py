@@ -21,7 +21,7 @@ from typing import Any
 
 import optuna
 
-from ..errors import BadInputError
+from onnxslim_compress.errors import BadInputError
 
 _ATTR = "onnxslim_compress.settings"
 _OPEN_ATTEMPTS = 6

@@ -24,8 +24,8 @@ from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from ..errors import BadInputError
-from .space import Dim
+from onnxslim_compress.errors import BadInputError
+from onnxslim_compress.search.space import Dim
 
 SamplerKind = Literal["gp", "tpe", "random"]
 #: bisection stops when the bracket is narrower than this fraction of a float range

@@ -1,0 +1,211 @@
+"""Static shapes for analysis: bind dynamic dims, infer, and fall back when onnx's inference fails.
+
+Pruning groups, MAC counts and factorization all need a concrete channel count on every tensor.
+Exporters leave symbolic dims (batch, sequence) and onnx's shape inference gives up on some real
+models, so this module tries onnx first and, failing that, runs the model once in ORT and reads the
+shapes off the actual tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxslim_compress.errors import BadInputError
+
+ShapeMap = dict[str, list[int]]
+
+
+def parse_input_shapes(specs: list[str] | None) -> ShapeMap:
+    """`name:1x3x224x224` (repeatable) -> {"name": [1, 3, 224, 224]}."""
+    out: ShapeMap = {}
+    for spec in specs or []:
+        name, sep, dims = spec.rpartition(":")
+        if not sep or not name:
+            raise BadInputError(f"--input-shape {spec!r}: expected NAME:1x3x224x224")
+        try:
+            shape = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise BadInputError(f"--input-shape {spec!r}: dims must be integers separated by 'x'") from None
+        if any(d <= 0 for d in shape):
+            raise BadInputError(f"--input-shape {spec!r}: dims must be positive")
+        out[name] = shape
+    return out
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def dims_of(vi: onnx.ValueInfoProto) -> list[int | str]:
+    """Dims of a value info: ints where known, the symbol (or '?') where not."""
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return []
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+
+
+@dataclass
+class BoundShapes:
+    """Result of binding: concrete input shapes plus notes on what was assumed."""
+
+    inputs: ShapeMap
+    assumed: list[str] = field(default_factory=list)
+
+
+def bind_input_shapes(model: onnx.ModelProto, given: ShapeMap | None = None, default_dim: int = 1) -> BoundShapes:
+    """Concrete shapes for every graph input: user-given, else static, else dynamic dims -> default_dim."""
+    given = dict(given or {})
+    names = {i.name for i in graph_inputs(model)}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise BadInputError(f"--input-shape names {unknown[0]!r}, which is not a model input (inputs: {sorted(names)})")
+    res = BoundShapes(inputs={})
+    for vi in graph_inputs(model):
+        dims = dims_of(vi)
+        if vi.name in given:
+            shape = given[vi.name]
+            if dims and len(dims) != len(shape):
+                raise BadInputError(
+                    f"--input-shape {vi.name}: rank {len(shape)} given, the model expects rank {len(dims)} {dims}"
+                )
+            for d, g in zip(dims, shape, strict=False):
+                if isinstance(d, int) and d > 0 and d != g:
+                    raise BadInputError(f"--input-shape {vi.name}: dim {g} given where the model fixes {d}")
+            res.inputs[vi.name] = list(shape)
+            continue
+        shape = []
+        for k, d in enumerate(dims):
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+            else:
+                shape.append(default_dim)
+                res.assumed.append(f"{vi.name}[{k}] ({d}) = {default_dim}")
+        res.inputs[vi.name] = shape
+    return res
+
+
+def with_static_inputs(model: onnx.ModelProto, shapes: ShapeMap) -> onnx.ModelProto:
+    """A copy whose graph inputs carry the given static shapes (value_info of intermediates cleared)."""
+    m = copy.deepcopy(model)
+    for vi in m.graph.input:
+        if vi.name in shapes:
+            dims = vi.type.tensor_type.shape.dim
+            del dims[:]
+            for d in shapes[vi.name]:
+                dims.add().dim_value = int(d)
+    del m.graph.value_info[:]
+    return m
+
+
+#: float initializers above this many bytes reach onnx's shape inference as name, type and dims only
+_LIGHT_BYTES = 1 << 16
+_FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+
+
+def without_big_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy for shape inference in which big float weights keep name, type and dims but no bytes.
+
+    Shape inference reads constant values only for shape-like inputs (small integer tensors), but
+    onnx serializes the whole proto to run it: on a 2 GB model a plain copy cost three extra copies
+    of the weights (BENCHMARKS.md "Robustness").
+    """
+    m = onnx.ModelProto()
+    m.ir_version = model.ir_version
+    m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
+    g, src = m.graph, model.graph
+    g.name = src.name
+    for f in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(g, f).extend(getattr(src, f))
+    for t in src.initializer:
+        if t.data_type in _FLOATS and (t.data_location == TensorProto.EXTERNAL or t.ByteSize() > _LIGHT_BYTES):
+            g.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+        else:
+            g.initializer.append(t)
+    return m
+
+
+def infer_shapes(model: onnx.ModelProto, given: ShapeMap | None = None, *, run_fallback: bool = True) -> tuple[
+    ShapeMap, BoundShapes, str
+]:
+    """Static shape of every tensor of the main graph: (shapes, bound inputs, method used).
+
+    The input model is not changed. Method is "onnx" when onnx's inference gave a full answer,
+    "onnxruntime" when the shapes were read off one ORT run, "partial" when neither was complete.
+    """
+    bound = bind_input_shapes(model, given)
+    m = with_static_inputs(without_big_weights(model), bound.inputs)
+    shapes: ShapeMap = {}
+    for t in m.graph.initializer:
+        shapes[t.name] = list(t.dims)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+        for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+            d = dims_of(vi)
+            static = bool(d) and all(isinstance(x, int) and x >= 0 for x in d)
+            scalar = vi.type.tensor_type.HasField("shape") and not d
+            if static or scalar:
+                shapes.setdefault(vi.name, [int(x) for x in d])
+    except Exception:  # noqa: BLE001 - onnx raises several types; the fallback covers all of them
+        pass
+    for node in m.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    shapes[node.output[0]] = list(a.t.dims)
+    needed = {o for n in m.graph.node for o in n.output if o}
+    missing = needed - set(shapes)
+    if not missing:
+        return shapes, bound, "onnx"
+    if run_fallback:
+        try:
+            shapes.update(_shapes_from_run(with_static_inputs(model, bound.inputs), bound.inputs, sorted(missing)))
+            return shapes, bound, "onnxruntime"
+        except Exception:  # noqa: BLE001 - the model may not run with generated inputs; partial is fine
+            pass
+    return shapes, bound, "partial"
+
+
+def _shapes_from_run(model: onnx.ModelProto, inputs: ShapeMap, names: list[str]) -> ShapeMap:
+    """Expose `names` as outputs, run once on zeros, and read their shapes."""
+    from onnxslim_compress.runtime.session import Target, make_session
+
+    m = copy.deepcopy(model)
+    existing = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in existing:
+            m.graph.output.append(helper.make_empty_tensor_value_info(n))
+    # make_session: offloaded weights are memory-mapped, >2 GB models go through a file
+    sess = make_session(m, Target(kind="cpu", opt_level="disable"))
+    feeds = {}
+    for i in sess.get_inputs():
+        dt = _np_dtype(i.type)
+        feeds[i.name] = np.zeros(inputs.get(i.name, [1]), dtype=dt)
+    outs = sess.run(names, feeds)
+    return {n: list(np.asarray(o).shape) for n, o in zip(names, outs, strict=True)}
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _np_dtype(ort_type: str):
+    return _ORT_TYPES.get(ort_type, np.float32)
+
+
+def elem_type_to_numpy(elem_type: int):
+    return helper.tensor_dtype_to_np_dtype(elem_type) if elem_type != TensorProto.UNDEFINED else np.float32

@@ -1,0 +1,254 @@
+"""The compress job as a function: load, normalize, run a pipeline, measure, save with a report.
+
+The CLI's `compress` and deployment pipelines (`from onnxslim_compress import compress`) share this
+function, so both get the same guarantees: input untouched, atomic output, report in metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxslim_compress import __version__
+from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.io import (
+    check_output_path,
+    load_model,
+    load_weights,
+    model_bytes,
+    normalize,
+    save_model,
+    uses_external_data,
+)
+from onnxslim_compress.graph.weights import Workspace
+from onnxslim_compress.passes.base import Pipeline, PipelineResult
+from onnxslim_compress.passes.context import Context
+from onnxslim_compress.runtime.session import Target
+
+REPORT_KEY = "onnxslim_compress"
+
+
+def lossless_pipeline() -> Pipeline:
+    from onnxslim_compress.passes import EliminateDead, FoldBatchNorm, Simplify
+
+    return Pipeline([Simplify(), FoldBatchNorm(), EliminateDead()])
+
+
+def flags_pipeline(prune: dict | None = None, lowrank: dict | None = None, quantize: dict | None = None) -> Pipeline:
+    """The canonical order: simplify, prune (BN still there for bn_scale), fold BN, low rank, clean, QDQ last."""
+    from onnxslim_compress.passes.recipe import make_pass
+
+    steps = [make_pass("simplify")]
+    if prune is not None:
+        steps.append(make_pass("prune_channels", prune))
+    steps.append(make_pass("fold_batchnorm"))
+    if lowrank is not None:
+        steps.append(make_pass("low_rank", lowrank))
+    steps.append(make_pass("eliminate_dead"))
+    if quantize is not None:
+        steps.append(make_pass("quantize", quantize))
+    return Pipeline(steps)
+
+
+@dataclass
+class CompressResult:
+    model: onnx.ModelProto
+    report: dict[str, Any]
+    output: Path | None = None
+    pipeline_result: PipelineResult | None = field(default=None, repr=False)
+
+
+def _costs(model: onnx.ModelProto, shapes: dict) -> dict[str, Any]:
+    try:
+        from onnxslim_compress.graph.costs import count_costs
+
+        c = count_costs(model, shapes).as_dict()["total"]
+        return {"macs": c["macs"], "params": c["params"], "size_bytes": c["size_bytes"], "nodes": c["nodes"]}
+    except Exception as e:  # noqa: BLE001 - cost figures are informative, never fatal
+        return {"nodes": len(model.graph.node), "size_bytes": model_bytes(model), "error": str(e).splitlines()[0]}
+
+
+def compress(
+    model: str | os.PathLike | onnx.ModelProto,
+    output: str | os.PathLike | None = None,
+    *,
+    pipeline: Pipeline | None = None,
+    calib: Any = None,
+    eval_data: Any = None,
+    eval_labels: Any = None,
+    target: Target | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    verify: Any = None,
+    measure_latency: bool = False,
+    offload: bool | None = None,
+) -> CompressResult:
+    """Run `pipeline` (default: the lossless passes) and optionally save to `output`.
+
+    With `eval_data` (an iterable of feeds) the report includes the fidelity of the result against
+    the input model. `verify` (a verify.VerifySpec) checks each pass on eval (else calib) data and
+    bisects a pass that costs more than its threshold; `measure_latency` adds the latency ratio of
+    the result against the input on the target (interleaved runs).
+
+    `offload` (None = when the input has external data) keeps the weights out of memory: they stay
+    in files in a workspace folder beside the output (weights.py), ORT memory-maps them, and passes
+    read one weight at a time, so peak memory stays near the model's size instead of a multiple of
+    it. The returned model's weights then live in the output's `.data` file (or, without an
+    output, are read back into the proto).
+    """
+    inputs = [model] if not isinstance(model, onnx.ModelProto) else []
+    if output is not None:
+        check_output_path(output, inputs)
+    # parsed once, graph-only: whether to offload depends on it, and then the weights are attached
+    src = model if isinstance(model, onnx.ModelProto) else load_model(model, load_external_data=False)
+    if offload is None:
+        offload = uses_external_data(src)
+    ws = Workspace.create(Path(output).absolute().parent if output is not None else None) if offload else None
+    try:
+        if isinstance(model, onnx.ModelProto):
+            if ws is not None:  # offload a copy; the caller's proto stays as it was
+                src = onnx.ModelProto()
+                src.CopyFrom(model)
+                ws.adopt(src, None)
+        else:
+            load_weights(src, model, offload_to=ws)
+        return _compress(model, src, output, ws, pipeline=pipeline, calib=calib, eval_data=eval_data,
+                         eval_labels=eval_labels, target=target, input_shapes=input_shapes, seed=seed,
+                         progress=progress, verify=verify, measure_latency=measure_latency)
+    finally:
+        if ws is not None:
+            ws.close()
+
+
+def _compress(
+    model: str | os.PathLike | onnx.ModelProto, src: onnx.ModelProto, output: str | os.PathLike | None,
+    ws: Workspace | None, *,
+    pipeline: Pipeline | None, calib: Any, eval_data: Any, eval_labels: Any, target: Target | None,
+    input_shapes: dict[str, list[int]] | None, seed: int, progress: bool, verify: Any, measure_latency: bool,
+) -> CompressResult:
+    inputs = [model] if not isinstance(model, onnx.ModelProto) else []
+    ctx = Context(target=target or Target(), calib=calib, input_shapes=dict(input_shapes or {}), seed=seed, progress=progress)
+    before = _costs(src, ctx.input_shapes)
+    # Memory: the input is needed after the run only to measure fidelity or latency against it. A
+    # model we loaded ourselves is otherwise handed to the pipeline as is (no copy), so a 2 GB model
+    # costs one copy of its weights here instead of three (BENCHMARKS.md "Robustness").
+    keep_src = isinstance(model, onnx.ModelProto) or eval_data is not None or measure_latency or ws is not None
+    if keep_src:
+        work = onnx.ModelProto()
+        work.CopyFrom(src)
+    else:
+        work, src = src, None
+    norm = normalize(work)
+    pipeline = pipeline or lossless_pipeline()
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pipeline), desc="compress", unit="pass", leave=False)
+
+        def tick(name: str) -> None:
+            bar.set_postfix_str(name)
+
+    verifier = None
+    if verify is not None:
+        from onnxslim_compress.jobs.verify import Verifier
+
+        verifier = Verifier(verify, eval_data if eval_data is not None else calib)
+    try:
+        res = pipeline.run(work, ctx, progress=tick if bar else None, verifier=verifier, copy_input=False)
+        del work
+    finally:
+        if bar is not None:
+            bar.close()
+    report: dict[str, Any] = {
+        "tool": "onnxslim-compress",
+        "version": __version__,
+        "input": str(model) if inputs else None,
+        "output": str(output) if output is not None else None,
+        "seed": seed,
+        "target": ctx.target.kind,
+        "normalize": norm.as_dict(),
+        "subgraphs_untouched": subgraph_bodies(res.model),
+        "passes": [
+            {"name": s.name, "params": s.params, "modified": s.modified, "seconds": round(s.seconds, 3), "stats": s.stats}
+            for s in res.steps
+        ],
+        "modified": res.modified,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "before": before,
+        "after": _costs(res.model, ctx.input_shapes),
+    }
+    if eval_data is not None:
+        from onnxslim_compress.runtime.metrics import compare_models
+
+        report["fidelity"] = compare_models(src, res.model, eval_data, target=Target(kind="cpu"), labels=eval_labels).as_dict()
+    if measure_latency:
+        from onnxslim_compress.runtime.profiler import compare, first_feed
+
+        feeds = eval_data if eval_data is not None else calib
+        if feeds is None:
+            from onnxslim_compress.data import open_data
+
+            feeds = open_data(None, src, input_shapes=ctx.input_shapes, seed=seed)
+        report["latency"] = compare(src, res.model, first_feed(feeds), ctx.target).as_dict()
+    if ws is not None:
+        report["offloaded"] = True
+    set_report(res.model, report)
+    out_path = save_model(res.model, output) if output is not None else None
+    if ws is not None and weights.has_offloaded(res.model) and Workspace.of(res.model).path == ws.path:
+        weights.materialize(res.model)  # no output: the workspace goes, so the weights come back in
+    return CompressResult(res.model, report, out_path, res)
+
+
+def subgraph_bodies(model: onnx.ModelProto) -> list[dict[str, Any]]:
+    """If/Loop/Scan nodes of the main graph and the size of their bodies: no pass compresses inside
+    a body (weights there are read per iteration or per branch, and the channel/rank analysis
+    covers one graph), so the report lists what was left as it was."""
+    out = []
+    for n in model.graph.node:
+        bodies = [a.g for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+        bodies += [g for a in n.attribute if a.type == onnx.AttributeProto.GRAPHS for g in a.graphs]
+        if bodies:
+            out.append({"node": n.name or n.output[0], "op": n.op_type, "body_nodes": sum(len(g.node) for g in bodies),
+                        "body_weights": sum(len(g.initializer) for g in bodies),
+                        "reason": "passes do not compress inside control-flow bodies"})
+    return out
+
+
+def set_report(model: onnx.ModelProto, report: dict[str, Any]) -> None:
+    """Store the report in metadata_props so the output file says what was done to it."""
+    for p in list(model.metadata_props):
+        if p.key == REPORT_KEY:
+            model.metadata_props.remove(p)
+    entry = model.metadata_props.add()
+    entry.key = REPORT_KEY
+    entry.value = json.dumps(report, default=_json_default, sort_keys=False)
+
+
+def get_report(model: onnx.ModelProto) -> dict[str, Any] | None:
+    for p in model.metadata_props:
+        if p.key == REPORT_KEY:
+            return json.loads(p.value)
+    return None
+
+
+def _json_default(o: Any):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)

@@ -1,0 +1,29 @@
+"""The passes, one per file. REGISTRY maps the recipe/CLI name to the class.
+
+The registry is an explicit table (not a decorator side effect), so what a recipe can name is visible
+in one place and import order cannot change it.
+"""
+
+from __future__ import annotations
+
+from onnxslim_compress.passes.base import Pass
+from onnxslim_compress.passes.eliminate_dead import EliminateDead
+from onnxslim_compress.passes.fold_batchnorm import FoldBatchNorm
+from onnxslim_compress.passes.low_rank.low_rank import LowRank
+from onnxslim_compress.passes.prune.prune_channels import PruneChannels
+from onnxslim_compress.passes.quantize.quantize import Quantize
+from onnxslim_compress.passes.simplify import Simplify
+
+REGISTRY: dict[str, type[Pass]] = {
+    cls.name: cls
+    for cls in (
+        Simplify,
+        FoldBatchNorm,
+        EliminateDead,
+        Quantize,
+        LowRank,
+        PruneChannels,
+    )
+}
+
+__all__ = ["REGISTRY", "EliminateDead", "FoldBatchNorm", "Quantize", "Simplify"]

@@ -1,0 +1,230 @@
+"""The pass contract (DESIGN.md), after onnx-ir's pass infrastructure.
+
+A pass has typed parameters (a dataclass validated on construction, so a recipe typo fails before
+any work), a registry name, pre/post-conditions, and returns a PassResult instead of mutating its
+input. The Pipeline ORs `modified` and wraps failures with the pass name and what already ran.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+import types
+import typing
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import onnx
+
+from onnxslim_compress.errors import CompressError, PassFailure, RecipeError
+
+
+@dataclass
+class PassResult:
+    model: onnx.ModelProto
+    modified: bool
+    #: what the report shows: counts, per-layer rows, and `skipped` entries {"node"/"group", "reason"}
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NoParams:
+    """Parameters of a pass that takes none."""
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """Validate (and lightly coerce int->float) one parameter against its annotation."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            try:
+                return _check_type(key, value, a)
+            except RecipeError:
+                continue
+        raise RecipeError(f"parameter '{key}': {value!r} is not a {hint}")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise RecipeError(f"parameter '{key}': expected null")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise RecipeError(f"parameter '{key}': {value!r} is not one of {list(args)}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"parameter '{key}': expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_check_type(key, v, inner) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"parameter '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"parameter '{key}': expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"parameter '{key}': expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"parameter '{key}': expected true/false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"parameter '{key}': expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build_params(cls: type, values: dict[str, Any] | None, where: str) -> Any:
+    """Construct a params dataclass from a mapping, naming any unknown key or bad value."""
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in values:
+        if k not in names:
+            raise RecipeError(f"{where}: unknown parameter '{k}' (known: {', '.join(names) or 'none'})")
+    checked = {}
+    for k, v in values.items():
+        try:
+            checked[k] = _check_type(k, v, hints[k])
+        except RecipeError as e:
+            raise RecipeError(f"{where}: {e}") from None
+    try:
+        return cls(**checked)
+    except (ValueError, TypeError) as e:
+        raise RecipeError(f"{where}: {e}") from None
+
+
+def params_to_dict(params: Any) -> dict[str, Any]:
+    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+
+
+class Pass(ABC):
+    """Base class. Subclasses set `name`, `Params` and implement `run`."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type] = NoParams
+    #: True when run() edits its argument; the base class then skips the defensive copy only if the
+    #: caller allowed it (Pipeline copies once at the start, so in-place passes are cheap there).
+    in_place: ClassVar[bool] = False
+    #: lossless passes must not change outputs beyond float reassociation
+    lossless: ClassVar[bool] = False
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        if params is not None and kwargs:
+            raise TypeError("give either a params object or keyword arguments, not both")
+        if params is None:
+            params = build_params(self.Params, kwargs, f"pass '{self.name}'")
+        elif not isinstance(params, self.Params):
+            raise RecipeError(f"pass '{self.name}': params must be {self.Params.__name__}")
+        self.params = params
+
+    def requires(self, model: onnx.ModelProto, ctx: Any) -> None:  # noqa: B027 - optional hook
+        """Raise CompressError if the model is not in a state this pass can work on."""
+
+    def ensures(self, model: onnx.ModelProto, ctx: Any) -> None:
+        """Raise CompressError if the output breaks the pass's promise. Default: checker passes."""
+        from onnxslim_compress.graph import io as model_io
+        from onnxslim_compress.graph import weights
+
+        offloaded = weights.has_offloaded(model)
+        if not offloaded and model_io.model_bytes(model) > model_io.EXTERNAL_DATA_THRESHOLD:
+            return  # the in-memory checker cannot serialize >2 GB (EncodeError); save_model checks by path
+        try:
+            if offloaded:
+                weights.check(model)  # by path: the in-memory checker refuses offloaded locations
+            else:
+                onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as e:
+            raise CompressError(f"pass '{self.name}' produced an invalid model: {str(e).splitlines()[0]}") from e
+        except ValueError:
+            pass  # >2 GB protos cannot be checked in memory; save_model checks by path
+
+    @abstractmethod
+    def run(self, model: onnx.ModelProto, ctx: Any) -> PassResult: ...
+
+    def __call__(self, model: onnx.ModelProto, ctx: Any = None, *, copy_input: bool = True) -> PassResult:
+        from onnxslim_compress.passes.context import Context
+
+        ctx = ctx if ctx is not None else Context()
+        work = copy.deepcopy(model) if (self.in_place and copy_input) else model
+        self.requires(work, ctx)
+        res = self.run(work, ctx)
+        self.ensures(res.model, ctx)
+        return res
+
+    def describe(self) -> dict[str, Any]:
+        return {self.name: params_to_dict(self.params)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params})"
+
+
+@dataclass
+class StepRecord:
+    name: str
+    params: dict[str, Any]
+    modified: bool
+    seconds: float
+    stats: dict[str, Any]
+
+
+@dataclass
+class PipelineResult:
+    model: onnx.ModelProto
+    modified: bool
+    steps: list[StepRecord]
+
+
+class Pipeline:
+    """Runs passes in order. The input model is never mutated: one copy is made up front."""
+
+    def __init__(self, passes: list[Pass]):
+        self.passes = list(passes)
+
+    def run(
+        self, model: onnx.ModelProto, ctx: Any = None, *, progress: Any = None, verifier: Any = None,
+        copy_input: bool = True,
+    ) -> PipelineResult:
+        """Run every pass. With a `verifier` (see verify.Verifier) each pass's output is checked
+        against its input, which is then kept intact (in-place passes get a copy). copy_input=False:
+        the caller gives up `model` (in-place passes may edit it), which saves one copy of the weights."""
+        from onnxslim_compress.passes.context import Context
+
+        ctx = ctx if ctx is not None else Context()
+        current = copy.deepcopy(model) if copy_input else model
+        steps: list[StepRecord] = []
+        modified = False
+        for p in self.passes:
+            t0 = time.perf_counter()
+            if progress is not None:
+                progress(p.name)
+            try:
+                res = p(current, ctx, copy_input=verifier is not None)
+                if verifier is not None:
+                    res, outcome = verifier.check(p, current, res, ctx)
+                    res.stats = {**res.stats, "verify": outcome.as_dict()}
+            except PassFailure:
+                raise
+            except Exception as e:  # noqa: BLE001 - wrapped with context, re-raised
+                raise PassFailure(p.name, [s.name for s in steps], e) from e
+            current = res.model
+            modified = modified or res.modified
+            steps.append(StepRecord(p.name, params_to_dict(p.params), res.modified, time.perf_counter() - t0, res.stats))
+        return PipelineResult(current, modified, steps)
+
+    __call__ = run
+
+    def to_recipe(self) -> dict[str, Any]:
+        return {"passes": [p.describe() for p in self.passes]}
+
+    def __len__(self) -> int:
+        return len(self.passes)

@@ -1,0 +1,74 @@
+"""What every pass and search trial shares: target, data, shapes, seed and a cache of statistics.
+
+The cache is keyed by a fingerprint of the model plus the parameters that produced an entry, so a
+search trial that needs the SVD or activation statistics an earlier trial computed reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from onnxslim_compress.runtime.session import Target
+
+
+def fingerprint(model: onnx.ModelProto) -> str:
+    """Stable hash of the graph structure and weights (not of metadata or doc strings)."""
+    h = hashlib.blake2b(digest_size=16)
+    g = model.graph
+    for n in g.node:
+        h.update(n.op_type.encode())
+        h.update("|".join(n.input).encode())
+        h.update("|".join(n.output).encode())
+        for a in n.attribute:
+            h.update(a.SerializeToString())
+    for t in g.initializer:
+        h.update(t.name.encode())
+        h.update(bytes(str(list(t.dims)), "ascii"))
+        h.update(t.raw_data if t.HasField("raw_data") else t.SerializeToString())
+    return h.hexdigest()
+
+
+class Cache:
+    """A plain dict keyed by (model fingerprint, purpose, params). Counts hits for the benchmarks."""
+
+    def __init__(self):
+        self._store: dict[tuple, Any] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_compute(self, key: tuple, compute):
+        if key in self._store:
+            self.hits += 1
+            return self._store[key]
+        self.misses += 1
+        value = compute()
+        self._store[key] = value
+        return value
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._store
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+@dataclass
+class Context:
+    target: Target = field(default_factory=Target)
+    #: calibration data: an iterable of feed dicts (see onnxslim_compress.data), or None
+    calib: Any = None
+    #: user-bound input shapes (name -> dims); dynamic dims not given count as 1 for analysis
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    seed: int = 0
+    cache: Cache = field(default_factory=Cache)
+    #: show progress bars on long work
+    progress: bool = False
+
+    def session(self, model: onnx.ModelProto, **kwargs):
+        from onnxslim_compress.runtime.session import make_session
+
+        return make_session(model, self.target, **kwargs)

@@ -1,0 +1,575 @@
+"""Where QuantizeLinear/DequantizeLinear go for each target runtime, and the graph rewrite itself.
+
+Placement decides speed: ONNX Runtime's CPU EP only gains when a whole node unit (DQ on every input,
+Q on the output where its kernel needs one) matches one of its integer kernels; TensorRT wants Q/DQ
+on the inputs of weighted ops, the identity branch of residual Adds and one scale across a Concat,
+and no quantized outputs. Both rule sets are explicit op tables (runtime.md), never name matching.
+
+A `Unit` is one node that will run quantized: the activation tensors it wants as Q->DQ, and the
+constant inputs it wants stored as integers. The rewrite is tensor-centric: each chosen tensor gets
+one Q after its producer and one DQ per consumer (ORT fuses a DQ into one node unit only).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxslim_compress.graph import weights
+
+WEIGHTED_AXIS = {"Conv": 0, "ConvTranspose": 1}  # per-output-channel axis of the weight tensor
+WEIGHTED = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+#: ORT CPU integer kernels reached through QDQ node units (QLinearConv/MatMul, QGemm, QLinearAdd/Mul,
+#: QLinearConcat, QLinear pools, QLinearSigmoid/LeakyRelu): these want their output quantized too.
+CPU_QLINEAR_OUT = {"Conv", "Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu"}
+#: ops whose output ORT keeps integer when input and output share one scale (Q/DQ pairs dropped).
+#: Not Resize: measured on PP-OCRv4 det (CPU EP, 2 threads), its uint8 kernel took 4x the fp32 time.
+SHARED_SCALE = {"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"}
+#: activations ORT folds into the Q after them when the zero point sits at the type's minimum
+FOLDABLE_RELU = {"Relu"}
+
+TargetKind = Literal["cpu", "cuda", "tensorrt"]
+
+
+@dataclass
+class Unit:
+    node: str
+    op: str
+    acts: list[str] = field(default_factory=list)
+    #: constant inputs to store as integers: input index -> per-channel axis (None: per tensor)
+    weights: dict[int, int | None] = field(default_factory=dict)
+    #: constant inputs quantized like activations (Add/Mul/Concat constants: same type as the others)
+    const_acts: list[int] = field(default_factory=list)
+    bias: int | None = None  # input index of a bias stored as int32 (CPU kernels need it)
+    weight_out_axis: int | None = None  # axis of the output that holds the output channels
+
+
+@dataclass
+class ActQ:
+    scale: float
+    zero_point: int | float
+    elem_type: int  # TensorProto.UINT8 / INT8 / FLOAT8E4M3FN
+
+
+def ensure_node_names(model: onnx.ModelProto) -> None:
+    """Units, exclusions and the layer table refer to nodes by name; give unnamed nodes one."""
+    seen: set[str] = set()
+    for k, n in enumerate(model.graph.node):
+        if not n.name or n.name in seen:
+            n.name = f"{n.op_type}_{k}"
+        seen.add(n.name)
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def build_units(
+    model: onnx.ModelProto, target: TargetKind, is_float: set[str], inits: dict[str, np.ndarray]
+) -> tuple[list[Unit], list[dict]]:
+    """Candidate units per target, and skipped nodes with the reason."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    units: list[Unit] = []
+    skipped: list[dict] = []
+
+    def act_ok(t: str) -> bool:
+        return bool(t) and t in is_float and t not in inits
+
+    for n in g.node:
+        op = n.op_type
+        u = Unit(n.name, op)
+        other = [t for t in n.input if t in inits and inits[t].dtype.kind == "f" and inits[t].dtype != np.float32]
+        if op in WEIGHTED and other:  # DQ would give float32 next to fp16/double operands: a type error
+            skipped.append({"node": n.name, "reason": f"weight {other[0]} is {inits[other[0]].dtype}, only float32 is quantized"})
+            continue
+        if op in ("Conv", "ConvTranspose"):
+            if len(n.input) < 2 or n.input[1] not in inits:
+                skipped.append({"node": n.name, "reason": "weight is not a constant"})
+                continue
+            if op == "ConvTranspose" and (target == "cpu" or _attr(n, "group", 1) != 1):
+                skipped.append({"node": n.name, "reason": "no integer ConvTranspose kernel for this target/group"})
+                continue
+            if act_ok(n.input[0]):
+                u.acts.append(n.input[0])
+            u.weights[1] = WEIGHTED_AXIS[op]
+            u.weight_out_axis = 1
+            if len(n.input) > 2 and n.input[2] in inits and target == "cpu":
+                u.bias = 2
+        elif op == "MatMul":
+            for k in (0, 1):
+                t = n.input[k]
+                if t in inits:
+                    rank = inits[t].ndim
+                    u.weights[k] = 1 if (k == 1 and rank == 2) else None
+                elif act_ok(t):
+                    u.acts.append(t)
+            if 1 in u.weights and u.weights[1] == 1:
+                u.weight_out_axis = -1
+        elif op == "Gemm":
+            if _attr(n, "transA", 0) or n.input[1] not in inits:
+                skipped.append({"node": n.name, "reason": "Gemm with transA or a non-constant B"})
+                continue
+            if act_ok(n.input[0]):
+                u.acts.append(n.input[0])
+            u.weights[1] = 0 if _attr(n, "transB", 0) else 1
+            u.weight_out_axis = -1
+            plain = _attr(n, "alpha", 1.0) == 1.0 and _attr(n, "beta", 1.0) == 1.0
+            if len(n.input) > 2 and n.input[2] in inits and inits[n.input[2]].ndim == 1 and plain and target == "cpu":
+                u.bias = 2
+        elif target == "cpu" and op in CPU_QLINEAR_OUT:
+            arity = {"Add": 2, "Mul": 2, "Concat": len(n.input)}.get(op, 1)
+            for k in range(arity):
+                t = n.input[k]
+                if t in inits:
+                    u.const_acts.append(k)
+                elif act_ok(t):
+                    u.acts.append(t)
+                else:
+                    break
+            else:
+                if not u.acts:
+                    continue
+                if n.output[0] in is_float:
+                    u.acts.append(n.output[0])
+                units.append(u)
+            continue
+        elif target == "tensorrt" and op == "Add":
+            a, b = n.input[0], n.input[1]
+            if not (act_ok(a) and act_ok(b)):
+                continue
+            pa, pb = producer.get(a), producer.get(b)
+            a_w = pa is not None and pa.op_type in WEIGHTED
+            b_w = pb is not None and pb.op_type in WEIGHTED
+            if a_w and not b_w:
+                u.acts.append(b)
+            elif b_w and not a_w:
+                u.acts.append(a)
+            elif a_w and b_w:
+                u.acts.append(b)
+            else:
+                continue
+            units.append(u)
+            continue
+        else:
+            continue
+        if target == "cpu" and op == "Conv" and n.output[0] in is_float:
+            u.acts.append(n.output[0])  # QLinearConv needs a Q on its output
+        units.append(u)
+    return units, skipped
+
+
+def prune_isolated(model: onnx.ModelProto, units: list[Unit]) -> tuple[list[Unit], list[dict]]:
+    """Drop non-weighted units that do not sit inside an integer chain (CPU).
+
+    QLinearAdd/Mul/Concat/pools only pay when they keep data integer between integer kernels; one
+    whose input comes from float code or whose output only feeds float code adds a requantization and
+    its rounding for nothing. Typical cases: the attention-mask Add before a float Softmax (a -10000
+    mask would wipe out the scores' resolution), residual Adds that feed LayerNorm, detection heads.
+    Iterated to a fixpoint, looking through shared-scale ops and Relu.
+    """
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    through = SHARED_SCALE | FOLDABLE_RELU
+    keep = {u.node for u in units}
+    by_name = {n.name: n for n in g.node}
+
+    def up(t: str) -> str | None:
+        n = producer.get(t)
+        while n is not None and n.op_type in through:
+            n = producer.get(n.input[0])
+        return n.name if n is not None else None
+
+    def down(t: str) -> set[str]:
+        out, todo = set(), [t]
+        while todo:
+            for c in consumers.get(todo.pop(), []):
+                if c.op_type in through:
+                    todo.append(c.output[0])
+                else:
+                    out.add(c.name)
+        return out
+
+    dropped: list[dict] = []
+    changed = True
+    while changed:
+        changed = False
+        for u in units:
+            if u.op in WEIGHTED or u.node not in keep:
+                continue
+            n = by_name[u.node]
+            ok_in = any(up(t) in keep for t in n.input if t)
+            ok_out = bool(down(n.output[0]) & keep)
+            if not (ok_in and ok_out):
+                keep.discard(u.node)
+                dropped.append({"node": u.node, "reason": "not between integer kernels: left float"})
+                changed = True
+    return [u for u in units if u.node in keep], dropped
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def choose_tensors(
+    model: onnx.ModelProto, units: list[Unit], target: TargetKind, is_float: set[str]
+) -> tuple[set[str], dict[str, str]]:
+    """The activation tensors to quantize and a group id per tensor (tensors of a group share a scale)."""
+    g = model.graph
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    outputs = {o.name for o in g.output}
+    chosen: set[str] = set()
+    for u in units:
+        chosen.update(u.acts)
+    uf = _UnionFind()
+    if target == "cpu":
+        # move a Q from before a lone Relu to after it, so ORT folds the Relu into the integer kernel
+        for t in list(chosen):
+            cs = consumers.get(t, [])
+            if len(cs) == 1 and cs[0].op_type in FOLDABLE_RELU and t not in outputs and cs[0].output[0] in is_float:
+                produced_by_unit = any(t in u.acts and u.op in CPU_QLINEAR_OUT for u in units)
+                if produced_by_unit:
+                    chosen.discard(t)
+                    chosen.add(cs[0].output[0])
+        for n in g.node:  # forward: shared-scale ops keep the integer chain going
+            if n.op_type in SHARED_SCALE and n.input and n.input[0] in chosen and n.output[0] in is_float:
+                chosen.add(n.output[0])
+                uf.union(n.output[0], n.input[0])
+    else:
+        changed = True
+        while changed:  # backward: one scale across a Concat (TensorRT cancels the DQ->Q pairs)
+            changed = False
+            for n in reversed(g.node):
+                if n.op_type == "Concat" and n.output[0] in chosen:
+                    for t in n.input:
+                        if t in is_float and t not in chosen:
+                            chosen.add(t)
+                            changed = True
+                        if t in is_float:
+                            uf.union(t, n.output[0])
+        chosen -= outputs  # TensorRT: no output quantization
+    return chosen, {t: uf.find(t) for t in chosen}
+
+
+def quantize_weight(w: np.ndarray, axis: int | None, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric integer weight and its scale (per channel along `axis`, else per tensor)."""
+    w = w.astype(np.float32)
+    if axis is None:
+        amax = np.array(np.abs(w).max() if w.size else 0.0, dtype=np.float32)
+        scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+        return np.clip(np.round(w / scale), -qmax, qmax), scale.reshape(())
+    ax = axis % w.ndim
+    red = tuple(i for i in range(w.ndim) if i != ax)
+    amax = np.abs(w).max(axis=red) if red else np.abs(w)
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[ax] = -1
+    return np.clip(np.round(w / scale.reshape(shape)), -qmax, qmax), scale
+
+
+def _int_tensor(name: str, q: np.ndarray, elem_type: int, ws: weights.Workspace | None = None) -> TensorProto:
+    if elem_type in (TensorProto.FLOAT8E4M3FN,):
+        return helper.make_tensor(name, elem_type, q.shape, q.astype(np.float32).ravel().tolist())
+    dt = helper.tensor_dtype_to_np_dtype(elem_type)
+    return weights.new_tensor(q.astype(dt), name, ws)
+
+
+def _zp_tensor(name: str, zp, elem_type: int, shape: tuple = ()) -> TensorProto:
+    if elem_type == TensorProto.FLOAT8E4M3FN:
+        return helper.make_tensor(name, elem_type, shape, [0.0] * int(np.prod(shape or (1,))))
+    dt = helper.tensor_dtype_to_np_dtype(elem_type)
+    return numpy_helper.from_array(np.full(shape, zp, dtype=dt), name)
+
+
+@dataclass
+class Format:
+    """Number format of a target: activation type/symmetry, weight type and range."""
+
+    act_type: int = TensorProto.UINT8
+    act_symmetric: bool = False
+    weight_type: int = TensorProto.INT8
+    weight_qmax: float = 127
+    int32_bias: bool = True
+
+
+def insert_qdq(
+    model: onnx.ModelProto,
+    units: list[Unit],
+    chosen: set[str],
+    act_q: dict[str, ActQ],
+    fmt: Format,
+) -> onnx.ModelProto:
+    """A new model with Q->DQ on `chosen` tensors and integer weights for `units`."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    ws = weights.Workspace.of(m)
+    unit_by_node = {u.node: u for u in units}
+    new_inits: list[TensorProto] = []
+    drop_inits: set[str] = set()
+    q_after: dict[str, list[onnx.NodeProto]] = {}
+    q_name: dict[str, str] = {}
+    for t in sorted(chosen):
+        if t not in act_q:
+            continue
+        a = act_q[t]
+        s, z = f"{t}__scale", f"{t}__zp"
+        new_inits += [numpy_helper.from_array(np.array(a.scale, np.float32), s), _zp_tensor(z, a.zero_point, a.elem_type)]
+        q_name[t] = f"{t}__q"
+        q_after.setdefault(t, []).append(helper.make_node("QuantizeLinear", [t, s, z], [q_name[t]], name=f"{t}__Q"))
+    nodes: list[onnx.NodeProto] = []
+    graph_inputs = {i.name for i in g.input}
+    for t in graph_inputs:
+        nodes += q_after.pop(t, [])
+    k = 0
+    for n in g.node:
+        u = unit_by_node.get(n.name)
+        original = list(n.input)
+        for idx, t in enumerate(original):
+            if not t:
+                continue
+            k += 1
+            if u is not None and idx in u.weights and t in inits:
+                w = weights.read(inits[t])
+                q, scale = quantize_weight(w, u.weights[idx], fmt.weight_qmax)
+                base = f"{t}__w{k}"
+                axis = u.weights[idx]
+                new_inits += [
+                    _int_tensor(base, q, fmt.weight_type, ws),
+                    numpy_helper.from_array(scale.astype(np.float32), base + "_scale"),
+                    _zp_tensor(base + "_zp", 0, fmt.weight_type, tuple(scale.shape)),
+                ]
+                kw = {"axis": axis % w.ndim} if axis is not None else {}
+                nodes.append(helper.make_node("DequantizeLinear", [base, base + "_scale", base + "_zp"], [base + "_dq"], name=base + "_DQ", **kw))
+                n.input[idx] = base + "_dq"
+                drop_inits.add(t)
+            elif u is not None and idx == u.bias and t in inits and fmt.int32_bias:
+                x = original[0] if original[0] in u.acts else None
+                w_t = n.input[1]
+                if x is None or x not in act_q or not w_t.endswith("_dq"):
+                    continue
+                b = weights.read(inits[t]).astype(np.float64)
+                w_scale = weights.read(next(i for i in new_inits if i.name == w_t[:-3] + "_scale"))
+                bs = (act_q[x].scale * w_scale.astype(np.float64)).reshape(-1) * np.ones(b.shape[0])
+                qb = np.clip(np.round(b / bs), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+                base = f"{t}__b{k}"
+                new_inits += [
+                    numpy_helper.from_array(qb, base),
+                    numpy_helper.from_array(bs.astype(np.float32), base + "_scale"),
+                    numpy_helper.from_array(np.zeros(b.shape[0], np.int32), base + "_zp"),
+                ]
+                nodes.append(helper.make_node("DequantizeLinear", [base, base + "_scale", base + "_zp"], [base + "_dq"], name=base + "_DQ", axis=0))
+                n.input[idx] = base + "_dq"
+                drop_inits.add(t)
+            elif u is not None and idx in u.const_acts and t in inits:
+                c = weights.read(inits[t]).astype(np.float32)
+                lo, hi = float(min(c.min(), 0)), float(max(c.max(), 0))
+                from onnxslim_compress.passes.quantize.calibration import (
+                    asymmetric_qparams,
+                    symmetric_qparams,
+                )
+
+                qp = symmetric_qparams(lo, hi) if fmt.act_symmetric else asymmetric_qparams(lo, hi)
+                qmin, qmax = (-128, 127) if fmt.act_type == TensorProto.INT8 else (0, 255)
+                q = np.clip(np.round(c / qp.scale) + qp.zero_point, qmin, qmax)
+                base = f"{t}__c{k}"
+                new_inits += [
+                    _int_tensor(base, q, fmt.act_type),
+                    numpy_helper.from_array(np.array(qp.scale, np.float32), base + "_scale"),
+                    _zp_tensor(base + "_zp", qp.zero_point, fmt.act_type),
+                ]
+                nodes.append(helper.make_node("DequantizeLinear", [base, base + "_scale", base + "_zp"], [base + "_dq"], name=base + "_DQ"))
+                n.input[idx] = base + "_dq"
+                drop_inits.add(t)
+            elif t in q_name:
+                a = act_q[t]
+                d = f"{t}__dq{k}"
+                nodes.append(helper.make_node("DequantizeLinear", [q_name[t], f"{t}__scale", f"{t}__zp"], [d], name=d))
+                n.input[idx] = d
+        nodes.append(n)
+        for o in n.output:
+            nodes += q_after.pop(o, [])
+    still_used = {t for n in nodes for t in n.input}
+    keep = [t for t in g.initializer if t.name in still_used or t.name not in drop_inits]
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.initializer[:]
+    g.initializer.extend(keep + new_inits)
+    return m
+
+
+def apply_float_bias_delta(model: onnx.ModelProto, delta: dict[str, np.ndarray], bias_input: dict[str, str]) -> None:
+    """In place: add a correction to float bias initializers (bias_input maps node -> initializer)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for n in model.graph.node:
+        for t in set(n.input):
+            readers[t] = readers.get(t, 0) + 1
+    for node, name in bias_input.items():
+        if node in delta and name in inits and readers.get(name, 0) == 1:
+            b = weights.read(inits[name]).astype(np.float32)
+            d = delta[node].reshape(-1)
+            if b.size == 1 and d.size > 1:  # a broadcast Gemm C (e.g. [1] before opset 11) becomes per-output
+                b = np.full(d.shape, b.reshape(-1)[0], np.float32)
+            inits[name].CopyFrom(weights.new_tensor((b + d.reshape(b.shape)).astype(np.float32), name,
+                                                    weights.Workspace.of(model)))
+
+
+def _const_value(inits: dict[str, TensorProto], t: str) -> float | None:
+    if t not in inits:
+        return None
+    a = weights.read(inits[t])
+    return float(a.reshape(-1)[0]) if a.size == 1 else None
+
+
+def fuse_hardswish(model: onnx.ModelProto) -> int:
+    """In place: x * Clip(x + 3, 0, 6) / 6 (paddle2onnx's hard_swish) -> one HardSwish node (opset 14).
+
+    Why here: between two integer convolutions those four float ops cost more than the convolution
+    they follow once it is int8 (PP-OCRv4), and no integer kernel covers the chain; one HardSwish
+    is a single float pass between DQ and Q. Exact: HardSwish(x) = x * max(0, min(1, x/6 + 1/2)).
+    Returns the number of chains fused; the caller must make sure the opset is >= 14.
+    """
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for t in n.input:
+            uses[t] = uses.get(t, 0) + 1
+    for o in g.output:
+        uses[o.name] = uses.get(o.name, 0) + 1
+    drop: set[int] = set()
+    replace: dict[int, onnx.NodeProto] = {}
+    for k, d in enumerate(g.node):
+        if d.op_type != "Div" or _const_value(inits, d.input[1]) != 6.0:
+            continue
+        m = producer.get(d.input[0])
+        if m is None or m.op_type != "Mul" or uses.get(m.output[0]) != 1:
+            continue
+        for xi in (0, 1):
+            x, c_t = m.input[xi], m.input[1 - xi]
+            c = producer.get(c_t)
+            if c is None or c.op_type != "Clip" or uses.get(c_t) != 1 or len(c.input) < 3:
+                continue
+            if _const_value(inits, c.input[1]) != 0.0 or _const_value(inits, c.input[2]) != 6.0:
+                continue
+            a = producer.get(c.input[0])
+            if a is None or a.op_type != "Add" or uses.get(a.output[0]) != 1 or x not in a.input:
+                continue
+            other = a.input[1] if a.input[0] == x else a.input[0]
+            if _const_value(inits, other) != 3.0:
+                continue
+            ids = [i for i, n in enumerate(g.node) if n is a or n is c or n is m]
+            drop.update(ids)
+            replace[k] = helper.make_node("HardSwish", [x], [d.output[0]], name=d.name or f"HardSwish_{k}")
+            break
+    if not replace:
+        return 0
+    nodes = [replace.get(i, n) for i, n in enumerate(g.node) if i not in drop]
+    del g.node[:]
+    g.node.extend(nodes)
+    return len(replace)
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> None:
+    """In place: Constant nodes holding a tensor become initializers (paddle2onnx stores weights so)."""
+    keep = []
+    for n in model.graph.node:
+        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(n.attribute[0].t)
+            t.name = n.output[0]
+            model.graph.initializer.append(t)
+        else:
+            keep.append(n)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+
+
+def drop_unused_initializers(model: onnx.ModelProto) -> None:
+    from onnxslim_compress.graph.index import subgraph_inputs
+
+    # If/Loop/Scan bodies read outer initializers by name (implicit captures): those are used too
+    used = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
+    used |= subgraph_inputs(model.graph)
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def int4_weight_only(model: onnx.ModelProto, block: int, exclude: list[str]) -> tuple[onnx.ModelProto, list[dict], list[dict]]:
+    """MatMul/Gemm constant weights -> int4 blocks along the reduction axis + DequantizeLinear (opset 21).
+
+    Per block the clip factor that minimizes the block's squared error is chosen (a small grid), which
+    beats plain absmax scaling at the same size. ORT fuses DQ(axis 0)->MatMul into MatMulNBits.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {t.name: t for t in m.graph.initializer}
+    ws = weights.Workspace.of(m)
+    rows, skipped, nodes = [], [], []
+    for n in m.graph.node:
+        if n.op_type in ("MatMul", "Gemm") and not any(re.search(rx, n.name) for rx in exclude):
+            w_name = n.input[1]
+            trans = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
+            if w_name not in inits or len(inits[w_name].dims) != 2:
+                skipped.append({"node": n.name, "reason": "weight is not a constant 2-D tensor"})
+            else:
+                w = weights.read(inits[w_name]).astype(np.float32)
+                wk = w.T if trans else w  # [K, N]; blocks run along K
+                k_dim, n_dim = wk.shape
+                pad = (-k_dim) % block
+                wp = np.pad(wk, ((0, pad), (0, 0))).reshape(-1, block, n_dim)
+                amax = np.maximum(np.abs(wp).max(1, keepdims=True), 1e-12)
+                best_s, best_e = amax / 7, np.full(amax.shape, np.inf)
+                for f in np.linspace(0.6, 1.0, 9):
+                    s = amax * f / 7
+                    e = ((np.clip(np.round(wp / s), -8, 7) * s - wp) ** 2).sum(1, keepdims=True)
+                    better = e < best_e
+                    best_s, best_e = np.where(better, s, best_s), np.where(better, e, best_e)
+                q = np.clip(np.round(wp / best_s), -8, 7).reshape(-1, n_dim)[:k_dim]
+                scale = best_s[:, 0, :]  # [ceil(K/B), N]
+                if trans:
+                    q, scale = q.T, scale.T
+                base = f"{w_name}__int4_{n.name}"
+                m.graph.initializer.extend([
+                    weights.new_int4_tensor(q, base, ws),
+                    numpy_helper.from_array(scale.astype(np.float32), base + "_scale"),
+                ])
+                nodes.append(helper.make_node("DequantizeLinear", [base, base + "_scale"], [base + "_dq"],
+                                              name=base + "_DQ", axis=1 if trans else 0, block_size=block))
+                n.input[1] = base + "_dq"
+                rows.append({"node": n.name, "shape": list(w.shape), "block": block})
+        nodes.append(n)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    drop_unused_initializers(m)
+    return m, rows, skipped

@@ -1,0 +1,298 @@
+"""Quantize: calibrated QDQ placed for the target runtime (int8, fp8), int4 weight-only, fp16.
+
+The pass is the orchestration; the parts live in onnxslim_compress: streamed calibration
+(calibration.py), per-target placement and the QDQ rewrite (placement.py), bias correction,
+SmoothQuant and sensitivity-driven mixed precision (sensitivity.py). The CPU result is checked
+against what ORT really does: the optimized model is saved and its integer kernels counted, because a
+QDQ model that ORT does not fuse runs slower than fp32.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from onnxslim_compress.errors import AccuracyGateError, BadInputError
+from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.io import main_opset, upgrade_opset
+from onnxslim_compress.graph.shapes import bind_input_shapes
+from onnxslim_compress.passes.base import Pass, PassResult
+from onnxslim_compress.passes.fold_batchnorm import FoldBatchNorm
+from onnxslim_compress.passes.quantize import calibration as cal
+from onnxslim_compress.passes.quantize import placement as qp
+from onnxslim_compress.passes.quantize import sensitivity as qs
+from onnxslim_compress.passes.quantize.embedding import quantize_gather_tables
+from onnxslim_compress.passes.to_fp16 import convert_fp16
+from onnxslim_compress.runtime.activations import iterate_tensors
+from onnxslim_compress.runtime.session import Target, make_session
+
+QUANTIZED_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
+                 "ConvInteger", "QLinearAdd", "QLinearMul", "QGemm", "MatMulNBits", "MatMulIntegerToFloat"}
+#: what ORT's optimized model contains when QDQ units were fused into integer kernels
+INTEGER_KERNELS = {"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearConcat", "QGemm",
+                   "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSigmoid", "QLinearLeakyRelu",
+                   "QLinearSoftmax", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
+                   "DynamicQuantizeMatMul", "MatMulNBits", "QLinearWhere"}
+#: candidate ops whose inputs/outputs are probed for float dtype before placement
+_PROBE = qp.WEIGHTED | qp.CPU_QLINEAR_OUT | qp.SHARED_SCALE | qp.FOLDABLE_RELU | {"Concat", "Add"}
+
+
+@dataclass
+class QuantizeParams:
+    mode: Literal["int8", "fp8", "int4-weight", "fp16"] = "int8"
+    target: Literal["cpu", "cuda", "tensorrt"] | None = None
+    #: percentile measured best on the benchmark models (BENCHMARKS.md "Quantization"): minmax lets one
+    #: outlier sample stretch every scale, entropy/mse cost more time for no better fidelity there
+    calibration: Literal["minmax", "percentile", "entropy", "mse"] = "percentile"
+    percentile: float = 99.99
+    exclude: list[str] = field(default_factory=list)
+    min_fidelity: str | None = None
+    bias_correction: bool = True
+    smoothquant: float | None = None
+    block_size: int = 32
+    calib_samples: int = 128
+    per_channel: bool = True
+    #: 7-bit weights for the CPU EP; None = auto: on when the CPU lacks VNNI, where ORT's U8S8 kernels
+    #: (vpmaddubsw) saturate int16 pair sums and give wrong results (measured: QGemm cosine 0.96 -> 0.9999)
+    reduce_range: bool | None = None
+    #: CPU int8: store large embedding tables (Gather) as uint8; ORT runs a uint8 Gather (MiniLM: 53 -> 17.5 MB)
+    quantize_embeddings: bool = True
+
+    def __post_init__(self):
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ValueError("block_size must be a power of two >= 16")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError("percentile must be in (50, 100]")
+        if self.calib_samples < 1:
+            raise ValueError("calib_samples must be >= 1")
+        for rx in self.exclude:
+            try:
+                re.compile(rx)
+            except re.error as e:
+                raise ValueError(f"exclude {rx!r} is not a regular expression: {e}") from None
+        if self.min_fidelity is not None:
+            try:
+                qs.parse_min_fidelity(self.min_fidelity)
+            except BadInputError as e:
+                raise ValueError(str(e)) from None
+        if self.smoothquant is not None and not 0.0 <= self.smoothquant <= 1.0:
+            raise ValueError("smoothquant alpha must be in [0, 1]")
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this x86 CPU has VNNI/AMX int8 dot products (Linux /proc/cpuinfo; non-x86 counts as yes)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return True
+    if "avx2" not in flags:
+        return True
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def already_quantized(model: onnx.ModelProto) -> str | None:
+    ops = sorted({n.op_type for n in model.graph.node} & QUANTIZED_OPS)
+    return f"model is already quantized (contains {', '.join(ops)})" if ops else None
+
+
+def count_integer_kernels(model: onnx.ModelProto, threads: int = 1) -> dict[str, int]:
+    """Op counts of integer kernels in ORT's optimized CPU model (what really runs)."""
+    with tempfile.TemporaryDirectory() as d:
+        p = str(Path(d) / "opt.onnx")
+        config = {}
+        if weights.has_offloaded(model):  # ORT would otherwise embed every weight in the optimized file
+            config = {"session.optimized_model_external_initializers_file_name": "opt.onnx.data",
+                      "session.optimized_model_external_initializers_min_size_in_bytes": "1024"}
+        make_session(model, Target(kind="cpu", threads=threads, opt_level="all"), optimized_model_path=p, config=config)
+        opt = onnx.load(p, load_external_data=False)
+    counts: dict[str, int] = {}
+    for n in opt.graph.node:
+        if n.op_type in INTEGER_KERNELS:
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+class Quantize(Pass):
+    """Quantize for the target runtime; see the module docstring and BENCHMARKS.md."""
+
+    name = "quantize"
+    Params = QuantizeParams
+
+    def run(self, model: onnx.ModelProto, ctx) -> PassResult:
+        p: QuantizeParams = self.params
+        kind = p.target or ctx.target.kind
+        reason = already_quantized(model)
+        if reason:
+            return PassResult(model, False, {"skipped": [{"node": "*", "reason": reason}]})
+        stats: dict = {"mode": p.mode, "target": kind, "opset_in": main_opset(model)}
+        mode = p.mode
+        if kind == "cuda" and mode in ("int8", "fp8"):
+            stats["note"] = f"the CUDA EP does not run QDQ as {mode}; converted to fp16 instead (use --target tensorrt for int8)"
+            mode = "fp16"
+        if mode == "fp16":
+            out, st = convert_fp16(model, keep_io_fp32=True)
+            stats.update(st)
+            return PassResult(out, True, stats)
+        # int8 on CPU: 14, for the HardSwish fusion (PP-OCR); ORT needs >= 13 for per-axis DQ
+        need = {"int8": 14 if kind == "cpu" else 13, "fp8": 19, "int4-weight": 21}[mode]
+        model, up = upgrade_opset(model, need)
+        stats["opset_out"] = main_opset(model)
+        if mode == "int4-weight":
+            out, rows, skipped = qp.int4_weight_only(model, p.block_size, p.exclude)
+            stats.update(layers=rows, skipped=skipped, quantized=len(rows))
+            return PassResult(out, bool(rows) or up, stats)
+        return self._static(model, ctx, kind, mode, stats)
+
+    def _static(self, model: onnx.ModelProto, ctx, kind: str, mode: str, stats: dict) -> PassResult:
+        p: QuantizeParams = self.params
+        model = _copy(model)
+        qp.constants_to_initializers(model)
+        if kind == "cpu" and main_opset(model) >= 14:
+            stats["hardswish_fused"] = qp.fuse_hardswish(model)
+        # a BatchNormalization between a Conv and its output Q blocks QLinearConv; folding it is exact
+        folded = FoldBatchNorm()(model, ctx, copy_input=False)
+        model = folded.model
+        stats["batchnorm_folded"] = folded.stats.get("folded", 0)
+        qp.ensure_node_names(model)
+        data = ctx.calib
+        if data is None:
+            bound = bind_input_shapes(model, ctx.input_shapes)
+            data = cal.synthetic_feeds(model, bound.inputs, min(p.calib_samples, 16), ctx.seed)
+            stats["calibration_data"] = "synthetic (no --calib given: weak fallback)"
+        inits = {t.name: weights.info(t) for t in model.graph.initializer}  # dtype/ndim only: no reads
+        probe = sorted({t for n in model.graph.node if n.op_type in _PROBE for t in [*n.input, *n.output]
+                        if t and t not in inits})
+        first = next(iterate_tensors(model, probe, cal.take(data, 1)), None)
+        if first is None:
+            raise BadInputError("quantize: the calibration data set is empty")
+        is_float = {t for t, v in first.items() if v.dtype == np.float32}
+        units, skipped = qp.build_units(model, kind, is_float, inits)
+        isolated: list[dict] = []
+        if kind == "cpu":
+            units, isolated = qp.prune_isolated(model, units)
+            stats["left_float"] = len(isolated)
+        excluded = [u.node for u in units if any(re.search(rx, u.node) for rx in p.exclude)]
+        units = [u for u in units if u.node not in excluded]
+        if not p.per_channel:
+            for u in units:
+                u.weights = dict.fromkeys(u.weights)
+        if p.smoothquant is not None:
+            model, n_smooth = qs.smoothquant(model, units, list(cal.take(data, min(p.calib_samples, 32))), p.smoothquant)
+            stats["smoothquant_activations"] = n_smooth
+        fmt = qp.Format()
+        if kind == "tensorrt":
+            fp8 = mode == "fp8"
+            et = TensorProto.FLOAT8E4M3FN if fp8 else TensorProto.INT8
+            fmt = qp.Format(act_type=et, act_symmetric=True, weight_type=et, weight_qmax=448.0 if fp8 else 127, int32_bias=False)
+        else:
+            reduce = p.reduce_range if p.reduce_range is not None else not cpu_has_vnni()
+            fmt = qp.Format(weight_qmax=63 if reduce else 127)
+            stats["weight_bits"] = 7 if reduce else 8
+        if kind != "tensorrt" and mode == "fp8":
+            raise BadInputError("quantize: fp8 is a TensorRT format (--target tensorrt); ORT's CPU EP has no fp8 kernels")
+        all_chosen, groups = qp.choose_tensors(model, units, kind, is_float)
+        axes = {model.graph.node[i].input[0]: (1 if u.op == "Conv" else -1) for i, u in _weighted(model, units)}
+        hists, means = cal.collect_histograms(model, sorted(all_chosen), data, limit=p.calib_samples,
+                                              channel_axes=axes if p.bias_correction else None)
+        act_q = self._act_params(hists, groups, fmt)
+
+        def build(subset: list[qp.Unit], base: onnx.ModelProto = model) -> onnx.ModelProto:
+            chosen, _ = qp.choose_tensors(base, subset, kind, is_float)
+            return qp.insert_qdq(base, subset, chosen, act_q, fmt)
+
+        qmodel = build(units)
+        if p.bias_correction and units and mode == "int8":
+            delta = qs.weight_bias_shift(model, units, means, fmt.weight_qmax)
+            corrected = _copy(model)
+            qp.apply_float_bias_delta(corrected, delta, qs.bias_inputs(model, units))
+            model = corrected
+            qmodel = build(units, model)
+            stats["bias_corrected"] = len(delta)
+        if p.min_fidelity:
+            qmodel = self._mixed_precision(model, units, build, data, kind, ctx, stats)
+        if kind == "cpu" and mode == "int8" and p.quantize_embeddings:
+            emb_rows, emb_skipped = quantize_gather_tables(qmodel, p.exclude)
+            layers_extra, skipped = emb_rows, skipped + emb_skipped
+        else:
+            layers_extra = []
+        qp.drop_unused_initializers(qmodel)
+        prec = "fp8" if mode == "fp8" else "int8"
+        layers = [{"node": u.node, "op": u.op, "precision": prec,
+                   "weights": ("per-channel" if p.per_channel else "per-tensor") if u.weights else ""} for u in units]
+        layers += [{"node": n, "op": "", "precision": "float", "weights": "", "reason": "excluded"} for n in excluded]
+        layers += layers_extra
+        kept = set(stats.get("kept_float", []))
+        for row in layers:
+            if row["node"] in kept:
+                row.update(precision="float", reason="sensitive (--min-fidelity)")
+        stats.update(quantized_units=len(units), quantized_tensors=len(all_chosen), excluded=excluded, layers=layers,
+                     isolated=isolated, skipped=skipped, calibration=p.calibration,
+                     activation_type=TensorProto.DataType.Name(fmt.act_type))
+        if kind == "cpu":
+            kern = count_integer_kernels(qmodel, ctx.target.threads or 1)
+            stats["integer_kernels"] = sum(kern.values())
+            stats["integer_kernels_by_op"] = kern
+        return PassResult(qmodel, True, stats)
+
+    def _act_params(self, hists: dict[str, cal.Histogram], groups: dict[str, str], fmt: qp.Format) -> dict[str, qp.ActQ]:
+        p: QuantizeParams = self.params
+        bits = 8
+        ranges = {t: cal.compute_range(h, p.calibration, symmetric=fmt.act_symmetric, percentile=p.percentile, bits=bits)
+                  for t, h in hists.items()}
+        merged: dict[str, tuple[float, float]] = {}
+        for t, (lo, hi) in ranges.items():
+            g = groups.get(t, t)
+            a, b = merged.get(g, (lo, hi))
+            merged[g] = (min(a, lo), max(b, hi))
+        out = {}
+        for t in ranges:
+            lo, hi = merged[groups.get(t, t)]
+            if fmt.act_type == TensorProto.FLOAT8E4M3FN:
+                out[t] = qp.ActQ(max(abs(lo), abs(hi)) / 448.0 or 1.0, 0.0, fmt.act_type)
+            elif fmt.act_symmetric:
+                q = cal.symmetric_qparams(lo, hi)
+                out[t] = qp.ActQ(q.scale, 0, fmt.act_type)
+            else:
+                q = cal.asymmetric_qparams(lo, hi)
+                out[t] = qp.ActQ(q.scale, q.zero_point, fmt.act_type)
+        return out
+
+    def _mixed_precision(self, model, units, build, data, kind, ctx, stats) -> onnx.ModelProto:
+        """Rank units by the error each causes alone; keep the worst float until the goal holds.
+
+        CPU: measured with the real integer kernels (the session ORT will run). Other targets are
+        measured as the QDQ simulation on the CPU EP (no fusion), the numerics TensorRT reproduces.
+        """
+        goal = qs.parse_min_fidelity(self.params.min_fidelity)
+        target = ctx.target if kind == ctx.target.kind == "cpu" else Target(kind="cpu", opt_level="all" if kind == "cpu" else "basic")
+        feeds = list(cal.take(data, 16))
+        ref = qs.run_outputs(model, feeds, target)
+        sens = qs.layer_sensitivity(lambda s: build(s, model), units, feeds[:4], ref[:4], target)
+        ranked = [u for u, _ in sorted(sens, key=lambda r: -r[1])]
+        k, fid, tried = qs.keep_float_until(lambda s: build(s, model), ranked, feeds, ref, goal, target)
+        kept = {u.node for u in ranked[:k]}
+        stats["layer_table"] = [{"node": u.node, "op": u.op, "sensitivity": round(e, 6), "float": u.node in kept}
+                                for u, e in sorted(sens, key=lambda r: -r[1])]
+        stats.update(kept_float=sorted(kept), fidelity={goal.metric: round(fid, 6)}, fidelity_trials=tried)
+        if fid < goal.value:
+            raise AccuracyGateError(f"quantize: {goal.metric}={fid:.4f} < {goal.value} even with every unit float")
+        return build(ranked[k:], model)
+
+
+def _weighted(model: onnx.ModelProto, units: list[qp.Unit]) -> list[tuple[int, qp.Unit]]:
+    """(node index, unit) of weighted units whose first input is a quantized activation."""
+    pos = {n.name: i for i, n in enumerate(model.graph.node)}
+    return [(pos[u.node], u) for u in units if u.weight_out_axis is not None and model.graph.node[pos[u.node]].input[0] in u.acts]
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m

@@ -1,0 +1,104 @@
+"""Lossless graph simplification through onnxslim (constant folding, dead code, shape-op cleanup).
+
+Reusing onnxslim instead of writing constant folding: it is maintained and tested on thousands of
+exported models. Its Conv+BN fusion is skipped by default so that `fold_batchnorm` reports what it
+folded and pruning can still read BN scales; set keep_batchnorm=false to let onnxslim fuse them.
+If onnxslim fails on a model (custom ops, odd subgraphs) the model is returned untouched and the
+reason reported: simplification is an optimisation, never a reason to fail the run.
+
+On an offloaded model (weights.py) onnxslim sees the offloaded weights as graph inputs of the same
+type and shape, so it never reads them (it would load every weight, several times); they become
+initializers again afterwards. Folding that would need a big weight's values is then not done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import onnx
+from onnx import ModelProto
+
+from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.index import op_counts
+from onnxslim_compress.graph.io import clamp_ir_version
+from onnxslim_compress.passes.base import Pass, PassResult
+
+BN_FUSIONS = ["FusionConvBN", "FusionConvTransposeBN"]
+
+
+@dataclass
+class SimplifyParams:
+    keep_batchnorm: bool = True
+    constant_folding: bool = True
+
+
+class Simplify(Pass):
+    name = "simplify"
+    Params = SimplifyParams
+    lossless = True
+
+    def run(self, model: ModelProto, ctx) -> PassResult:
+        import onnxslim
+
+        p: SimplifyParams = self.params
+        before = op_counts(model)
+        kwargs: dict = {}
+        if p.keep_batchnorm:
+            kwargs["skip_fusion_patterns"] = BN_FUSIONS
+        if not p.constant_folding:
+            kwargs["skip_optimizations"] = ["constant_folding"]
+        outputs = [o.name for o in model.graph.output]
+        work, hidden = _hide_offloaded(model)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                out = onnxslim.slim(work, **kwargs)
+            if out is not None and hidden:
+                _restore_hidden(out, hidden)
+        except Exception as e:  # noqa: BLE001 - onnxslim raises anything; the model stays as it was
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            return PassResult(model, False, {"skipped": [{"node": "<graph>", "reason": f"onnxslim failed: {reason}"}]})
+        if out is None or [o.name for o in out.graph.output] != outputs:
+            return PassResult(model, False, {"skipped": [{"node": "<graph>", "reason": "onnxslim changed the outputs"}]})
+        clamp_ir_version(out)
+        _dedupe_value_info(out)
+        after = op_counts(out)
+        delta = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after))}
+        delta = {k: v for k, v in delta.items() if v}
+        n0, n1 = sum(before.values()), sum(after.values())
+        return PassResult(out, n1 != n0 or bool(delta), {"nodes_before": n0, "nodes_after": n1, "op_delta": delta})
+
+
+def _hide_offloaded(model: ModelProto) -> tuple[ModelProto, dict[str, onnx.TensorProto]]:
+    """(model for onnxslim, hidden initializers): offloaded main-graph weights become graph inputs."""
+    if not any(weights.is_offloaded(t) for t in model.graph.initializer):
+        return model, {}
+    return weights.as_inputs(model, subgraphs=False)
+
+
+def _restore_hidden(out: ModelProto, hidden: dict[str, onnx.TensorProto]) -> None:
+    """In place: the hidden weights onnxslim left in use become initializers again; the rest go."""
+    from onnxslim_compress.graph.index import subgraph_inputs
+
+    used = {i for n in out.graph.node for i in n.input} | subgraph_inputs(out.graph) | {o.name for o in out.graph.output}
+    inputs = [i for i in out.graph.input if i.name not in hidden]
+    del out.graph.input[:]
+    out.graph.input.extend(inputs)
+    out.graph.initializer.extend(t for name, t in hidden.items() if name in used)
+
+
+def _dedupe_value_info(model: ModelProto) -> int:
+    """onnxslim can write several value_info entries per tensor (YOLOv8n: 1327 for 332 names); keep
+    the first of each so the file does not grow from a lossless pass."""
+    seen: set[str] = set()
+    keep = []
+    for vi in model.graph.value_info:
+        if vi.name not in seen:
+            seen.add(vi.name)
+            keep.append(vi)
+    removed = len(model.graph.value_info) - len(keep)
+    if removed:
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep)
+    return removed

@@ -1,0 +1,495 @@
+"""Fidelity of a compressed model B against its original A, output by output, in one streaming pass.
+
+The accuracy constraint of the search and the `compare` command both ask "how far did B move from A
+on real inputs?". Labels are often missing, so the main signals are label-free: max/mean abs error,
+relative L2, cosine, SNR and top-1 agreement. They are aggregated GLOBALLY over the data set (sums
+of squares and products, not a mean of per-sample ratios): one sample with a tiny norm must not
+dominate the average, and the global figures equal the one-shot computation on the concatenated
+outputs, which is what the numbers claim to be.
+
+Metric directions (used by `FidelityReport.worst`): max_abs, mean_abs, rel_l2 and nonfinite are
+worse when higher; cosine, snr_db, top1 and exact are worse when lower.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxslim_compress.errors import BadInputError
+from onnxslim_compress.runtime.session import Target, make_session
+
+Outputs = Mapping[str, np.ndarray]
+MetricFn = Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], float]
+
+#: metric name -> True when a higher value is worse
+HIGHER_IS_WORSE: dict[str, bool] = {
+    "max_abs": True,
+    "mean_abs": True,
+    "rel_l2": True,
+    "nonfinite": True,
+    "cosine": False,
+    "snr_db": False,
+    "top1": False,
+    "exact": False,
+}
+#: the columns of FidelityReport.table(), in order
+TABLE_METRICS = ("max_abs", "mean_abs", "rel_l2", "cosine", "snr_db", "top1")
+
+
+class _OutputStats:
+    """Running sums for one output; every ratio is formed only in result()."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sum_aa = 0.0
+        self.sum_bb = 0.0
+        self.sum_ab = 0.0
+        self.sum_dd = 0.0
+        self.sum_abs = 0.0
+        self.max_abs = 0.0
+        self.nonfinite = 0
+        self.float_output: bool | None = None
+        self.top1_rows = 0
+        self.top1_match = 0
+        self.exact_match = 0
+
+    def update(self, name: str, a: np.ndarray, b: np.ndarray) -> None:
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape:
+            raise BadInputError(f"output {name!r}: shape {list(b.shape)} in B but {list(a.shape)} in A")
+        is_float = a.dtype.kind in "fc"
+        if self.float_output is None:
+            self.float_output = is_float
+        a64 = a.astype(np.float64).reshape(-1)
+        b64 = b.astype(np.float64).reshape(-1)
+        d = b64 - a64
+        self.count += a64.size
+        self.sum_aa += float(a64 @ a64)
+        self.sum_bb += float(b64 @ b64)
+        self.sum_ab += float(a64 @ b64)
+        self.sum_dd += float(d @ d)
+        if d.size:
+            ad = np.abs(d)
+            self.sum_abs += float(ad.sum())
+            # np.max propagates NaN on purpose: a NaN in B must show, not vanish into a max.
+            self.max_abs = float(np.max([self.max_abs, float(np.max(ad))]))
+            self.nonfinite += int(np.count_nonzero(~np.isfinite(b64) & np.isfinite(a64)))
+        if not is_float:
+            self.exact_match += int(np.count_nonzero(a.reshape(-1) == b.reshape(-1)))
+        elif a.ndim >= 2 and a.shape[-1] > 1:
+            rows_a = a.reshape(-1, a.shape[-1])
+            rows_b = b.reshape(-1, b.shape[-1])
+            self.top1_rows += rows_a.shape[0]
+            self.top1_match += int(np.count_nonzero(rows_a.argmax(-1) == rows_b.argmax(-1)))
+
+    def result(self) -> dict[str, float]:
+        aa, bb, ab, dd = self.sum_aa, self.sum_bb, self.sum_ab, self.sum_dd
+        rel = math.sqrt(dd) / math.sqrt(aa) if aa > 0 else (0.0 if dd == 0 else math.inf)
+        if aa > 0 and bb > 0:
+            cos = max(-1.0, min(1.0, ab / (math.sqrt(aa) * math.sqrt(bb))))
+        else:
+            cos = 1.0 if aa == 0 and bb == 0 else 0.0
+        if dd == 0:
+            snr = math.inf
+        elif aa == 0:
+            snr = -math.inf
+        else:
+            snr = 10.0 * math.log10(aa / dd)
+        if any(math.isnan(v) for v in (aa, bb, ab, dd)):
+            rel = cos = snr = math.nan
+        out = {
+            "max_abs": self.max_abs,
+            "mean_abs": self.sum_abs / self.count if self.count else 0.0,
+            "rel_l2": rel,
+            "cosine": cos,
+            "snr_db": snr,
+            "nonfinite": float(self.nonfinite),
+        }
+        if self.top1_rows:
+            out["top1"] = self.top1_match / self.top1_rows
+        if self.float_output is False:
+            out["exact"] = self.exact_match / self.count if self.count else 1.0
+        return out
+
+
+class FidelityAccumulator:
+    """Fed one sample's outputs of A and B at a time; `result()` gives the global per-output metrics.
+
+    `names` fixes which outputs are compared (default: every output of the first A sample). An
+    output of A missing from B is an error: silently skipping it would report a perfect score.
+    """
+
+    def __init__(self, names: Sequence[str] | None = None):
+        self.names: list[str] | None = list(names) if names is not None else None
+        self.samples = 0
+        self._stats: dict[str, _OutputStats] = {}
+
+    def update(self, outputs_a: Outputs, outputs_b: Outputs) -> None:
+        if self.names is None:
+            self.names = list(outputs_a)
+        for name in self.names:
+            if name not in outputs_a:
+                raise BadInputError(f"output {name!r} is missing from A's outputs (has: {sorted(outputs_a)})")
+            if name not in outputs_b:
+                raise BadInputError(f"output {name!r} of A is missing from B's outputs (B has: {sorted(outputs_b)})")
+            self._stats.setdefault(name, _OutputStats()).update(name, outputs_a[name], outputs_b[name])
+        self.samples += 1
+
+    def result(self) -> dict[str, dict[str, float]]:
+        return {n: self._stats[n].result() for n in (self.names or []) if n in self._stats}
+
+
+def fidelity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """All metrics of one pair of arrays (the one-shot form of FidelityAccumulator)."""
+    acc = FidelityAccumulator(["out"])
+    acc.update({"out": a}, {"out": b})
+    return acc.result()["out"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Labelled accuracy
+# --------------------------------------------------------------------------------------------------
+
+
+def predictions(x: np.ndarray, n_labels: int | None = None) -> np.ndarray:
+    """Class predictions, flattened: argmax over the last axis of scores, or `x` itself if already classes.
+
+    Scores are recognised by size (one row of scores per label) when n_labels is given, else by a
+    float dtype with rank >= 1.
+    """
+    x = np.asarray(x)
+    if n_labels is not None:
+        if x.ndim >= 1 and x.size != n_labels and x.shape[-1] > 0 and x.size == n_labels * x.shape[-1]:
+            return x.argmax(-1).reshape(-1)
+        return x.reshape(-1)
+    if x.dtype.kind == "f" and x.ndim >= 1:
+        return x.argmax(-1).reshape(-1)
+    return x.reshape(-1)
+
+
+def accuracy(logits_or_preds: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of samples whose predicted class equals the label.
+
+    Accepts scores [N, C] (argmax taken), class ids [N], or one-hot labels shaped like the scores.
+    """
+    x = np.asarray(logits_or_preds)
+    y = np.asarray(labels)
+    if y.shape == x.shape and y.ndim >= 2 and y.dtype.kind == "f":
+        y = y.argmax(-1)
+    y = y.reshape(-1)
+    if y.size == 0:
+        raise BadInputError("accuracy: no labels")
+    preds = predictions(x, y.size)
+    if preds.size != y.size:
+        raise BadInputError(
+            f"accuracy: {y.size} labels do not match predictions of shape {list(x.shape)} "
+            "(expected one row of class scores or one class id per label)"
+        )
+    return float(np.mean(preds == y))
+
+
+# --------------------------------------------------------------------------------------------------
+# Pluggable metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def load_metric(spec: str) -> MetricFn:
+    """`package.module:function` (or `path/to/file.py:function`) -> callable(outputs_a, outputs_b) -> float.
+
+    The callable gets two dicts {output name: array} for one sample; compare_models averages its
+    values over the samples.
+    """
+    mod_name, sep, attr = str(spec).partition(":")
+    if not sep or not mod_name or not attr:
+        raise BadInputError(f"metric {spec!r}: expected 'package.module:function'")
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name)
+            if not path.is_file():
+                raise BadInputError(f"metric {spec!r}: no such file {path}")
+            ispec = importlib.util.spec_from_file_location(f"_metric_{path.stem}", path)
+            if ispec is None or ispec.loader is None:
+                raise BadInputError(f"metric {spec!r}: cannot load {path}")
+            module = importlib.util.module_from_spec(ispec)
+            ispec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+    except BadInputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure importing user code is the user's input problem
+        raise BadInputError(f"metric {spec!r}: cannot import {mod_name} ({type(e).__name__}: {e})") from e
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise BadInputError(f"metric {spec!r}: {mod_name} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise BadInputError(f"metric {spec!r}: {attr} is not callable")
+    return obj
+
+
+def _metric_name(m: str | MetricFn) -> str:
+    return m if isinstance(m, str) else getattr(m, "__qualname__", None) or repr(m)
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+
+
+def _json_float(v: float | None) -> float | str | None:
+    """JSON has no inf/nan: they become the strings 'inf', '-inf', 'nan' (SNR is inf when B == A)."""
+    if v is None or math.isfinite(v):
+        return v
+    return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+
+
+def _from_json_float(v: float | str | None) -> float | None:
+    return float(v) if isinstance(v, str) else v
+
+
+@dataclass
+class FidelityReport:
+    """Per-output metrics of B against A, plus labelled accuracy and custom metrics when asked for."""
+
+    per_output: dict[str, dict[str, float]]
+    samples: int
+    accuracy_a: float | None = None
+    accuracy_b: float | None = None
+    custom: dict[str, float] = field(default_factory=dict)
+    data: str = ""
+
+    def _values(self, metric: str) -> dict[str, float]:
+        if metric not in HIGHER_IS_WORSE:
+            raise BadInputError(f"unknown metric {metric!r} (known: {', '.join(HIGHER_IS_WORSE)})")
+        vals = {n: m[metric] for n, m in self.per_output.items() if metric in m}
+        if not vals:
+            raise BadInputError(
+                f"metric {metric!r} applies to no output of this model "
+                "(top1 needs a float output of rank >= 2, exact a non-float output)"
+            )
+        return vals
+
+    def worst_output(self, metric: str) -> str:
+        """The output with the worst value of `metric` (NaN counts as worst)."""
+        vals = self._values(metric)
+        for n, v in vals.items():
+            if math.isnan(v):
+                return n
+        pick = max if HIGHER_IS_WORSE[metric] else min
+        return pick(vals, key=vals.__getitem__)
+
+    def worst(self, metric: str) -> float:
+        """The worst value of `metric` over the outputs it applies to."""
+        return self._values(metric)[self.worst_output(metric)]
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        if self.accuracy_a is None or self.accuracy_b is None:
+            return None
+        return self.accuracy_a - self.accuracy_b
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (non-finite floats as strings)."""
+        return {
+            "samples": self.samples,
+            "data": self.data,
+            "per_output": {n: {k: _json_float(v) for k, v in m.items()} for n, m in self.per_output.items()},
+            "accuracy_a": self.accuracy_a,
+            "accuracy_b": self.accuracy_b,
+            "accuracy_drop": self.accuracy_drop,
+            "custom": {k: _json_float(v) for k, v in self.custom.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FidelityReport:
+        """Inverse of as_dict (a report read back from JSON or model metadata)."""
+        return cls(
+            per_output={
+                n: {k: _from_json_float(v) for k, v in m.items()} for n, m in d.get("per_output", {}).items()
+            },
+            samples=int(d.get("samples", 0)),
+            accuracy_a=d.get("accuracy_a"),
+            accuracy_b=d.get("accuracy_b"),
+            custom={k: _from_json_float(v) for k, v in d.get("custom", {}).items()},
+            data=d.get("data", ""),
+        )
+
+    def table(self) -> str:
+        """A plain-text table, one row per output, columns aligned."""
+
+        def fmt(v: float | None) -> str:
+            if v is None:
+                return "-"
+            if math.isinf(v):
+                return "inf" if v > 0 else "-inf"
+            return f"{v:.4g}"
+
+        header = ["output", *TABLE_METRICS]
+        rows = [[n, *(fmt(m.get(k)) for k in TABLE_METRICS)] for n, m in self.per_output.items()]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+        def line(r: list[str]) -> str:
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+
+        out = [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
+        out.append(f"samples: {self.samples}" + (f" ({self.data})" if self.data else ""))
+        if self.accuracy_a is not None:
+            out.append(
+                f"accuracy: A {self.accuracy_a:.4f}  B {self.accuracy_b:.4f}  drop {self.accuracy_drop:+.4f}"
+            )
+        for k, v in self.custom.items():
+            out.append(f"{k}: {fmt(v)}")
+        return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running both models
+# --------------------------------------------------------------------------------------------------
+
+_ORT_NP = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _session(model: onnx.ModelProto | str | os.PathLike, target: Target):
+    """Session for a proto or a path; paths go through load_model (clean errors, IR version clamp)."""
+    if not isinstance(model, onnx.ModelProto):
+        from onnxslim_compress.graph.io import load_model
+
+        model = load_model(model)
+    return model, make_session(model, target)
+
+
+def _feed_for(sess, feed: Mapping[str, np.ndarray], which: str) -> dict[str, np.ndarray]:
+    """The session's inputs from the feed; B may take another float width than A (fp16), so cast within a kind."""
+    out = {}
+    for i in sess.get_inputs():
+        if i.name not in feed:
+            raise BadInputError(f"model {which} needs input {i.name!r}, which the data does not provide")
+        x = feed[i.name]
+        want = _ORT_NP.get(i.type)
+        if want is not None and x.dtype != want and np.dtype(want).kind == x.dtype.kind:
+            x = x.astype(want)
+        out[i.name] = x
+    return out
+
+
+def compare_models(
+    model_a: onnx.ModelProto | str | os.PathLike,
+    model_b: onnx.ModelProto | str | os.PathLike,
+    data: Any = None,
+    target: Target | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+    *,
+    labels: np.ndarray | str | os.PathLike | None = None,
+    metrics: Sequence[str | MetricFn] = (),
+    metric: str | MetricFn | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
+    seed: int = 0,
+) -> FidelityReport:
+    """Run A and B on the same samples and measure B against A, output by output.
+
+    `data` is a DataSource, any iterable of feed dicts, or a spec for open_data (None generates
+    inputs: a weak check). Outputs are matched by name; every output of A must exist in B. With
+    `labels`, the first output of each model is scored (argmax over its last axis) against them.
+    `metrics` (or a single `metric`) are pluggable per-sample metrics, given as specs for
+    load_metric or as callables; each is averaged over the samples into report.custom.
+    """
+    from onnxslim_compress.data import DataSource, open_data
+
+    target = target or Target()
+    proto_a, sess_a = _session(model_a, target)
+    _, sess_b = _session(model_b, target)
+    if isinstance(data, DataSource) or data is None or isinstance(data, (str, os.PathLike)):
+        data = open_data(data, proto_a, input_shapes=input_shapes, limit=limit, seed=seed)
+    elif not isinstance(data, Iterable):
+        raise BadInputError(f"data: expected a path, a DataSource or feed dicts, got {type(data).__name__}")
+    names_a = [o.name for o in sess_a.get_outputs()]
+    names_b = {o.name for o in sess_b.get_outputs()}
+    missing = [n for n in names_a if n not in names_b]
+    if missing:
+        raise BadInputError(
+            f"model B lacks output(s) {missing} of model A (B has {sorted(names_b)}); outputs are matched by name"
+        )
+    wanted = [*metrics, *([metric] if metric is not None else [])]
+    fns = [(_metric_name(m), load_metric(m) if isinstance(m, str) else m) for m in wanted]
+    custom_sums = {name: 0.0 for name, _ in fns}
+    label_arr = load_labels_any(labels)
+    preds_a: list[np.ndarray] = []
+    preds_b: list[np.ndarray] = []
+    acc = FidelityAccumulator(names_a)
+    total = len(data) if hasattr(data, "__len__") else None
+    if limit is not None and total is not None:
+        total = min(total, limit)
+    it: Iterable = data
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(data, total=total, desc="compare", unit="sample")
+    for k, feed in enumerate(it):
+        if limit is not None and k >= limit:
+            break
+        out_a = dict(zip(names_a, sess_a.run(names_a, _feed_for(sess_a, feed, "A")), strict=True))
+        out_b = dict(zip(names_a, sess_b.run(names_a, _feed_for(sess_b, feed, "B")), strict=True))
+        acc.update(out_a, out_b)
+        for name, fn in fns:
+            try:
+                v = fn(out_a, out_b)
+            except Exception as e:  # noqa: BLE001 - user code: report which metric failed
+                raise BadInputError(f"metric {name} raised {type(e).__name__}: {e}") from e
+            try:
+                custom_sums[name] += float(v)
+            except (TypeError, ValueError):
+                raise BadInputError(f"metric {name} returned {type(v).__name__}, expected a float") from None
+        if label_arr is not None:
+            first = names_a[0]
+            preds_a.append(predictions(out_a[first]))
+            preds_b.append(predictions(out_b[first]))
+    if acc.samples == 0:
+        raise BadInputError("data: no samples to compare on")
+    report = FidelityReport(
+        per_output=acc.result(),
+        samples=acc.samples,
+        custom={name: s / acc.samples for name, s in custom_sums.items()},
+        data=data.describe() if hasattr(data, "describe") else "",
+    )
+    if label_arr is not None:
+        pa, pb = np.concatenate(preds_a), np.concatenate(preds_b)
+        one_hot = label_arr.ndim >= 2 and label_arr.dtype.kind == "f" and label_arr.shape[-1] > 1
+        flat = label_arr.argmax(-1).reshape(-1) if one_hot else label_arr.reshape(-1)
+        if flat.size < pa.size:
+            raise BadInputError(f"labels: {flat.size} labels for {pa.size} predictions of output {names_a[0]!r}")
+        report.accuracy_a = accuracy(pa, flat[: pa.size])
+        report.accuracy_b = accuracy(pb, flat[: pb.size])
+    return report
+
+
+def load_labels_any(labels: np.ndarray | str | os.PathLike | None) -> np.ndarray | None:
+    """Labels given as an array or a file path (see data.load_labels)."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, os.PathLike)):
+        from onnxslim_compress.data import load_labels
+
+        return load_labels(labels)
+    return np.asarray(labels)

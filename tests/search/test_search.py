@@ -1,0 +1,566 @@
+"""The profiler-driven search (issue 6), tested against small fake passes in a test-local registry
+(so the tests do not depend on which real passes have landed), plus the real passes when present.
+
+Objectives here are MACs/size (exact); latency runs once with runs=5 and is never asserted on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import onnx
+import optuna
+import pytest
+from builders import GraphBuilder
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxslim_compress.errors import AccuracyGateError, RecipeError
+from onnxslim_compress.passes.base import Pass, PassResult
+from onnxslim_compress.runtime.session import make_session
+from onnxslim_compress.search import SearchSpace, default_recipe, search
+from onnxslim_compress.search.build import TrialBuilder
+from onnxslim_compress.search.space import Dim
+from onnxslim_compress.search.strategy import BisectionSampler
+
+N_IN, N_OUT = 32, 16
+
+
+# --------------------------------------------------------------------------------------- fixtures
+
+
+def _matmul_model(seed: int = 0) -> onnx.ModelProto:
+    """x[1, 32] @ W[32, 16] with geometrically decaying singular values, so rank matters smoothly."""
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.standard_normal((N_IN, N_IN)))
+    v, _ = np.linalg.qr(rng.standard_normal((N_OUT, N_OUT)))
+    s = 0.8 ** np.arange(N_OUT)
+    w = (u[:, :N_OUT] * s) @ v.T
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+        "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, N_IN])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, N_OUT])],
+        [numpy_helper.from_array(w.astype(np.float32), "W")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+def _weight(model: onnx.ModelProto) -> np.ndarray:
+    return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "W"))
+
+
+def _truncate(w: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    u, s, vt = np.linalg.svd(w.astype(np.float64), full_matrices=False)
+    return (u[:, :rank] * s[:rank]).astype(np.float32), vt[:rank].astype(np.float32)
+
+
+def make_registry() -> dict[str, type[Pass]]:
+    """Fresh fake pass classes per test: their call counters are not shared between tests."""
+
+    @dataclasses.dataclass
+    class LowRankParams:
+        rank: int = N_OUT
+
+        def __post_init__(self):
+            if not 1 <= self.rank <= N_OUT:
+                raise ValueError(f"rank must be in [1, {N_OUT}]")
+
+    class FakeLowRank(Pass):
+        """W -> A @ B of the given rank (size falls with the rank, fidelity too)."""
+
+        name = "fake_lowrank"
+        Params = LowRankParams
+        calls: list[int] = []
+
+        def run(self, model, ctx):
+            type(self).calls.append(self.params.rank)
+            a, b = _truncate(_weight(model), self.params.rank)
+            g = helper.make_graph(
+                [helper.make_node("MatMul", ["x", "A"], ["h"], name="mm_a"), helper.make_node("MatMul", ["h", "B"], ["y"], name="mm_b")],
+                "mm",
+                list(model.graph.input),
+                list(model.graph.output),
+                [numpy_helper.from_array(a, "A"), numpy_helper.from_array(b, "B")],
+            )
+            out = helper.make_model(g, opset_imports=list(model.opset_import))
+            out.ir_version = model.ir_version
+            return PassResult(out, True, {"rank": self.params.rank})
+
+    @dataclasses.dataclass
+    class TagParams:
+        tag: str = "a"
+
+    class FakeTag(Pass):
+        """Changes nothing that matters (a doc string): a cheap second stage for reuse tests."""
+
+        name = "fake_tag"
+        Params = TagParams
+        calls: list[str] = []
+
+        def run(self, model, ctx):
+            type(self).calls.append(self.params.tag)
+            out = onnx.ModelProto()
+            out.CopyFrom(model)
+            out.graph.doc_string = self.params.tag
+            return PassResult(out, True, {})
+
+    FakeLowRank.calls = []
+    FakeTag.calls = []
+    return {"fake_lowrank": FakeLowRank, "fake_tag": FakeTag}
+
+
+@pytest.fixture
+def mm_model() -> onnx.ModelProto:
+    return _matmul_model()
+
+
+@pytest.fixture
+def mm_eval() -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(1)
+    return [{"x": rng.standard_normal((1, N_IN)).astype(np.float32)} for _ in range(64)]
+
+
+def _agreement(model: onnx.ModelProto, feeds, rank: int) -> float:
+    """Hand computation of top-1 agreement between W and its rank-r truncation."""
+    w = _weight(model)
+    a, b = _truncate(w, rank)
+    x = np.concatenate([f["x"] for f in feeds])
+    return float(np.mean((x @ w).argmax(-1) == ((x @ a) @ b).argmax(-1)))
+
+
+def _cosine(model: onnx.ModelProto, feeds, rank: int) -> float:
+    """Hand computation of the global output cosine between W and its rank-r truncation."""
+    w = _weight(model)
+    a, b = _truncate(w, rank)
+    x = np.concatenate([f["x"] for f in feeds]).astype(np.float64)
+    ya, yb = (x @ w).ravel(), ((x @ a) @ b).ravel()
+    return float(ya @ yb / (np.linalg.norm(ya) * np.linalg.norm(yb)))
+
+
+@pytest.fixture
+def conv_model() -> onnx.ModelProto:
+    b = GraphBuilder(0)
+    x = b.conv_bn_relu("x", 3, 16)
+    x = b.conv_bn_relu(x, 16, 32)
+    x = b.node("Flatten", [b.node("GlobalAveragePool", [x])])
+    y = b.gemm(x, 32, 10)
+    return b.model([("x", [1, 3, 16, 16])], [(y, [1, 10])])
+
+
+def _conv_data(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 16, 16)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------- space
+
+
+def test_space_from_recipe_types_and_keys():
+    reg = make_registry()
+    space = SearchSpace.from_recipe(
+        {"passes": [
+            {"fake_lowrank": {"rank": {"search": [2, 12]}}},
+            {"fake_tag": {"enabled": {"choices": [True, False]}, "tag": {"choices": ["a", "b"]}}},
+        ]},
+        reg,
+    )
+    dims = {d.name: d for d in space.dims}
+    assert list(dims) == ["fake_lowrank.rank", "fake_tag.enabled", "fake_tag.tag"]
+    assert dims["fake_lowrank.rank"].kind == "int" and (dims["fake_lowrank.rank"].low, dims["fake_lowrank.rank"].high) == (2, 12)
+    assert dims["fake_tag.tag"].choices == ("a", "b")
+    off_a = {"fake_lowrank.rank": 4, "fake_tag.enabled": False, "fake_tag.tag": "a"}
+    off_b = {**off_a, "fake_tag.tag": "b"}
+    on_a = {**off_a, "fake_tag.enabled": True}
+    # a disabled pass's knobs do not make a different candidate
+    assert space.key(off_a) == space.key(off_b) != space.key(on_a)
+    assert space.steps(off_a) == [("fake_lowrank", {"rank": 4})]
+    assert space.recipe(on_a) == {"passes": [{"fake_lowrank": {"rank": 4}}, {"fake_tag": {"tag": "a"}}]}
+    # 11 ranks x (off, a, b) -> not enumerable (numeric); the tag alone is 3 candidates
+    assert space.cardinality() is None
+    tags = SearchSpace.from_recipe({"passes": [{"fake_tag": {"enabled": {"choices": [True, False]}, "tag": {"choices": ["a", "b"]}}}]}, reg)
+    assert tags.cardinality() == 3
+    # describe() round-trips to the same space
+    again = SearchSpace.from_recipe(space.describe(), reg)
+    assert [d for d in again.dims] == space.dims
+
+
+def test_space_float_range_and_snap():
+    reg = make_registry()
+    space = SearchSpace.from_recipe({"passes": [{"fake_tag": {"tag": "x"}}, {"fake_lowrank": {"rank": {"search": [1, 16], "step": 3}}}]}, reg)
+    d = space.one_knob()
+    assert d is not None and d.kind == "int"
+    assert d.snap(5.4) == 4 and d.snap(100) == 16 and d.snap(-3) == 1
+    f = Dim("p.x", "p", "x", "float", low=0.1, high=0.6)
+    assert f.snap(0.35) == pytest.approx(0.35) and f.midpoint() == pytest.approx(0.35)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ({"passes": [{"nope": {}}]}, "unknown pass 'nope'"),
+        ({"passes": [{"fake_lowrank": {"rank": {"search": [8, 2]}}}]}, "low < high"),
+        ({"passes": [{"fake_lowrank": {"rank": {"search": [1, 99]}}}]}, "rank must be in"),
+        ({"passes": [{"fake_lowrank": {"rank": {"choices": [2, "x"]}}}]}, "rank"),
+        ({"passes": [{"fake_lowrank": {"rank": {"search": [1, 4], "grid": 2}}}]}, "unknown key 'grid'"),
+        ({"passes": [{"fake_lowrank": {"enabled": "maybe"}}]}, "enabled must be"),
+        ({"passes": [{"fake_lowrank": {"ranks": 3}}]}, "unknown parameter 'ranks'"),
+        ({"passes": []}, "non-empty"),
+    ],
+)
+def test_space_rejects_bad_recipes(recipe, message):
+    with pytest.raises(RecipeError, match=message):
+        SearchSpace.from_recipe(recipe, make_registry())
+
+
+def test_default_recipe_uses_only_registered_passes():
+    from onnxslim_compress.passes import REGISTRY
+
+    data = default_recipe("cpu", REGISTRY)
+    names = [next(iter(e)) if isinstance(e, dict) else e for e in data["passes"]]
+    assert set(names) <= set(REGISTRY)
+    space = SearchSpace.from_recipe(data, REGISTRY)  # every range end validates against the real passes
+    assert space.dims
+    only_quant = {k: v for k, v in REGISTRY.items() if k in ("simplify", "quantize")}
+    if set(only_quant) == {"simplify", "quantize"}:
+        q = default_recipe("cpu", only_quant)
+        assert [next(iter(e)) if isinstance(e, dict) else e for e in q["passes"]] == ["simplify", "quantize"]
+    with pytest.raises(RecipeError, match="nothing to search"):
+        default_recipe("cpu", {k: v for k, v in REGISTRY.items() if k in ("simplify", "eliminate_dead")})
+
+
+# --------------------------------------------------------------------------------------- strategy
+
+
+def test_bisection_sampler_brackets_a_float_threshold():
+    """feasible iff x >= 0.37: the sampler must close in on 0.37 within Condensa's 10 evaluations."""
+    dim = Dim("k.x", "k", "x", "float", low=0.0, high=1.0)
+    sampler = BisectionSampler(dim)
+    study = optuna.create_study(sampler=sampler)
+    n = 0
+    while not sampler.converged(study.get_trials()) and n < 20:
+        t = study.ask()
+        x = dim.suggest(t)
+        t.set_user_attr("feasible", x >= 0.37)
+        study.tell(t, 1.0 - x)
+        n += 1
+    assert n <= 10
+    xs = [t.params["k.x"] for t in study.trials]
+    assert len(set(xs)) == len(xs)  # no point measured twice
+    best = min(x for x in xs if x >= 0.37)
+    assert 0.37 <= best <= 0.37 + 1 / 64 + 1e-9
+
+
+def test_one_knob_search_finds_the_smallest_feasible_rank(mm_model, mm_eval):
+    reg = make_registry()
+    cos = {r: _cosine(mm_model, mm_eval, r) for r in range(1, N_OUT + 1)}
+    max_drop = 0.01
+    feasible = [r for r in cos if 1 - cos[r] <= max_drop]
+    # the premise of bisection: feasibility is monotone in the rank for this data
+    assert feasible == list(range(feasible[0], N_OUT + 1)) and 2 < feasible[0] < N_OUT, cos
+    res = search(
+        mm_model, recipe={"passes": [{"fake_lowrank": {"rank": {"search": [1, N_OUT]}}}]}, eval_data=mm_eval,
+        metric="cosine", max_drop=max_drop, trials=20, objective="size", registry=reg,
+    )
+    assert res.best is not None and res.best.params["fake_lowrank.rank"] == feasible[0]
+    assert len(res.trials) <= 10
+    assert res.best.drop == pytest.approx(1 - cos[feasible[0]], abs=1e-6)
+    # every trial built a distinct candidate; the pass ran once per trial
+    # (the final rebuild of the best comes from the prefix cache)
+    assert sorted(reg["fake_lowrank"].calls) == sorted(r.params["fake_lowrank.rank"] for r in res.trials)
+    assert res.model is not None
+    assert res.report["trials_to_best"] <= len(res.trials)
+
+
+def test_repeated_parameter_sets_are_not_rebuilt(mm_model, mm_eval):
+    reg = make_registry()
+    recipe = {"passes": [
+        {"fake_lowrank": {"rank": {"choices": [8, 12]}}},
+        {"fake_tag": {"enabled": {"choices": [True, False]}, "tag": {"choices": ["a", "b"]}}},
+    ]}
+    res = search(
+        mm_model, recipe=recipe, eval_data=mm_eval, metric="cosine", max_drop=0.5, trials=20, objective="size",
+        sampler="random", registry=reg, presets=False,
+    )
+    computed = [r for r in res.trials if r.duplicate_of is None and r.state == "COMPLETE"]
+    keys = [json.dumps(r.params, sort_keys=True) for r in computed]
+    assert len(keys) == len(set(keys)) == 6  # 2 ranks x (off, a, b): the space is exhausted, nothing twice
+    # the prefix cache: each rank factorized once, whatever the tag stage did
+    assert sorted(reg["fake_lowrank"].calls) == [8, 12]
+    assert len(reg["fake_tag"].calls) == 4
+    for r in res.trials:
+        if r.duplicate_of is not None:
+            twin = next(t for t in res.trials if t.number == r.duplicate_of)
+            assert (r.objective, r.drop) == (twin.objective, twin.drop)
+    assert res.report["cache"]["prefix_hits"] >= 4
+
+
+def test_trial_builder_never_modifies_the_input(mm_model):
+    from onnxslim_compress.passes.context import Context, fingerprint
+
+    reg = make_registry()
+    before = fingerprint(mm_model)
+    b = TrialBuilder(mm_model, Context())
+    out = b.build([reg["fake_lowrank"](rank=3)])
+    assert fingerprint(mm_model) == before
+    assert [n.op_type for n in out.model.graph.node] == ["MatMul", "MatMul"]
+    again = b.build([reg["fake_lowrank"](rank=3), reg["fake_tag"](tag="z")])
+    assert again.reused_steps == 1 and reg["fake_lowrank"].calls == [3]
+    nothing = b.build([])
+    assert nothing.model is not mm_model and fingerprint(nothing.model) == before
+
+
+def test_resume_continues_the_same_study(tmp_path, mm_model, mm_eval):
+    reg = make_registry()
+    path = tmp_path / "mm.onnx"
+    onnx.save(mm_model, path)
+    common = dict(
+        recipe={"passes": [{"fake_lowrank": {"rank": {"choices": [2, 4, 6, 8, 10, 12]}}}]}, eval_data=mm_eval,
+        metric="cosine", max_drop=0.5, objective="size", sampler="random", registry=reg, presets=False,
+    )
+    out = tmp_path / "out.onnx"
+    first = search(path, out, trials=3, **common)
+    assert (tmp_path / "out.search.db").is_file()
+    # the budget counts evaluated candidates; repeats proposed by the sampler are free
+    computed = [r for r in first.trials if r.duplicate_of is None]
+    assert len(computed) == 3 and len(reg["fake_lowrank"].calls) == 3
+    second = search(path, out, trials=5, **common)
+    assert len([r for r in second.trials if r.duplicate_of is None]) == 5
+    assert [r.params for r in second.trials[: len(first.trials)]] == [r.params for r in first.trials]
+    # only the two new trials built anything (plus none for the rebuild: the prefix cache has it,
+    # or one rebuild when the best was found in the first run)
+    new_calls = len(reg["fake_lowrank"].calls) - 3
+    assert 2 <= new_calls <= 3
+    assert second.report["study"] == first.report["study"]
+    report = json.loads((tmp_path / "out.search.json").read_text())
+    assert len(report["trials"]) == len(second.trials)
+    # a different experiment in the same storage is refused, not mixed in
+    with pytest.raises(Exception, match="different settings"):
+        search(path, out, trials=5, study_name=second.report["study"], **{**common, "max_drop": 0.2})
+
+
+def test_no_candidate_meets_the_constraint(tmp_path, mm_model, mm_eval):
+    reg = make_registry()
+    out = tmp_path / "none.onnx"
+    with pytest.raises(AccuracyGateError) as ei:
+        search(
+            mm_model, out, recipe={"passes": [{"fake_lowrank": {"rank": {"choices": [1, 2]}}}]}, eval_data=mm_eval,
+            metric="top1", max_drop=0.0, trials=4, objective="size", registry=reg, sampler="random",
+        )
+    assert ei.value.exit_code == 3
+    assert not out.exists()
+    rep = ei.value.report  # type: ignore[attr-defined]
+    assert rep["best"] is None and len(rep["trials"]) == 2
+    assert json.loads((tmp_path / "none.search.json").read_text())["best"] is None
+
+
+def test_user_evaluate_callable_is_the_metric(mm_model, mm_eval):
+    reg = make_registry()
+    x = np.concatenate([f["x"] for f in mm_eval])
+    labels = (x @ _weight(mm_model)).argmax(-1)
+    seen: list[float] = []
+
+    def evaluate(session) -> float:
+        y = session.run(None, {"x": x[:1]})[0]  # the session works
+        assert y.shape == (1, N_OUT)
+        preds = np.concatenate([session.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))]).argmax(-1)
+        seen.append(float(np.mean(preds == labels)))
+        return seen[-1]
+
+    res = search(
+        mm_model, recipe={"passes": [{"fake_lowrank": {"rank": {"search": [1, N_OUT]}}}]}, eval_data=mm_eval,
+        evaluate=evaluate, max_drop=0.05, trials=10, objective="size", registry=reg,
+    )
+    assert seen[0] == 1.0  # the baseline, evaluated first
+    assert res.report["baseline"]["metric"] == "custom"
+    assert res.best is not None and res.best.drop <= 0.05
+    assert 1 - _agreement(mm_model, mm_eval, res.best.params["fake_lowrank.rank"]) == pytest.approx(res.best.drop)
+
+
+def test_accuracy_with_labels_and_pareto_front(mm_model, mm_eval):
+    reg = make_registry()
+    x = np.concatenate([f["x"] for f in mm_eval])
+    labels = (x @ _weight(mm_model)).argmax(-1)
+    labels[:8] = (labels[:8] + 1) % N_OUT  # the baseline is 87.5 % accurate, not 100 %
+    res = search(
+        mm_model, recipe={"passes": [{"fake_lowrank": {"rank": {"choices": [1, 3, 6, 9, 12, 16]}}}]}, eval_data=mm_eval,
+        labels=labels, metric="accuracy", max_drop=0.05, trials=6, objective="size", registry=reg,
+        multi_objective=True, sampler="random",
+    )
+    assert res.report["baseline"]["value"] == pytest.approx(56 / 64)
+    pts = [r for r in res.trials if r.state == "COMPLETE"]
+    assert len(pts) == 6
+    front = {r.number for r in res.pareto}
+    for r in pts:  # the front, checked by hand: nothing on it is dominated, everything off it is
+        dominated = any(o.objective <= r.objective and o.drop <= r.drop and (o.objective < r.objective or o.drop < r.drop) for o in pts)
+        assert (r.number in front) == (not dominated)
+    assert res.best is not None and res.best.drop <= 0.05
+
+
+# --------------------------------------------------------------------------------------- real passes
+
+
+def test_default_recipe_with_real_passes_end_to_end(tmp_path, conv_model):
+    from onnxslim_compress.passes import REGISTRY
+
+    if not {"prune_channels", "quantize", "low_rank"} & set(REGISTRY):
+        pytest.skip("no compression pass installed")
+    res = search(
+        conv_model, tmp_path / "out.onnx", calib=[{"x": v[None]} for v in _conv_data(8, 0)],
+        eval_data=[{"x": v[None]} for v in _conv_data(16, 1)], metric="cosine", max_drop=0.2, trials=3,
+        objective="macs", sampler="random",
+    )
+    names = {d.slot for d in SearchSpace.from_recipe(res.report["space"]).dims}
+    assert names <= set(REGISTRY)
+    assert res.output is not None and res.output.is_file()
+    out = onnx.load(res.output)
+    onnx.checker.check_model(out)
+    assert any(p.key == "onnxslim_compress" for p in out.metadata_props)
+    make_session(out)  # loads in the installed onnxruntime
+    assert res.best is not None and res.best.objective == min(r.objective for r in res.trials if r.feasible)
+
+
+def _run_cli(args: list[str]) -> tuple[int, str]:
+    from onnxslim_compress.search.__main__ import main
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rc = main(args)
+    return rc, buf.getvalue()
+
+
+def test_cli_search_latency_json_and_exit_codes(tmp_path, conv_model):
+    from onnxslim_compress.passes import REGISTRY
+
+    if "quantize" not in REGISTRY:
+        pytest.skip("quantize pass not installed")
+    model = tmp_path / "m.onnx"
+    onnx.save(conv_model, model)
+    np.savez(tmp_path / "calib.npz", x=_conv_data(8, 0))
+    np.savez(tmp_path / "eval.npz", x=_conv_data(16, 1))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("passes:\n  - quantize:\n      enabled: {choices: [true, false]}\n      calibration: {choices: [minmax, percentile]}\n")
+    data = ["--calib", str(tmp_path / "calib.npz"), "--eval", str(tmp_path / "eval.npz"), "--threads", "1", "--no-progress"]
+    rc, out = _run_cli(["search", str(model), "-o", str(tmp_path / "o.onnx"), *data, "--recipe", str(recipe), "--runs", "5",
+                        "--warmup", "1", "--metric", "cosine", "--max-drop", "0.5", "--trials", "2", "--json", "--sampler", "random"])
+    assert rc == 0
+    rep = json.loads(out)
+    assert len(rep["trials"]) == 2 and rep["best"] is not None
+    assert all(isinstance(t["latency_ratio"], float) and t["latency_ratio"] > 0 for t in rep["trials"] if t["state"] == "COMPLETE")
+    assert (tmp_path / "o.onnx").is_file() and (tmp_path / "o.search.json").is_file()
+    assert rep["plot"] is not None or any("matplotlib" in n for n in rep["notes"])
+    # quantized only, zero drop allowed on cosine: nothing can pass -> exit 3, no output
+    only_q = tmp_path / "q.yaml"
+    only_q.write_text("passes:\n  - quantize: {calibration: {choices: [minmax, percentile]}}\n")
+    rc, _ = _run_cli(["search", str(model), "-o", str(tmp_path / "none.onnx"), *data, "--recipe", str(only_q), "--objective", "size",
+                      "--metric", "cosine", "--max-drop", "0", "--trials", "2", "--sampler", "random"])
+    assert rc == 3 and not (tmp_path / "none.onnx").exists()
+    base = ["search", str(model), *data]
+    # bad input: labels without the accuracy metric, unknown storage scheme, missing study
+    rc, _ = _run_cli([*base, "-o", str(tmp_path / "x.onnx"), "--labels", str(tmp_path / "calib.npz"), "--metric", "top1"])
+    assert rc == 2
+    rc, _ = _run_cli(["worker", "--storage", f"sqlite:///{tmp_path / 'empty.db'}", "--study", "nope"])
+    assert rc == 2
+    rc, out = _run_cli(["search", str(model), "-o", str(tmp_path / "p.onnx"), "--print-recipe"])
+    assert rc == 0 and "passes:" in out
+
+
+def test_add_commands_contract():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true")
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--no-progress", action="store_true")
+    sub = p.add_subparsers(dest="command")
+    from onnxslim_compress.cli.search_commands import add_commands, cmd_search, cmd_worker
+
+    cmds = add_commands(sub, common)
+    assert cmds == {"search": cmd_search, "worker": cmd_worker}
+    ns = p.parse_args(["search", "m.onnx", "-o", "o.onnx", "--max-drop", "0.02", "--trials", "7", "--storage", "sqlite:///x.db", "--study", "s"])
+    assert (ns.max_drop, ns.trials, ns.storage, ns.study, ns.metric, ns.target) == (0.02, 7, "sqlite:///x.db", "s", None, "cpu")
+    ns = p.parse_args(["worker", "--storage", "sqlite:///x.db", "--study", "s", "--seed", "3"])
+    assert (ns.storage, ns.study, ns.seed) == ("sqlite:///x.db", "s", 3)
+
+
+def test_settings_roundtrip_and_redaction():
+    from onnxslim_compress.search.storage import StudySettings, _redact, default_storage_url
+
+    s = StudySettings(model="/m.onnx", recipe={"passes": ["simplify"]}, target={"kind": "cpu"}, max_drop=0.01, metric="top1")
+    assert StudySettings.from_dict(json.loads(json.dumps(s.as_dict()))) == s
+    assert s.default_study_name() == StudySettings.from_dict(s.as_dict()).default_study_name()
+    assert s.default_study_name() != dataclasses.replace(s, max_drop=0.02).default_study_name()
+    assert s.default_study_name() == dataclasses.replace(s, trials=99).default_study_name()  # the budget may change on resume
+    assert _redact("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
+    assert default_storage_url("/a/b/out.onnx") == f"sqlite:///{Path('/a/b/out.search.db').resolve()}"
+    assert math.isfinite(0.0)
+
+
+def test_pareto_plot_written_or_skipped(tmp_path, mm_model, mm_eval, monkeypatch):
+    from onnxslim_compress.search.report import TrialRecord, pareto_plot
+
+    recs = [TrialRecord(i, "COMPLETE", {"r": i}, objective=1.0 - 0.1 * i, drop=0.01 * i, metric=1 - 0.01 * i, feasible=i < 3)
+            for i in range(5)]
+    best = recs[2]
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "p.png"
+    assert pareto_plot(recs, path, objective="size", max_drop=0.025, best=best) is None
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # without matplotlib: a note, no file, no exception
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    note = pareto_plot(recs, tmp_path / "q.png", objective="size", max_drop=0.025, best=best)
+    assert note is not None and "matplotlib" in note and not (tmp_path / "q.png").exists()
+
+
+def test_fidelity_goal_enters_the_default_recipe():
+    from onnxslim_compress.passes import REGISTRY
+    from onnxslim_compress.search.job import fidelity_goal
+
+    assert fidelity_goal("cosine", 0.01) == "cosine=0.995"
+    assert fidelity_goal("accuracy", 0.02) == "top1=0.99"
+    assert fidelity_goal("custom", 0.01) is None
+    if "quantize" in REGISTRY:
+        space = SearchSpace.from_recipe(default_recipe("cpu", REGISTRY, "cosine=0.995"), REGISTRY)
+        dims = {d.name: d for d in space.dims}
+        assert dims["quantize.min_fidelity"].choices == (None, "cosine=0.995")
+
+
+def test_a_stubborn_sampler_still_explores(mm_model, mm_eval):
+    """A sampler that always proposes the same point: each repeat queues an unseen neighbour, so
+    the budget is spent on new candidates, not on copies."""
+    from onnxslim_compress.passes.context import Context
+    from onnxslim_compress.runtime.session import Target
+    from onnxslim_compress.search.objective import Evaluator
+    from onnxslim_compress.search.runner import LoopSettings, TrialLoop
+
+    class Stubborn(optuna.samplers.BaseSampler):
+        def infer_relative_search_space(self, study, trial):
+            return {}
+
+        def sample_relative(self, study, trial, search_space):
+            return {}
+
+        def sample_independent(self, study, trial, name, dist):
+            return dist.choices[0] if hasattr(dist, "choices") else dist.low
+
+    reg = make_registry()
+    space = SearchSpace.from_recipe({"passes": [{"fake_lowrank": {"rank": {"search": [1, N_OUT]}}},
+                                                {"fake_tag": {"tag": {"choices": ["a", "b"]}}}]}, reg)
+    ev = Evaluator(mm_model, target=Target(), eval_data=mm_eval, metric="cosine", max_drop=1.0, objective="size")
+    study = optuna.create_study(sampler=Stubborn())
+    loop = TrialLoop(study, space, TrialBuilder(mm_model, Context()), ev, LoopSettings(budget=5, max_drop=1.0))
+    loop.run()
+    built = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
+    assert len(built) == 5 and len({t.user_attrs["key"] for t in built}) == 5
+    assert len(study.trials) <= 10  # every repeat was followed by a new candidate
+    off = TrialLoop(optuna.create_study(sampler=Stubborn()), space, TrialBuilder(mm_model, Context()), ev,
+                    LoopSettings(budget=5, max_drop=1.0, explore_on_repeat=False))
+    off.run()
+    assert len(off.computed) == 1 and len(off.study.trials) == 15  # without it: one candidate, then the cap
