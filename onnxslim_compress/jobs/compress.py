@@ -29,31 +29,20 @@ from onnxslim_compress.graph.io import (
 from onnxslim_compress.graph.weights import Workspace
 from onnxslim_compress.passes.base import Pipeline, PipelineResult
 from onnxslim_compress.passes.context import Context
+from onnxslim_compress.passes.recipe import canonical_pipeline
 from onnxslim_compress.runtime.session import Target
 
 REPORT_KEY = "onnxslim_compress"
 
 
 def lossless_pipeline() -> Pipeline:
-    from onnxslim_compress.passes import EliminateDead, FoldBatchNorm, Simplify
-
-    return Pipeline([Simplify(), FoldBatchNorm(), EliminateDead()])
+    return canonical_pipeline({})
 
 
 def flags_pipeline(prune: dict | None = None, lowrank: dict | None = None, quantize: dict | None = None) -> Pipeline:
-    """The canonical order: simplify, prune (BN still there for bn_scale), fold BN, low rank, clean, QDQ last."""
-    from onnxslim_compress.passes.recipe import make_pass
-
-    steps = [make_pass("simplify")]
-    if prune is not None:
-        steps.append(make_pass("prune_channels", prune))
-    steps.append(make_pass("fold_batchnorm"))
-    if lowrank is not None:
-        steps.append(make_pass("low_rank", lowrank))
-    steps.append(make_pass("eliminate_dead"))
-    if quantize is not None:
-        steps.append(make_pass("quantize", quantize))
-    return Pipeline(steps)
+    """The canonical order (REGISTRY's): simplify, prune (BN still there for bn_scale), fold BN, low rank, clean, QDQ last."""
+    chosen = {"prune_channels": prune, "low_rank": lowrank, "quantize": quantize}
+    return canonical_pipeline({k: v for k, v in chosen.items() if v is not None})
 
 
 @dataclass

@@ -1,7 +1,12 @@
 """The passes, one per file. REGISTRY maps the recipe/CLI name to the class.
 
 The registry is an explicit table (not a decorator side effect), so what a recipe can name is visible
-in one place and import order cannot change it.
+in one place and import order cannot change it. Its order is the canonical pipeline order: the
+pipeline `compress` builds from flags and the default search recipe list passes in this order
+(simplify, prune before fold_batchnorm so bn_scale can read BN, low rank, clean up, QDQ last).
+
+fp16 is not a pass of its own: it is `quantize`'s `mode: fp16` (to_fp16.py holds the conversion),
+because on the CUDA EP fp16 is what "quantize" means and quantize already switches to it there.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ REGISTRY: dict[str, type[Pass]] = {
     cls.name: cls
     for cls in (
         Simplify,
+        PruneChannels,
         FoldBatchNorm,
+        LowRank,
         EliminateDead,
         Quantize,
-        LowRank,
-        PruneChannels,
     )
 }
 

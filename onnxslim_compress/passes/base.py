@@ -3,6 +3,12 @@
 A pass has typed parameters (a dataclass validated on construction, so a recipe typo fails before
 any work), a registry name, pre/post-conditions, and returns a PassResult instead of mutating its
 input. The Pipeline ORs `modified` and wraps failures with the pass name and what already ran.
+
+Each parameter is declared once, on its dataclass field, with `param()`: default, help text,
+choices, the `compress` flag that sets it (if any) and the range the default search explores (if
+any). The CLI flags and their --help (cli/groups.py PassArgs), recipe validation (build_params) and
+the default search space (search/space.py default_recipe) are derived from that declaration, so
+adding a parameter touches one file.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import time
 import types
 import typing
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -32,6 +39,150 @@ class PassResult:
 @dataclass
 class NoParams:
     """Parameters of a pass that takes none."""
+
+
+# ------------------------------------------------------------------------------------------------
+# parameter declarations
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a parameter is set on `compress`'s command line.
+
+    Several passes may declare the same spelling (`--exclude`, `--round-to`): the CLI then has one
+    flag that sets the parameter of every declaring pass that runs. `enables`: giving the flag adds
+    the pass to the pipeline built from flags (`--prune`, `--quantize`). `parse` turns one value
+    into several parameters (`--lowrank energy=0.9` sets mode and value); it raises BadInputError.
+    """
+
+    spelling: str
+    metavar: str | None = None
+    enables: bool = False
+    help: str | None = None
+    parse: Callable[[str], dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Range:
+    """Search a numeric range (`{search: [low, high]}`; ints stay ints, `step` snaps to a grid)."""
+
+    low: float | int
+    high: float | int
+    step: float | int | None = None
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choices:
+    """Search among these values (`{choices: [...]}`). FIDELITY_GOAL stands for the goal the search
+    derives from its constraint; without one, the parameter is left out of the space."""
+
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """Not searched: the default search recipe pins this value (written out, so the study records it)."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
+class PerTarget:
+    """A different search spec per target runtime kind ("cpu", "cuda", "tensorrt"), else `default`."""
+
+    specs: tuple[tuple[str, Any], ...]
+    default: Any = None
+
+
+@dataclass(frozen=True)
+class When:
+    """Use `then` only when the (pinned or default) value of sibling parameter `param` is in `values`."""
+
+    param: str
+    values: tuple[Any, ...]
+    then: Any
+
+
+class _FidelityGoal:
+    def __repr__(self) -> str:
+        return "FIDELITY_GOAL"
+
+
+#: placeholder in Choices for the fidelity goal of the running search (e.g. "cosine=0.995")
+FIDELITY_GOAL: Any = _FidelityGoal()
+
+#: what `param(search=...)` accepts
+SearchSpec = Range | Choices | Pinned | PerTarget | When
+
+_META_KEY = "onnxslim_compress"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """The declaration of one pass parameter, kept in the dataclass field's metadata."""
+
+    name: str
+    help: str
+    default: Any
+    #: the field's annotation (resolved), e.g. `float` or `list[str]`
+    type: Any = Any
+    choices: tuple[Any, ...] | None = None
+    flag: Flag | None = None
+    search: SearchSpec | None = None
+
+
+def param(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    choices: tuple[Any, ...] | list[Any] | None = None,
+    flag: str | Flag | None = None,
+    search: SearchSpec | None = None,
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+) -> Any:
+    """A params dataclass field that declares everything about the parameter in one place.
+
+    `choices` restricts the values beyond the type (a Literal annotation gives its choices
+    already); `flag` exposes it on `compress` ("--round-to" or a Flag); `search` is the range the
+    default search explores (Range, Choices, Pinned, PerTarget, When).
+    """
+    if isinstance(flag, str):
+        flag = Flag(flag)
+    meta = {_META_KEY: {"help": help, "choices": tuple(choices) if choices is not None else None,
+                        "flag": flag, "search": search}}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _literal_choices(hint: Any) -> tuple[Any, ...] | None:
+    """The values of a Literal annotation (also inside `Literal[...] | None`), else None."""
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        for a in typing.get_args(hint):
+            found = _literal_choices(a)
+            if found is not None:
+                return found
+    return None
+
+
+def param_specs(params_cls: type) -> list[ParamSpec]:
+    """The declarations of a params dataclass, in field order (plain fields get an empty help)."""
+    hints = typing.get_type_hints(params_cls)
+    out = []
+    for f in dataclasses.fields(params_cls):
+        meta = f.metadata.get(_META_KEY, {})
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        choices = meta.get("choices") or _literal_choices(hints[f.name])
+        out.append(ParamSpec(f.name, meta.get("help", ""), default, hints[f.name], choices, meta.get("flag"), meta.get("search")))
+    return out
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
@@ -91,10 +242,14 @@ def build_params(cls: type, values: dict[str, Any] | None, where: str) -> Any:
     for k in values:
         if k not in names:
             raise RecipeError(f"{where}: unknown parameter '{k}' (known: {', '.join(names) or 'none'})")
+    declared = {f.name: f.metadata.get(_META_KEY, {}).get("choices") for f in dataclasses.fields(cls)}
     checked = {}
     for k, v in values.items():
         try:
             checked[k] = _check_type(k, v, hints[k])
+            allowed = declared[k]
+            if allowed is not None and checked[k] is not None and checked[k] not in allowed:
+                raise RecipeError(f"parameter '{k}': {v!r} is not one of {list(allowed)}")
         except RecipeError as e:
             raise RecipeError(f"{where}: {e}") from None
     try:

@@ -7,6 +7,7 @@ named instead of after an hour of calibration.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,26 @@ def recipe_entries(data: Any, registry: dict[str, type[Pass]], where: str = "rec
     return out
 
 
-def pipeline_from_dict(data: Any, where: str = "recipe") -> Pipeline:
-    return Pipeline([make_pass(name, params) for _, name, params in recipe_entries(data, pass_registry(), where)])
+def pipeline_from_dict(data: Any, where: str = "recipe", registry: Mapping[str, type[Pass]] | None = None) -> Pipeline:
+    """Validate a recipe mapping and build its passes; each pass checks its params against their
+    declarations (types, Literal/declared choices, the dataclass's own checks) on construction."""
+    reg = dict(registry) if registry is not None else pass_registry()
+    entries = recipe_entries(data, reg, where)
+    return Pipeline([reg[name](**(params or {})) for _, name, params in entries])
+
+
+def canonical_pipeline(chosen: Mapping[str, dict[str, Any]], registry: Mapping[str, type[Pass]] | None = None) -> Pipeline:
+    """Every lossless pass plus the `chosen` ones ({name: params}), in the registry's order.
+
+    The registry is listed in pipeline order (passes/__init__.py), so this is the one place the
+    order of a pipeline built from CLI flags comes from: with nothing chosen it is the lossless
+    pipeline (simplify, fold_batchnorm, eliminate_dead).
+    """
+    reg = dict(registry) if registry is not None else pass_registry()
+    unknown = sorted(set(chosen) - set(reg))
+    if unknown:
+        raise RecipeError(f"unknown pass '{unknown[0]}' (known: {', '.join(sorted(reg))})")
+    return Pipeline([cls(**dict(chosen.get(name) or {})) for name, cls in reg.items() if cls.lossless or name in chosen])
 
 
 def load_recipe(path: str | os.PathLike) -> Pipeline:

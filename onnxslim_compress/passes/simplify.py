@@ -23,15 +23,15 @@ from onnx import ModelProto
 from onnxslim_compress.graph import weights
 from onnxslim_compress.graph.index import op_counts
 from onnxslim_compress.graph.io import clamp_ir_version
-from onnxslim_compress.passes.base import Pass, PassResult
+from onnxslim_compress.passes.base import Pass, PassResult, param
 
 BN_FUSIONS = ["FusionConvBN", "FusionConvTransposeBN"]
 
 
 @dataclass
 class SimplifyParams:
-    keep_batchnorm: bool = True
-    constant_folding: bool = True
+    keep_batchnorm: bool = param(True, help="skip onnxslim's Conv+BN fusion (fold_batchnorm reports it; pruning reads BN scales)")
+    constant_folding: bool = param(True, help="let onnxslim fold constant subgraphs")
 
 
 class Simplify(Pass):

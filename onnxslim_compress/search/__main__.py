@@ -1,45 +1,17 @@
-"""`python -m onnxslim_compress.search search|worker ...`: the two subcommands on their own.
+"""`python -m onnxslim_compress.search search|worker ...`: the main CLI under the search package's name.
 
-The same commands as `onnxslim-compress search|worker`; this entry point lets tests and fleet
-scripts start workers without depending on how the main CLI is assembled.
+Tests and fleet scripts start workers this way. It is the same `main()` (one parser, one error
+handler) as `onnxslim-compress`; this entry point is a launcher, not a library module, so importing
+the CLI from here is not an upward import of the search package.
 """
 
 from __future__ import annotations
 
 import sys
 
-from onnxslim_compress.cli.main import _Parser
-from onnxslim_compress.cli.search_commands import add_commands
-from onnxslim_compress.errors import CompressError
+from onnxslim_compress.cli.main import main
 
-
-def main(argv: list[str] | None = None) -> int:
-    import traceback
-
-    args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
-    try:
-        p = _Parser(prog="python -m onnxslim_compress.search")
-        common = _Parser(add_help=False)
-        common.add_argument("--debug", action="store_true", help="show tracebacks")
-        common.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-        common.add_argument("--no-progress", action="store_true", help="no progress bars")
-        sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-        commands = add_commands(sub, common)
-        ns = p.parse_args(args)
-        if not ns.command:
-            p.print_help()
-            return 2
-        return commands[ns.command](ns)
-    except CompressError as e:
-        if debug:
-            traceback.print_exc()
-        print(f"onnxslim-compress: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("onnxslim-compress: interrupted", file=sys.stderr)
-        return 130
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m onnxslim_compress.search"))

@@ -23,7 +23,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from onnxslim_compress.errors import RecipeError
-from onnxslim_compress.passes.base import Pass, Pipeline
+from onnxslim_compress.passes.base import (
+    FIDELITY_GOAL,
+    Choices,
+    Pass,
+    PerTarget,
+    Pinned,
+    Pipeline,
+    Range,
+    When,
+    param_specs,
+)
 from onnxslim_compress.passes.recipe import recipe_entries
 
 Registry = Mapping[str, type[Pass]]
@@ -377,50 +387,72 @@ def _default_registry() -> Registry:
     return pass_registry()
 
 
-#: quantization format per target for the default recipe: ORT's CPU EP runs U8S8 QDQ as integer
-#: kernels, the CUDA EP has no int8 QDQ kernels (fp16 is what speeds it up), TensorRT runs int8 QDQ.
-_QUANT_MODE = {"cpu": "int8", "cuda": "fp16", "tensorrt": "int8"}
+#: what default_recipe leaves out of a pass's entry
+_OMIT = object()
+
+
+def _resolve(spec: Any, target_kind: str, goal: str | None, siblings: Mapping[str, Any]) -> Any:
+    """A declared search spec (passes.base: Range, Choices, Pinned, PerTarget, When) as the value a
+    search recipe holds for it, or _OMIT."""
+    if isinstance(spec, PerTarget):
+        return _resolve(dict(spec.specs).get(target_kind, spec.default), target_kind, goal, siblings)
+    if isinstance(spec, When):
+        if siblings.get(spec.param) in spec.values:
+            return _resolve(spec.then, target_kind, goal, siblings)
+        return _OMIT
+    if isinstance(spec, Pinned):
+        return spec.value
+    if isinstance(spec, Range):
+        d: dict[str, Any] = {"search": [spec.low, spec.high]}
+        if spec.step is not None:
+            d["step"] = spec.step
+        if spec.log:
+            d["log"] = True
+        return d
+    if isinstance(spec, Choices):
+        if any(v is FIDELITY_GOAL for v in spec.values):
+            if goal is None:
+                return _OMIT
+            return {"choices": [goal if v is FIDELITY_GOAL else v for v in spec.values]}
+        return {"choices": list(spec.values)}
+    return _OMIT
+
+
+def pass_search_entry(cls: type[Pass], target_kind: str, goal: str | None = None) -> dict[str, Any] | None:
+    """The default search recipe entry of one pass, from its parameters' `search` declarations:
+    switchable (`enabled: {choices: [true, false]}`) with each declared knob, or None when the
+    pass declares no search (it then runs as is)."""
+    specs = [sp for sp in param_specs(cls.Params) if sp.search is not None]
+    if not specs:
+        return None
+    values: dict[str, Any] = {sp.name: sp.default for sp in param_specs(cls.Params)}
+    entry: dict[str, Any] = {"enabled": {"choices": [True, False]}}
+    for sp in specs:
+        v = _resolve(sp.search, target_kind, goal, values)
+        if v is _OMIT:
+            continue
+        entry[sp.name] = v
+        if not _is_spec(v):
+            values[sp.name] = v  # a pinned value is what later `When`s of this pass see
+    return entry
 
 
 def default_recipe(target_kind: str = "cpu", registry: Registry | None = None, fidelity_goal: str | None = None) -> dict[str, Any]:
-    """The CLI's default search: every compression pass that has landed, each switchable.
+    """The CLI's default search: every registered pass in registry (pipeline) order; a pass whose
+    parameters declare a search range (`param(search=...)`) is switchable with those knobs.
 
-    Ranges are the ones worth exploring on real CNNs: pruning past ~60 % of MACs or keeping less than
-    80 % of the spectral energy rarely survives a 1 % budget without retraining. Round-to choices
-    are channel alignments the runtimes like (8/16 for tensor cores). Continuous knobs are on a grid
-    finer than any measurable difference, so a sampler's near-repeat (0.8975 vs 0.89746) becomes an
-    exact repeat, which costs nothing, or shares a cached prefix with an earlier trial. With `fidelity_goal` (e.g.
-    "cosine=0.995", derived from the constraint by the search), quantization may keep its most
-    sensitive layers in float until that goal holds: how many is then decided per candidate.
+    The ranges sit on the parameters (passes/*): the ones worth exploring on real CNNs, with
+    continuous knobs on a grid finer than any measurable difference, so a sampler's near-repeat
+    (0.8975 vs 0.89746) becomes an exact repeat, which costs nothing, or shares a cached prefix with
+    an earlier trial. With `fidelity_goal` (e.g. "cosine=0.995", derived from the constraint by the
+    search), quantization may keep its most sensitive layers in float until that goal holds: how
+    many is then decided per candidate.
     """
     reg = registry if registry is not None else _default_registry()
-    align = [1, 8] if target_kind == "cpu" else [8, 16]
     entries: list[Any] = []
-    if "simplify" in reg:
-        entries.append("simplify")
-    if "prune_channels" in reg:
-        entries.append({"prune_channels": {
-            "enabled": {"choices": [True, False]},
-            "ratio": {"search": [0.05, 0.6], "step": 0.025},
-            "round_to": {"choices": align},
-        }})
-    if "fold_batchnorm" in reg:
-        entries.append("fold_batchnorm")
-    if "low_rank" in reg:
-        entries.append({"low_rank": {
-            "enabled": {"choices": [True, False]},
-            "mode": "energy",
-            "value": {"search": [0.8, 0.995], "step": 0.005},
-        }})
-    if "eliminate_dead" in reg:
-        entries.append("eliminate_dead")
-    if "quantize" in reg:
-        q: dict[str, Any] = {"enabled": {"choices": [True, False]}, "mode": _QUANT_MODE.get(target_kind, "int8")}
-        if q["mode"] == "int8":
-            q["calibration"] = {"choices": ["percentile", "minmax", "entropy"]}
-            if fidelity_goal is not None:
-                q["min_fidelity"] = {"choices": [None, fidelity_goal]}
-        entries.append({"quantize": q})
+    for name, cls in reg.items():
+        entry = pass_search_entry(cls, target_kind, fidelity_goal)
+        entries.append(name if entry is None else {name: entry})
     if not any(isinstance(e, dict) for e in entries):
         raise RecipeError("no compression pass (prune_channels, low_rank, quantize) is installed: nothing to search")
     return {"passes": entries}

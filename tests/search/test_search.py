@@ -471,23 +471,19 @@ def test_cli_search_latency_json_and_exit_codes(tmp_path, conv_model):
     assert rc == 0 and "passes:" in out
 
 
-def test_add_commands_contract():
-    import argparse
+def test_search_and_worker_parse_through_the_one_parser():
+    """search/worker are Commands of the main parser (cli/groups.py), not a second copy of its flags."""
+    from onnxslim_compress.cli.main import build_parser
+    from onnxslim_compress.cli.search_commands import SearchCommand, WorkerCommand
 
-    p = argparse.ArgumentParser()
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true")
-    common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--no-progress", action="store_true")
-    sub = p.add_subparsers(dest="command")
-    from onnxslim_compress.cli.search_commands import add_commands, cmd_search, cmd_worker
-
-    cmds = add_commands(sub, common)
-    assert cmds == {"search": cmd_search, "worker": cmd_worker}
+    p = build_parser()
     ns = p.parse_args(["search", "m.onnx", "-o", "o.onnx", "--max-drop", "0.02", "--trials", "7", "--storage", "sqlite:///x.db", "--study", "s"])
+    assert isinstance(ns._command, SearchCommand)
     assert (ns.max_drop, ns.trials, ns.storage, ns.study, ns.metric, ns.target) == (0.02, 7, "sqlite:///x.db", "s", None, "cpu")
+    assert (ns.runs, ns.warmup, ns.seed, ns.debug) == (50, 10, 0, False)
     ns = p.parse_args(["worker", "--storage", "sqlite:///x.db", "--study", "s", "--seed", "3"])
-    assert (ns.storage, ns.study, ns.seed) == ("sqlite:///x.db", "s", 3)
+    assert isinstance(ns._command, WorkerCommand)
+    assert (ns.storage, ns.study, ns.seed, ns.wait) == ("sqlite:///x.db", "s", 3, 0.0)
 
 
 def test_settings_roundtrip_and_redaction():

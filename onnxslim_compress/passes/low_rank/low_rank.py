@@ -11,7 +11,7 @@ of the output energy rather than of the weight energy. Formulas: decompose.py.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -21,7 +21,7 @@ from onnxslim_compress.errors import BadInputError
 from onnxslim_compress.graph import weights
 from onnxslim_compress.graph.io import main_opset
 from onnxslim_compress.graph.shapes import infer_shapes
-from onnxslim_compress.passes.base import Pass, PassResult
+from onnxslim_compress.passes.base import Flag, Pass, PassResult, Pinned, Range, param
 from onnxslim_compress.passes.context import fingerprint
 from onnxslim_compress.passes.low_rank import decompose as lm
 from onnxslim_compress.runtime.activations import Moments, accumulate
@@ -36,24 +36,43 @@ _MAX_ROWS = 8192
 MAX_GRAM_FEATURES = 8192
 
 
+def _mode_value(text: str) -> dict[str, Any]:
+    """`--lowrank energy=0.9` -> {mode: energy, value: 0.9} (the mode itself is checked by the params)."""
+    mode, sep, value = text.partition("=")
+    try:
+        v = float(value) if sep else None
+    except ValueError:
+        v = None
+    if v is None:
+        raise BadInputError(f"--lowrank {text!r}: expected energy=0.9, ratio=0.5 or alds=0.7")
+    return {"mode": mode, "value": v}
+
+
 @dataclass
 class LowRankParams:
-    """mode/value: ratio = rank fraction, energy = share of sigma^2 kept (TRP), alds = share of the
-    factorizable params (or MACs, alds_measure) kept. data_aware None = on when calibration data is
-    given; ridge is relative to mean(diag C); layers under min_params weights or whose node name
-    matches an `exclude` regex are skipped, with the reason in stats."""
+    """Layers under min_params weights or whose node name matches an `exclude` regex are skipped,
+    with the reason in stats."""
 
-    mode: Literal["ratio", "energy", "alds"] = "energy"
-    value: float = 0.9
-    alds_measure: Literal["params", "macs"] = "params"
-    conv_form: Literal["channel", "spatial", "auto"] = "channel"
-    round_to: int = 1
-    data_aware: bool | None = None
-    calib_samples: int = 64
-    ridge: float = 1e-6
-    alds_seeds: int = 3
-    min_params: int = 4096
-    exclude: list[str] = field(default_factory=list)
+    mode: Literal["ratio", "energy", "alds"] = param(
+        "energy", help="how `value` picks ranks: ratio = rank fraction, energy = share of sigma^2 kept (TRP), "
+        "alds = share of the factorizable params (or MACs, alds_measure) kept",
+        flag=Flag("--lowrank", metavar="MODE=V", enables=True, help="energy=0.9 | ratio=0.5 | alds=0.7 (sets mode and value)",
+                  parse=_mode_value),
+        search=Pinned("energy"),
+    )
+    #: keeping less than 80 % of the spectral energy rarely survives a 1 % budget without retraining
+    value: float = param(0.9, help="the rank fraction / energy share / ALDS budget, in (0, 1]",
+                         search=Range(0.8, 0.995, step=0.005))
+    alds_measure: Literal["params", "macs"] = param("params", help="what the ALDS budget counts")
+    conv_form: Literal["channel", "spatial", "auto"] = param("channel", help="how a Conv weight is flattened for the SVD")
+    round_to: int = param(1, help="keep ranks a multiple of N", flag="--round-to")
+    data_aware: bool | None = param(None, help="whiten the SVD by the input Gram matrix; None = on when calibration data is given")
+    calib_samples: int = param(64, help="calibration samples for the input Gram matrices")
+    ridge: float = param(1e-6, help="ridge of the whitening, relative to mean(diag C)")
+    alds_seeds: int = param(3, help="random restarts of the ALDS allocation")
+    min_params: int = param(4096, help="layers with fewer weights are skipped")
+    exclude: list[str] = param(default_factory=list, help="regexes on node names: matching layers are skipped",
+                               flag="--exclude")
 
     def __post_init__(self):
         if not 0.0 < self.value <= 1.0:

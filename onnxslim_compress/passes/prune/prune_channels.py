@@ -9,7 +9,7 @@ pruned model tracks the original without any training.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -17,7 +17,7 @@ import onnx
 
 from onnxslim_compress.errors import BadInputError
 from onnxslim_compress.graph.io import clamp_ir_version
-from onnxslim_compress.passes.base import Pass, PassResult
+from onnxslim_compress.passes.base import Choices, Flag, Pass, PassResult, PerTarget, Range, param
 from onnxslim_compress.passes.prune.apply import apply_pruning, new_dim
 from onnxslim_compress.passes.prune.groups import ChannelAnalysis, analyze
 from onnxslim_compress.passes.prune.recovery import recover_model
@@ -28,27 +28,39 @@ _OVERRIDE_KEYS = {"ratio": float, "round_to": int, "min_channels": int, "max_rat
 
 @dataclass
 class PruneChannelsParams:
-    #: fraction of prunable MACs to remove (hit within +-2 %; the achieved value is reported)
-    ratio: float = 0.3
-    criterion: Literal["l1", "l2", "bn_scale", "activation"] = "l1"
-    scope: Literal["global", "uniform"] = "global"
-    #: kept channel counts are rounded to a multiple of this: unaligned counts lose the speedup on
-    #: ORT's CPU kernels (PP-OCRv4 det at 0.3: latency ratio 0.99 with 1, 0.76 with 8; BENCHMARKS.md)
-    round_to: int = 8
-    min_channels: int = 1
-    #: at most this fraction of one group's channels is removed
-    max_ratio: float = 0.8
-    #: regexes on node names: groups with a matching member are not pruned
-    exclude: list[str] = field(default_factory=list)
-    #: regex on node names -> {ratio, round_to, min_channels, max_ratio} for the matching groups
-    overrides: dict[str, dict] = field(default_factory=dict)
-    #: least-squares refit on calibration data; None = on when calibration data is given
-    recover: bool | None = None
-    ridge: float = 1e-3
-    calib_samples: int = 64
-    #: recovery refits the layers in this many runs, each on the inputs the partly recovered model
-    #: produces (1 = all at once on the original's inputs: fastest, least accurate)
-    recover_stages: int = 8
+    ratio: float = param(
+        0.3, help="remove this fraction of prunable MACs (hit within +-2 %; the achieved value is reported)",
+        flag=Flag("--prune", metavar="RATIO", enables=True, help="remove this fraction of prunable MACs"),
+        search=Range(0.05, 0.6, step=0.025),
+    )
+    criterion: Literal["l1", "l2", "bn_scale", "activation"] = param(
+        "l1", help="channel importance: weight norm, BN scale, or activation magnitude on --calib data",
+        flag="--prune-criterion",
+    )
+    scope: Literal["global", "uniform"] = param("global", help="rank channels across all groups, or prune each group by the ratio")
+    #: unaligned counts lose the speedup on ORT's CPU kernels (PP-OCRv4 det at 0.3: latency ratio
+    #: 0.99 with 1, 0.76 with 8; BENCHMARKS.md); the search tries the alignments the target likes
+    round_to: int = param(
+        8, help="keep channel counts a multiple of N",
+        flag=Flag("--round-to", metavar="N", help="keep channel counts (and ranks) a multiple of N"),
+        search=PerTarget((("cpu", Choices((1, 8))),), default=Choices((8, 16))),
+    )
+    min_channels: int = param(1, help="never keep fewer channels than this in a group")
+    max_ratio: float = param(0.8, help="at most this fraction of one group's channels is removed")
+    exclude: list[str] = param(
+        default_factory=list, help="regexes on node names: groups with a matching member are not pruned",
+        flag=Flag("--exclude", metavar="REGEX", help="node names to leave untouched (repeatable)"),
+    )
+    overrides: dict[str, dict] = param(
+        default_factory=dict, help="regex on node names -> {ratio, round_to, min_channels, max_ratio} for the matching groups",
+    )
+    recover: bool | None = param(None, help="least-squares refit on calibration data; None = on when calibration data is given")
+    ridge: float = param(1e-3, help="ridge of the recovery refit")
+    calib_samples: int = param(64, help="calibration samples used for activation statistics and recovery")
+    recover_stages: int = param(
+        8, help="recovery refits the layers in this many runs, each on the inputs the partly recovered model "
+        "produces (1 = all at once on the original's inputs: fastest, least accurate)",
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:

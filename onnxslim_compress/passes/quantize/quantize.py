@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +23,17 @@ from onnxslim_compress.errors import AccuracyGateError, BadInputError
 from onnxslim_compress.graph import weights
 from onnxslim_compress.graph.io import main_opset, upgrade_opset
 from onnxslim_compress.graph.shapes import bind_input_shapes
-from onnxslim_compress.passes.base import Pass, PassResult
+from onnxslim_compress.passes.base import (
+    FIDELITY_GOAL,
+    Choices,
+    Flag,
+    Pass,
+    PassResult,
+    PerTarget,
+    Pinned,
+    When,
+    param,
+)
 from onnxslim_compress.passes.fold_batchnorm import FoldBatchNorm
 from onnxslim_compress.passes.quantize import calibration as cal
 from onnxslim_compress.passes.quantize import placement as qp
@@ -46,24 +56,43 @@ _PROBE = qp.WEIGHTED | qp.CPU_QLINEAR_OUT | qp.SHARED_SCALE | qp.FOLDABLE_RELU |
 
 @dataclass
 class QuantizeParams:
-    mode: Literal["int8", "fp8", "int4-weight", "fp16"] = "int8"
-    target: Literal["cpu", "cuda", "tensorrt"] | None = None
+    #: the default search pins the format per target: ORT's CPU EP runs U8S8 QDQ as integer kernels,
+    #: the CUDA EP has no int8 QDQ kernels (fp16 is what speeds it up), TensorRT runs int8 QDQ
+    mode: Literal["int8", "fp8", "int4-weight", "fp16"] = param(
+        "int8", help="int8/fp8: calibrated QDQ; int4-weight: weight-only MatMulNBits; fp16: half precision "
+        "(graph edges stay fp32)",
+        flag=Flag("--quantize", enables=True, help="quantization format"),
+        search=PerTarget((("cpu", Pinned("int8")), ("cuda", Pinned("fp16")), ("tensorrt", Pinned("int8"))),
+                         default=Pinned("int8")),
+    )
+    target: Literal["cpu", "cuda", "tensorrt"] | None = param(None, help="placement rules of this runtime; None = the run's --target")
     #: percentile measured best on the benchmark models (BENCHMARKS.md "Quantization"): minmax lets one
     #: outlier sample stretch every scale, entropy/mse cost more time for no better fidelity there
-    calibration: Literal["minmax", "percentile", "entropy", "mse"] = "percentile"
-    percentile: float = 99.99
-    exclude: list[str] = field(default_factory=list)
-    min_fidelity: str | None = None
-    bias_correction: bool = True
-    smoothquant: float | None = None
-    block_size: int = 32
-    calib_samples: int = 128
-    per_channel: bool = True
-    #: 7-bit weights for the CPU EP; None = auto: on when the CPU lacks VNNI, where ORT's U8S8 kernels
-    #: (vpmaddubsw) saturate int16 pair sums and give wrong results (measured: QGemm cosine 0.96 -> 0.9999)
-    reduce_range: bool | None = None
-    #: CPU int8: store large embedding tables (Gather) as uint8; ORT runs a uint8 Gather (MiniLM: 53 -> 17.5 MB)
-    quantize_embeddings: bool = True
+    calibration: Literal["minmax", "percentile", "entropy", "mse"] = param(
+        "percentile", help="how activation ranges are calibrated", flag="--calibration",
+        search=When("mode", ("int8",), Choices(("percentile", "minmax", "entropy"))),
+    )
+    percentile: float = param(99.99, help="the percentile of the percentile calibration, in (50, 100]")
+    exclude: list[str] = param(default_factory=list, help="regexes on node names: matching nodes stay float", flag="--exclude")
+    #: with the search's fidelity goal, the search decides per candidate whether to keep layers float
+    min_fidelity: str | None = param(
+        None, help="e.g. cosine=0.995 or top1=0.99: keep the most sensitive layers float until this holds",
+        flag=Flag("--min-fidelity", metavar="M=V", help="e.g. cosine=0.995 or top1=0.99: keep sensitive layers float"),
+        search=When("mode", ("int8",), Choices((None, FIDELITY_GOAL))),
+    )
+    bias_correction: bool = param(True, help="correct the bias for the mean error the weight quantization adds")
+    smoothquant: float | None = param(None, help="SmoothQuant alpha in [0, 1] (None = off)")
+    block_size: int = param(32, help="int4-weight block size (a power of two >= 16)")
+    calib_samples: int = param(128, help="calibration samples")
+    per_channel: bool = param(True, help="per-channel weight scales")
+    #: measured: QGemm cosine 0.96 -> 0.9999 on a CPU without VNNI
+    reduce_range: bool | None = param(
+        None, help="7-bit weights for the CPU EP; None = auto: on when the CPU lacks VNNI, where ORT's U8S8 "
+        "kernels (vpmaddubsw) saturate int16 pair sums and give wrong results",
+    )
+    quantize_embeddings: bool = param(
+        True, help="CPU int8: store large embedding tables (Gather) as uint8; ORT runs a uint8 Gather (MiniLM: 53 -> 17.5 MB)",
+    )
 
     def __post_init__(self):
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
