@@ -414,9 +414,13 @@ class Command:
         p.set_defaults(_command=self)
         return p
 
-    def __call__(self, ns: argparse.Namespace) -> int:
+    def parse(self, ns: argparse.Namespace) -> None:
+        """Every group turns its flags into objects, once, before any work."""
         for g in [self.common, *self.groups()]:
             g.parse(ns)
+
+    def __call__(self, ns: argparse.Namespace) -> int:
+        self.parse(ns)
         return self.run(ns)
 
     def run(self, ns: argparse.Namespace) -> int:
