@@ -6,7 +6,8 @@ of measured latency (or MACs/size) under a metric-drop constraint, on Optuna's s
                  labels="labels.npy", max_drop=0.01, trials=20)
 
 Modules: space (recipe -> knobs), objective (what a trial measures), strategy (bisection / GP / TPE),
-build (prefix reuse), runner (the trial loop), storage (RDB studies), report, job (API), cli.
+build (prefix reuse), runner (the trial loop), storage (RDB studies), report, job (API). The
+`search`/`worker` commands live with the other commands in cli/search_commands.py.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ replay with `compress --recipe`. Every range end and every choice is validated b
 up front, so a typo fails before any calibration starts.
 
 The registry the passes come from is a parameter (default: onnxslim_compress.passes.REGISTRY), so
-tests and users can search over their own passes without touching the global table.
+tests and users can search over their own passes without touching the global table. The default
+search recipe is not written here: each pass parameter declares the range worth exploring
+(`param(search=...)`, passes/base.py) and `default_recipe` collects them.
 """
 
 from __future__ import annotations
