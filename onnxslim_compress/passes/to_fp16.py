@@ -1,5 +1,8 @@
 """fp16 conversion for the CUDA EP, which does not run QDQ as int8 (runtime.md).
 
+Not a pass of its own: this is `quantize`'s `mode: fp16` (`--quantize fp16`), and what quantize
+switches to for int8/fp8 on the CUDA EP; REGISTRY therefore has no `to_fp16`.
+
 Graph inputs and outputs stay fp32 (Casts at the edges) so callers keep their feeds. Numerically
 sensitive ops (reductions, normalizations, exp/log/pow, softmax) stay fp32, and so does any node
 with a constant that fp16 cannot hold (an epsilon of 1e-12 would become 0). Ops in neither table
