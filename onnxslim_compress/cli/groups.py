@@ -56,6 +56,9 @@ def dedent(text: str) -> str:
 class ArgGroup:
     """Adds flags to a subcommand's parser; `parse` turns the parsed namespace into ready objects."""
 
+    #: listed before the command's own flags in --help (what the command reads and writes)
+    leading: ClassVar[bool] = False
+
     def add(self, p: argparse.ArgumentParser) -> None:
         raise NotImplementedError
 
@@ -89,6 +92,8 @@ class CommonArgs(ArgGroup):
 
 class ModelArgs(ArgGroup):
     """The model path(s) and --input-shape, which binds dynamic dims (repeatable)."""
+
+    leading = True
 
     path: str = ""
     path_b: str | None = None
@@ -215,6 +220,8 @@ class OutputArgs(ArgGroup):
 class OutputModelArgs(ArgGroup):
     """-o/--output: the model file a command writes."""
 
+    leading = True
+
     path: str = ""
 
     def add(self, p: argparse.ArgumentParser) -> None:
@@ -226,6 +233,8 @@ class OutputModelArgs(ArgGroup):
 
 class RecipeArgs(ArgGroup):
     """--recipe R.yaml and --print-recipe."""
+
+    leading = True
 
     path: str | None = None
     print_only: bool = False
@@ -388,7 +397,8 @@ class PassArgs(ArgGroup):
 
 
 class Command:
-    """A subcommand: common flags, its own flags, then its groups'; each group parses once before `run`."""
+    """A subcommand: common flags, the leading groups', its own, then the other groups'; each group
+    parses once before `run`."""
 
     name: ClassVar[str]
     summary: ClassVar[str]
@@ -408,9 +418,13 @@ class Command:
         p = sub.add_parser(self.name, help=self.summary, description=self.summary, epilog=dedent(self.epilog),
                            formatter_class=HelpFormatter)
         self.common.add(p)
+        for g in self.groups():
+            if g.leading:
+                g.add(p)
         self.add_arguments(p)
         for g in self.groups():
-            g.add(p)
+            if not g.leading:
+                g.add(p)
         p.set_defaults(_command=self)
         return p
 
