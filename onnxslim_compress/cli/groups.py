@@ -340,6 +340,10 @@ class PassArgs(ArgGroup):
             for spec in param_specs(cls.Params):
                 if spec.flag is not None:
                     pf = self.flags.setdefault(spec.flag.spelling, _PassFlag(spec.flag))
+                    if pf.decls and (pf.decls[0][1].type, pf.decls[0][1].choices) != (spec.type, spec.choices):
+                        other = f"{pf.decls[0][0]}.{pf.decls[0][1].name}"
+                        raise TypeError(f"{spec.flag.spelling}: {name}.{spec.name} and {other} share the flag "
+                                        "but differ in type or choices")
                     pf.decls.append((name, spec))
         self.values: dict[str, Any] = {}
 

@@ -173,3 +173,16 @@ def test_bool_and_numeric_flags_get_their_types(capsys):
     assert _action(parser, "compress", "--prune").type is float and _action(parser, "compress", "--round-to").type is int
     help_text = _action(parser, "compress", "--round-to").help
     assert "prune_channels.round_to, default 8" in help_text and "low_rank.round_to, default 1" in help_text
+
+
+def test_a_shared_flag_must_mean_the_same_type_everywhere():
+    @dataclass
+    class OddParams:
+        round_to: float = param(2.5, help="a float where others have an int", flag="--round-to")
+
+    class Odd(Blur):
+        name = "odd"
+        Params = OddParams
+
+    with pytest.raises(TypeError, match="--round-to: odd.round_to and prune_channels.round_to share the flag"):
+        build_parser({**REGISTRY, "odd": Odd})
