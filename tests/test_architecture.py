@@ -1,0 +1,185 @@
+"""The package's import structure: no cycles, no upward imports, no private names across modules,
+no imports inside functions except of optional heavy dependencies.
+
+Why a test: these rules keep the layers readable (docs/ARCHITECTURE.md) and are easy to break by
+accident, most often with an import hidden inside a function to dodge a cycle. Every module of the
+package is parsed with `ast` (nothing is imported), so the check sees function-level imports too.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+PACKAGE = "onnxslim_compress"
+ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+
+#: layer ranks, low to high: a module may import its own layer and the ones below it
+LAYERS = {"errors": 0, "graph": 1, "data": 2, "runtime": 3, "passes": 4, "jobs": 5, "search": 6, "cli": 7}
+#: entry points and the public facade sit above every layer
+EXEMPT_FROM_LAYERS = {PACKAGE, f"{PACKAGE}.__main__", f"{PACKAGE}.search.__main__"}
+#: optional or slow-to-import third-party packages that may be imported lazily inside a function
+#: (onnxruntime: only graph/io.py's IR-version probe, so loading a model does not start the runtime)
+LAZY_OK = {"optuna", "matplotlib", "torch", "scipy", "sqlalchemy", "PIL", "onnxslim", "tqdm", "onnxruntime"}
+
+
+@dataclass(frozen=True)
+class Import:
+    importer: str  # dotted module name
+    target: str  # dotted module name imported (for `from pkg import mod`, the submodule when it is one)
+    names: tuple[str, ...]  # names taken with `from x import a, b` (empty for `import x`)
+    line: int
+    in_function: bool
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
+
+
+def _resolve(importer: str, is_pkg: bool, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = importer.split(".") if is_pkg else importer.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports(modules: dict[str, Path]) -> list[Import]:
+    found: list[Import] = []
+    for mod, path in modules.items():
+        tree = ast.parse(path.read_text(), str(path))
+        is_pkg = path.name == "__init__.py"
+
+        def visit(node: ast.AST, in_fn: bool, mod: str = mod, is_pkg: bool = is_pkg) -> None:
+            for child in ast.iter_child_nodes(node):
+                fn = in_fn or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+                if isinstance(child, ast.Import):
+                    for a in child.names:
+                        found.append(Import(mod, a.name, (), child.lineno, in_fn))
+                elif isinstance(child, ast.ImportFrom):
+                    target = _resolve(mod, is_pkg, child)
+                    plain = [a.name for a in child.names if f"{target}.{a.name}" not in modules]
+                    for a in child.names:  # `from pkg import submodule` imports the submodule
+                        if f"{target}.{a.name}" in modules:
+                            found.append(Import(mod, f"{target}.{a.name}", (), child.lineno, in_fn))
+                    if plain or not child.names:
+                        found.append(Import(mod, target, tuple(plain), child.lineno, in_fn))
+                visit(child, fn)
+
+        visit(tree, False)
+    return found
+
+
+def _internal(imp: Import) -> bool:
+    return imp.target == PACKAGE or imp.target.startswith(PACKAGE + ".")
+
+
+def _layer(mod: str) -> str:
+    parts = mod.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _graph(modules: dict[str, Path], imports: list[Import]) -> nx.DiGraph:
+    g = nx.DiGraph()
+    g.add_nodes_from(modules)
+    for imp in imports:
+        if _internal(imp) and imp.target in modules and imp.target != imp.importer:
+            # importing a package runs its __init__; a package's own __init__ importing its
+            # submodules is the usual facade, not a dependency of the submodules on it
+            g.add_edge(imp.importer, imp.target)
+    return g
+
+
+@pytest.fixture(scope="module")
+def scan() -> tuple[dict[str, Path], list[Import]]:
+    modules = _modules()
+    return modules, _imports(modules)
+
+
+def _where(modules: dict[str, Path], imp: Import) -> str:
+    return f"{modules[imp.importer].relative_to(ROOT.parent)}:{imp.line}"
+
+
+def test_the_scan_sees_the_package(scan):
+    modules, imports = scan
+    assert len(modules) > 40
+    assert f"{PACKAGE}.passes.prune.apply" in modules
+    assert any(i.importer == f"{PACKAGE}.passes.prune.apply" and _internal(i) for i in imports)
+
+
+def test_no_import_cycle(scan):
+    modules, imports = scan
+    g = _graph(modules, imports)
+    # a package importing its own submodules (facade) and a submodule importing its package's
+    # facade would close a loop through __init__; count only cycles among real modules
+    cycles = [c for c in nx.simple_cycles(g) if len(c) > 1]
+    assert cycles == [], "\n".join(" -> ".join(c + [c[0]]) for c in cycles[:10])
+
+
+def test_no_upward_import(scan):
+    modules, imports = scan
+    bad = []
+    for imp in imports:
+        if imp.importer in EXEMPT_FROM_LAYERS:
+            continue
+        src = _layer(imp.importer)
+        if src == "report":
+            if _internal(imp):
+                bad.append(f"{_where(modules, imp)} report/ imports {imp.target} (report/ is stdlib only)")
+            continue
+        if not _internal(imp):
+            continue
+        dst = _layer(imp.target)
+        if dst == "report":
+            continue
+        if src in LAYERS and dst in LAYERS and LAYERS[dst] > LAYERS[src]:
+            bad.append(f"{_where(modules, imp)} {imp.importer} ({src}) imports {imp.target} ({dst})")
+        elif dst not in LAYERS:
+            bad.append(f"{_where(modules, imp)} {imp.importer} imports {imp.target}: not in a layer")
+    assert bad == [], "\n".join(bad)
+
+
+def test_report_is_stdlib_only(scan):
+    modules, imports = scan
+    bad = [
+        f"{_where(modules, i)} {i.target}"
+        for i in imports
+        if _layer(i.importer) == "report" and i.target.split(".")[0] not in sys.stdlib_module_names
+        and i.target != "__future__"
+    ]
+    assert bad == [], "\n".join(bad)
+
+
+def test_no_private_name_across_modules(scan):
+    modules, imports = scan
+    bad = [
+        f"{_where(modules, i)} from {i.target} import {n}"
+        for i in imports
+        if _internal(i) and i.target != i.importer
+        for n in i.names
+        if n.startswith("_") and not n.startswith("__")
+    ]
+    assert bad == [], "\n".join(bad)
+
+
+def test_no_function_level_import_but_optional_heavy_ones(scan):
+    modules, imports = scan
+    bad = [
+        f"{_where(modules, i)} {i.target}"
+        for i in imports
+        if i.in_function and i.target.split(".")[0] not in LAZY_OK
+    ]
+    assert bad == [], "\n".join(bad)
