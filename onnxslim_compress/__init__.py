@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
 
-from onnxslim_compress.errors import AccuracyGateError, BadInputError, CompressError, RecipeError  # noqa: E402
-from onnxslim_compress.graph.io import load_model, save_model  # noqa: E402
-from onnxslim_compress.passes.base import Pass, PassResult, Pipeline  # noqa: E402
-from onnxslim_compress.passes.context import Context  # noqa: E402
-from onnxslim_compress.runtime.session import Target  # noqa: E402
+from onnxslim_compress.errors import AccuracyGateError, BadInputError, CompressError, RecipeError
+from onnxslim_compress.graph.io import load_model, save_model
+from onnxslim_compress.passes.base import Pass, PassResult, Pipeline
+from onnxslim_compress.passes.context import Context
+from onnxslim_compress.runtime.session import Target
+from onnxslim_compress.version import __version__
 
 
 def __getattr__(name: str):
     """`onnxslim_compress.search(model, ...)` without importing optuna on every `import onnxslim_compress`."""
     if name == "search":
-        import importlib
-
         return importlib.import_module(".search", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -20,7 +20,7 @@ PACKAGE = "onnxslim_compress"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: layer ranks, low to high: a module may import its own layer and the ones below it
-LAYERS = {"errors": 0, "graph": 1, "data": 2, "runtime": 3, "passes": 4, "jobs": 5, "search": 6, "cli": 7}
+LAYERS = {"errors": 0, "version": 0, "graph": 1, "data": 2, "runtime": 3, "passes": 4, "jobs": 5, "search": 6, "cli": 7}
 #: entry points and the public facade sit above every layer
 EXEMPT_FROM_LAYERS = {PACKAGE, f"{PACKAGE}.__main__", f"{PACKAGE}.search.__main__"}
 #: optional or slow-to-import third-party packages that may be imported lazily inside a function

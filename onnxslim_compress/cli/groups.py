@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 from onnxslim_compress.data import ImageOptions, load_labels, open_data
 from onnxslim_compress.errors import BadInputError
 from onnxslim_compress.graph.shapes import parse_input_shapes
-from onnxslim_compress.jobs.compress import _json_default
+from onnxslim_compress.jobs.compress import json_default
 from onnxslim_compress.passes.base import Flag, ParamSpec, Pass, param_specs
 from onnxslim_compress.runtime.session import Target
 
@@ -214,7 +214,7 @@ class OutputArgs(ArgGroup):
 
     @staticmethod
     def print_json(obj: Any) -> None:
-        print(json.dumps(obj, indent=2, default=_json_default))
+        print(json.dumps(obj, indent=2, default=json_default))
 
 
 class OutputModelArgs(ArgGroup):

@@ -15,7 +15,6 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-from onnxslim_compress import __version__
 from onnxslim_compress.cli.groups import (
     PROG,
     ArgGroup,
@@ -41,13 +40,14 @@ from onnxslim_compress.graph.shapes import bind_input_shapes
 from onnxslim_compress.jobs.compress import compress
 from onnxslim_compress.jobs.verify import VerifySpec
 from onnxslim_compress.passes.base import Pass, Pipeline
-from onnxslim_compress.passes.prune.groups import describe_groups
+from onnxslim_compress.passes.prune.describe import describe_groups
 from onnxslim_compress.passes.recipe import canonical_pipeline, dump_recipe, load_recipe, pass_registry
 from onnxslim_compress.report import html
 from onnxslim_compress.runtime.latency_table import default_round_to
 from onnxslim_compress.runtime.metrics import FidelityReport, compare_models, load_metric
 from onnxslim_compress.runtime.profiler import compare, measure, op_type_profile
-from onnxslim_compress.runtime.session import cpu_runtime_conflict, make_session
+from onnxslim_compress.runtime.session import cpu_runtime_conflict, make_session, shapes_from_run
+from onnxslim_compress.version import __version__
 
 
 class InspectCommand(Command):
@@ -74,7 +74,7 @@ class InspectCommand(Command):
     def run(self, ns: argparse.Namespace) -> int:
         model = load_model(self.model.path)
         normalize(model)
-        cost = count_costs(model, self.model.shapes)
+        cost = count_costs(model, self.model.shapes, runner=shapes_from_run)
         out = cost.as_dict()
         groups = None
         if ns.groups:

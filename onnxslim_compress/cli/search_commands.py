@@ -42,9 +42,9 @@ def _quiet_optuna(debug: bool) -> None:
 
 
 def _print_json(out: OutputArgs, obj: Any) -> None:
-    from onnxslim_compress.search.runner import _json_safe  # the search package imports optuna
+    from onnxslim_compress.search.runner import json_safe  # the search package imports optuna
 
-    out.print_json(_json_safe(obj))
+    out.print_json(json_safe(obj))
 
 
 class SearchCommand(Command):
@@ -106,13 +106,13 @@ class SearchCommand(Command):
 
     def run(self, ns: argparse.Namespace) -> int:
         # the search package imports optuna at module level (heavy): loaded only when searching
-        from onnxslim_compress.search.job import _recipe_data, fidelity_goal, search
+        from onnxslim_compress.search.job import fidelity_goal, recipe_data, search
         from onnxslim_compress.search.space import SearchSpace
 
         target = self.target.target
         if self.recipe.print_only:
             goal = fidelity_goal(ns.metric or ("accuracy" if self.labels.path else None), ns.max_drop)
-            data = _recipe_data(self.recipe.path, target, None, goal)
+            data = recipe_data(self.recipe.path, target, None, goal)
             SearchSpace.from_recipe(data)  # validate before printing
             print(yaml.safe_dump(data, sort_keys=False), end="")
             return 0

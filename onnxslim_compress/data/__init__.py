@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 
 from onnxslim_compress.errors import BadInputError
+from onnxslim_compress.graph.io import load_model
 from onnxslim_compress.graph.shapes import ShapeMap, bind_input_shapes, dims_of, graph_inputs
 
 Feed = dict[str, np.ndarray]
@@ -836,7 +837,6 @@ class GeneratedSource(DataSource):
 def _as_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
-    from onnxslim_compress.graph.io import load_model
 
     # Only the graph is needed (input signature, initializer dims): skip external weights.
     return load_model(model, load_external_data=False)

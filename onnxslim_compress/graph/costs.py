@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper
 
-from onnxslim_compress.graph.shapes import ShapeMap, infer_shapes
+from onnxslim_compress.graph.shapes import ShapeMap, ShapeRunner, infer_shapes
 
 _STD_DOMAINS = ("", "ai.onnx")
 
@@ -403,14 +403,17 @@ def _is_param_input(node: onnx.NodeProto, k: int, name: str, consts: _Constants)
     return dtype in _FLOAT_TYPES and numel > 1
 
 
-def count_costs(model: onnx.ModelProto, input_shapes: ShapeMap | None = None) -> ModelCost:
+def count_costs(model: onnx.ModelProto, input_shapes: ShapeMap | None = None, *,
+                runner: ShapeRunner | None = None) -> ModelCost:
     """MACs and parameters of every compute node of the main graph, with totals.
+
+    `runner` finishes the shapes onnx cannot infer by running the model (see shapes.infer_shapes).
 
     total.params counts each parameter tensor once (a weight shared by two nodes is one tensor):
     the weights/biases of compute nodes, quantized weights behind DequantizeLinear, and the
     non-scalar float constants of other nodes (BatchNorm, LayerNorm, bias Adds).
     """
-    shapes, bound, method = infer_shapes(model, input_shapes)
+    shapes, bound, method = infer_shapes(model, input_shapes, runner=runner)
     graph = model.graph
     consts = _Constants(graph)
     nodes: list[NodeCost] = []

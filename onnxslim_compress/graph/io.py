@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import version_converter
+from onnx import TensorProto, helper, version_converter
 
 from onnxslim_compress.errors import BadInputError, CompressError
 from onnxslim_compress.graph import weights
@@ -67,7 +67,7 @@ def load_weights(model: onnx.ModelProto, path: str | os.PathLike, *, offload_to:
     missing = sorted(
         {
             _external_location(t)
-            for t in _all_initializers(model.graph)
+            for t in all_initializers(model.graph)
             if t.data_location == onnx.TensorProto.EXTERNAL
             and not (p.parent / _external_location(t)).exists()
         }
@@ -89,7 +89,7 @@ def load_weights(model: onnx.ModelProto, path: str | os.PathLike, *, offload_to:
 
 def _check_external_lengths(model: onnx.ModelProto, p: Path) -> None:
     """A truncated data file must fail here, with the file named, not later inside a pass."""
-    for t in _all_initializers(model.graph):
+    for t in all_initializers(model.graph):
         if weights.is_offloaded(t):
             info = weights.external_info(t)
             end = int(info.get("offset", 0)) + int(info["length"])
@@ -104,7 +104,7 @@ def _external_location(t: onnx.TensorProto) -> str:
     return ""
 
 
-def _all_initializers(graph: onnx.GraphProto):
+def all_initializers(graph: onnx.GraphProto):
     """Initializers of a graph and of every subgraph (If/Loop/Scan bodies)."""
     for g in weights.graphs(graph):
         yield from g.initializer
@@ -112,14 +112,13 @@ def _all_initializers(graph: onnx.GraphProto):
 
 def model_bytes(model: onnx.ModelProto) -> int:
     """Approximate serialized size, without serializing (which fails above 2 GB)."""
-    return sum(weights.nbytes(t) for t in _all_initializers(model.graph)) + 1_000_000
+    return sum(weights.nbytes(t) for t in all_initializers(model.graph)) + 1_000_000
 
 
 @functools.lru_cache(maxsize=1)
 def max_ir_version() -> int:
     """Highest IR version the installed onnxruntime loads, found by trying (no table to go stale)."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+    import onnxruntime as ort  # lazy: loading or saving a model should not start the runtime
 
     for ir in range(onnx.IR_VERSION, 6, -1):
         g = helper.make_graph(
@@ -144,6 +143,20 @@ def clamp_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
     if model.ir_version > cap:
         model.ir_version = cap
     return model
+
+
+def for_runtime(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` itself when onnxruntime reads its IR version, else a copy with the version lowered.
+
+    Why a copy: a session is built from the caller's model, and building one must not change it (a
+    model saved after a session would otherwise carry an older IR version than it was given). The
+    copy is only made when the version is too new; offloaded weights are not copied (they live on disk).
+    """
+    if model.ir_version <= max_ir_version():
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return clamp_ir_version(m)
 
 
 def main_opset(model: onnx.ModelProto) -> int:
@@ -333,12 +346,3 @@ def temp_model_file(model: onnx.ModelProto):
         yield p
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def serialize_for_session(model: onnx.ModelProto) -> bytes | None:
-    """Bytes for ort.InferenceSession, or None when the model must go through a file (>2 GB, or
-    offloaded weights that ORT should memory-map)."""
-    clamp_ir_version(model)
-    if weights.has_offloaded(model) or model_bytes(model) > EXTERNAL_DATA_THRESHOLD:
-        return None
-    return model.SerializeToString()

@@ -2,13 +2,15 @@
 
 Pruning groups, MAC counts and factorization all need a concrete channel count on every tensor.
 Exporters leave symbolic dims (batch, sequence) and onnx's shape inference gives up on some real
-models, so this module tries onnx first and, failing that, runs the model once in ORT and reads the
-shapes off the actual tensors.
+models, so this module tries onnx first and, failing that, hands the model to a `ShapeRunner` that
+runs it once and reads the shapes off the actual tensors (runtime.session.shapes_from_run: the graph
+layer does not import the runtime, so callers that may run the model pass it in).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +20,8 @@ from onnx import TensorProto, helper
 from onnxslim_compress.errors import BadInputError
 
 ShapeMap = dict[str, list[int]]
+#: (model with static inputs, input shapes, tensor names) -> the shapes of those tensors, read off a run
+ShapeRunner = Callable[[onnx.ModelProto, ShapeMap, list[str]], ShapeMap]
 
 
 def parse_input_shapes(specs: list[str] | None) -> ShapeMap:
@@ -131,13 +135,14 @@ def without_big_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def infer_shapes(model: onnx.ModelProto, given: ShapeMap | None = None, *, run_fallback: bool = True) -> tuple[
+def infer_shapes(model: onnx.ModelProto, given: ShapeMap | None = None, *, runner: ShapeRunner | None = None) -> tuple[
     ShapeMap, BoundShapes, str
 ]:
     """Static shape of every tensor of the main graph: (shapes, bound inputs, method used).
 
     The input model is not changed. Method is "onnx" when onnx's inference gave a full answer,
-    "onnxruntime" when the shapes were read off one ORT run, "partial" when neither was complete.
+    "onnxruntime" when the shapes were read off one run of `runner` (runtime.session.shapes_from_run),
+    "partial" when neither was complete (or no runner was given).
     """
     bound = bind_input_shapes(model, given)
     m = with_static_inputs(without_big_weights(model), bound.inputs)
@@ -163,48 +168,13 @@ def infer_shapes(model: onnx.ModelProto, given: ShapeMap | None = None, *, run_f
     missing = needed - set(shapes)
     if not missing:
         return shapes, bound, "onnx"
-    if run_fallback:
+    if runner is not None:
         try:
-            shapes.update(_shapes_from_run(with_static_inputs(model, bound.inputs), bound.inputs, sorted(missing)))
+            shapes.update(runner(with_static_inputs(model, bound.inputs), bound.inputs, sorted(missing)))
             return shapes, bound, "onnxruntime"
         except Exception:  # noqa: BLE001 - the model may not run with generated inputs; partial is fine
             pass
     return shapes, bound, "partial"
-
-
-def _shapes_from_run(model: onnx.ModelProto, inputs: ShapeMap, names: list[str]) -> ShapeMap:
-    """Expose `names` as outputs, run once on zeros, and read their shapes."""
-    from onnxslim_compress.runtime.session import Target, make_session
-
-    m = copy.deepcopy(model)
-    existing = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in existing:
-            m.graph.output.append(helper.make_empty_tensor_value_info(n))
-    # make_session: offloaded weights are memory-mapped, >2 GB models go through a file
-    sess = make_session(m, Target(kind="cpu", opt_level="disable"))
-    feeds = {}
-    for i in sess.get_inputs():
-        dt = _np_dtype(i.type)
-        feeds[i.name] = np.zeros(inputs.get(i.name, [1]), dtype=dt)
-    outs = sess.run(names, feeds)
-    return {n: list(np.asarray(o).shape) for n, o in zip(names, outs, strict=True)}
-
-
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
-
-
-def _np_dtype(ort_type: str):
-    return _ORT_TYPES.get(ort_type, np.float32)
 
 
 def elem_type_to_numpy(elem_type: int):

@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+from tqdm import tqdm
 
-from onnxslim_compress import __version__
+from onnxslim_compress.data import open_data
 from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.costs import count_costs
 from onnxslim_compress.graph.io import (
     check_output_path,
     load_model,
@@ -27,10 +30,14 @@ from onnxslim_compress.graph.io import (
     uses_external_data,
 )
 from onnxslim_compress.graph.weights import Workspace
+from onnxslim_compress.jobs.verify import Verifier
 from onnxslim_compress.passes.base import Pipeline, PipelineResult
 from onnxslim_compress.passes.context import Context
 from onnxslim_compress.passes.recipe import canonical_pipeline
-from onnxslim_compress.runtime.session import Target
+from onnxslim_compress.runtime.metrics import compare_models
+from onnxslim_compress.runtime.profiler import compare, first_feed
+from onnxslim_compress.runtime.session import Target, shapes_from_run
+from onnxslim_compress.version import __version__
 
 REPORT_KEY = "onnxslim_compress"
 
@@ -55,9 +62,7 @@ class CompressResult:
 
 def _costs(model: onnx.ModelProto, shapes: dict) -> dict[str, Any]:
     try:
-        from onnxslim_compress.graph.costs import count_costs
-
-        c = count_costs(model, shapes).as_dict()["total"]
+        c = count_costs(model, shapes, runner=shapes_from_run).as_dict()["total"]
         return {"macs": c["macs"], "params": c["params"], "size_bytes": c["size_bytes"], "nodes": c["nodes"]}
     except Exception as e:  # noqa: BLE001 - cost figures are informative, never fatal
         return {"nodes": len(model.graph.node), "size_bytes": model_bytes(model), "error": str(e).splitlines()[0]}
@@ -139,8 +144,6 @@ def _compress(
     t0 = time.perf_counter()
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(pipeline), desc="compress", unit="pass", leave=False)
 
         def tick(name: str) -> None:
@@ -148,8 +151,6 @@ def _compress(
 
     verifier = None
     if verify is not None:
-        from onnxslim_compress.jobs.verify import Verifier
-
         verifier = Verifier(verify, eval_data if eval_data is not None else calib)
     try:
         res = pipeline.run(work, ctx, progress=tick if bar else None, verifier=verifier, copy_input=False)
@@ -176,16 +177,10 @@ def _compress(
         "after": _costs(res.model, ctx.input_shapes),
     }
     if eval_data is not None:
-        from onnxslim_compress.runtime.metrics import compare_models
-
         report["fidelity"] = compare_models(src, res.model, eval_data, target=Target(kind="cpu"), labels=eval_labels).as_dict()
     if measure_latency:
-        from onnxslim_compress.runtime.profiler import compare, first_feed
-
         feeds = eval_data if eval_data is not None else calib
         if feeds is None:
-            from onnxslim_compress.data import open_data
-
             feeds = open_data(None, src, input_shapes=ctx.input_shapes, seed=seed)
         report["latency"] = compare(src, res.model, first_feed(feeds), ctx.target).as_dict()
     if ws is not None:
@@ -219,7 +214,7 @@ def set_report(model: onnx.ModelProto, report: dict[str, Any]) -> None:
             model.metadata_props.remove(p)
     entry = model.metadata_props.add()
     entry.key = REPORT_KEY
-    entry.value = json.dumps(report, default=_json_default, sort_keys=False)
+    entry.value = json.dumps(report, default=json_default, sort_keys=False)
 
 
 def get_report(model: onnx.ModelProto) -> dict[str, Any] | None:
@@ -229,9 +224,9 @@ def get_report(model: onnx.ModelProto) -> dict[str, Any] | None:
     return None
 
 
-def _json_default(o: Any):
-    import numpy as np
-
+def json_default(o: Any):
+    """`default=` for json.dumps of reports: numpy scalars and arrays become numbers and lists, the
+    rest (paths, enums) its str(), so writing a report never fails on a stray type."""
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):

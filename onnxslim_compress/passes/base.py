@@ -26,6 +26,9 @@ from typing import Any, ClassVar
 import onnx
 
 from onnxslim_compress.errors import CompressError, PassFailure, RecipeError
+from onnxslim_compress.graph import io as model_io
+from onnxslim_compress.graph import weights
+from onnxslim_compress.passes.context import Context
 
 
 @dataclass
@@ -287,9 +290,6 @@ class Pass(ABC):
 
     def ensures(self, model: onnx.ModelProto, ctx: Any) -> None:
         """Raise CompressError if the output breaks the pass's promise. Default: checker passes."""
-        from onnxslim_compress.graph import io as model_io
-        from onnxslim_compress.graph import weights
-
         offloaded = weights.has_offloaded(model)
         if not offloaded and model_io.model_bytes(model) > model_io.EXTERNAL_DATA_THRESHOLD:
             return  # the in-memory checker cannot serialize >2 GB (EncodeError); save_model checks by path
@@ -307,8 +307,6 @@ class Pass(ABC):
     def run(self, model: onnx.ModelProto, ctx: Any) -> PassResult: ...
 
     def __call__(self, model: onnx.ModelProto, ctx: Any = None, *, copy_input: bool = True) -> PassResult:
-        from onnxslim_compress.passes.context import Context
-
         ctx = ctx if ctx is not None else Context()
         work = copy.deepcopy(model) if (self.in_place and copy_input) else model
         self.requires(work, ctx)
@@ -352,8 +350,6 @@ class Pipeline:
         """Run every pass. With a `verifier` (see verify.Verifier) each pass's output is checked
         against its input, which is then kept intact (in-place passes get a copy). copy_input=False:
         the caller gives up `model` (in-place passes may edit it), which saves one copy of the weights."""
-        from onnxslim_compress.passes.context import Context
-
         ctx = ctx if ctx is not None else Context()
         current = copy.deepcopy(model) if copy_input else model
         steps: list[StepRecord] = []

@@ -12,7 +12,7 @@ from typing import Any
 
 import onnx
 
-from onnxslim_compress.runtime.session import Target
+from onnxslim_compress.runtime.session import Target, make_session
 
 
 def fingerprint(model: onnx.ModelProto) -> str:
@@ -69,6 +69,4 @@ class Context:
     progress: bool = False
 
     def session(self, model: onnx.ModelProto, **kwargs):
-        from onnxslim_compress.runtime.session import make_session
-
         return make_session(model, self.target, **kwargs)

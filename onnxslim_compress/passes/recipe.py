@@ -14,12 +14,11 @@ from typing import Any
 import yaml
 
 from onnxslim_compress.errors import RecipeError
+from onnxslim_compress.passes import REGISTRY
 from onnxslim_compress.passes.base import Pass, Pipeline
 
 
 def pass_registry() -> dict[str, type[Pass]]:
-    from onnxslim_compress.passes import REGISTRY
-
     return REGISTRY
 
 

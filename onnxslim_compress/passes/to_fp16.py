@@ -16,6 +16,10 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.index import subgraph_inputs
+from onnxslim_compress.graph.shapes import bind_input_shapes
+from onnxslim_compress.passes.quantize.calibration import synthetic_feeds
+from onnxslim_compress.runtime.activations import iterate_tensors
 
 #: ops with fp16 kernels whose accuracy is fine in half precision
 FP16_OK = {
@@ -49,10 +53,6 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
             types[n.output[0]] = n.attribute[0].t.data_type
     missing = [o for n in g.node for o in n.output if o and not types.get(o)]
     if missing:
-        from onnxslim_compress.graph.shapes import bind_input_shapes
-        from onnxslim_compress.passes.quantize.calibration import synthetic_feeds
-        from onnxslim_compress.runtime.activations import iterate_tensors
-
         feeds = synthetic_feeds(model, bind_input_shapes(model).inputs, 1)
         for vals in iterate_tensors(model, missing, feeds):
             types.update({k: TensorProto.FLOAT if v.dtype == np.float32 else -1 for k, v in vals.items()})
@@ -74,7 +74,6 @@ def convert_fp16(model: onnx.ModelProto, keep_io_fp32: bool = True) -> tuple[onn
     consts = weights.Constants(g)
     ws = weights.Workspace.of(m)
     outputs = {o.name for o in g.output}
-    from onnxslim_compress.graph.index import subgraph_inputs
 
     # If/Loop/Scan bodies read outer tensors by name with the types they had: keep those fp32
     captured = subgraph_inputs(g)

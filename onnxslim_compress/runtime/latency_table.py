@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxslim_compress.runtime.profiler import measure
 from onnxslim_compress.runtime.session import Target, make_session
 
 #: default channel alignment per target and precision; see shared notes (runtime.md)
@@ -81,8 +82,6 @@ class LatencyTable:
     def latency(self, spec: ConvSpec, cout: int) -> float:
         key = spec.key(cout)
         if key not in self.entries:
-            from onnxslim_compress.runtime.profiler import measure
-
             sess = make_session(spec.model(cout), self.target)
             x = np.random.default_rng(1).standard_normal((1, spec.cin, *spec.hw)).astype(np.float32)
             self.entries[key] = measure(sess, {"x": x}, warmup=self.warmup, runs=self.runs).median

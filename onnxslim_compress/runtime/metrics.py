@@ -24,8 +24,11 @@ from typing import Any
 
 import numpy as np
 import onnx
+from tqdm import tqdm
 
+from onnxslim_compress.data import DataSource, load_labels, open_data
 from onnxslim_compress.errors import BadInputError
+from onnxslim_compress.graph.io import load_model
 from onnxslim_compress.runtime.session import Target, make_session
 
 Outputs = Mapping[str, np.ndarray]
@@ -373,13 +376,11 @@ _ORT_NP = {
 def _session(model: onnx.ModelProto | str | os.PathLike, target: Target):
     """Session for a proto or a path; paths go through load_model (clean errors, IR version clamp)."""
     if not isinstance(model, onnx.ModelProto):
-        from onnxslim_compress.graph.io import load_model
-
         model = load_model(model)
     return model, make_session(model, target)
 
 
-def _feed_for(sess, feed: Mapping[str, np.ndarray], which: str) -> dict[str, np.ndarray]:
+def feed_for(sess, feed: Mapping[str, np.ndarray], which: str) -> dict[str, np.ndarray]:
     """The session's inputs from the feed; B may take another float width than A (fp16), so cast within a kind."""
     out = {}
     for i in sess.get_inputs():
@@ -415,8 +416,6 @@ def compare_models(
     `metrics` (or a single `metric`) are pluggable per-sample metrics, given as specs for
     load_metric or as callables; each is averaged over the samples into report.custom.
     """
-    from onnxslim_compress.data import DataSource, open_data
-
     target = target or Target()
     proto_a, sess_a = _session(model_a, target)
     _, sess_b = _session(model_b, target)
@@ -443,14 +442,12 @@ def compare_models(
         total = min(total, limit)
     it: Iterable = data
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(data, total=total, desc="compare", unit="sample")
     for k, feed in enumerate(it):
         if limit is not None and k >= limit:
             break
-        out_a = dict(zip(names_a, sess_a.run(names_a, _feed_for(sess_a, feed, "A")), strict=True))
-        out_b = dict(zip(names_a, sess_b.run(names_a, _feed_for(sess_b, feed, "B")), strict=True))
+        out_a = dict(zip(names_a, sess_a.run(names_a, feed_for(sess_a, feed, "A")), strict=True))
+        out_b = dict(zip(names_a, sess_b.run(names_a, feed_for(sess_b, feed, "B")), strict=True))
         acc.update(out_a, out_b)
         for name, fn in fns:
             try:
@@ -489,7 +486,5 @@ def load_labels_any(labels: np.ndarray | str | os.PathLike | None) -> np.ndarray
     if labels is None:
         return None
     if isinstance(labels, (str, os.PathLike)):
-        from onnxslim_compress.data import load_labels
-
         return load_labels(labels)
     return np.asarray(labels)

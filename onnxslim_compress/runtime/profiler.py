@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxslim_compress.data import open_data
 from onnxslim_compress.errors import BadInputError, ProviderError
 from onnxslim_compress.runtime.session import Target, make_session
 
@@ -497,8 +498,6 @@ def profile_model(
     target = target or Target()
     feeds_from = "data"
     if data_or_feeds is None:
-        from onnxslim_compress.data import open_data
-
         feed = first_feed(open_data(None, model_or_path, input_shapes=input_shapes, limit=1))
         feeds_from = "signature"
     else:

@@ -8,14 +8,21 @@ really got and raises ProviderError otherwise.
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib.metadata
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import onnx
+from onnx import helper
 
 from onnxslim_compress.errors import BadInputError, ProviderError
+from onnxslim_compress.graph import io as model_io
+from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.shapes import ShapeMap
 
 TargetKind = Literal["cpu", "cuda", "tensorrt"]
 
@@ -66,7 +73,7 @@ _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended"
 
 
 def session_options(target: Target, *, optimized_model_path: str | None = None, profile_prefix: str | None = None):
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: importing the runtime takes a while, and `--help` or recipe checks need none
 
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[target.opt_level])
@@ -96,14 +103,12 @@ def make_session(
     A session over offloaded weights (weights.py) that is not used for `timing` skips weight
     prepacking: ORT would otherwise hold a packed copy of every MatMul/Gemm weight beside the
     memory-mapped one. Timed sessions keep ORT's defaults so latency figures stay real."""
-    import onnxruntime as ort
-
-    from onnxslim_compress.graph.io import clamp_ir_version, serialize_for_session, temp_model_file
-    from onnxslim_compress.graph.weights import has_offloaded
+    import onnxruntime as ort  # lazy: see session_options
 
     target = target or Target()
     so = session_options(target, optimized_model_path=optimized_model_path, profile_prefix=profile_prefix)
-    if not timing and isinstance(model, onnx.ModelProto) and has_offloaded(model):
+    offloaded = isinstance(model, onnx.ModelProto) and weights.has_offloaded(model)
+    if not timing and offloaded:
         so.add_session_config_entry("session.disable_prepacking", "1")
     for k, v in (config or {}).items():
         so.add_session_config_entry(k, v)
@@ -114,16 +119,18 @@ def make_session(
             f"target {target.kind}: {target.provider} is not in this onnxruntime build (available: {', '.join(available)})"
         )
     try:
-        if isinstance(model, onnx.ModelProto):
-            clamp_ir_version(model)
-            data = serialize_for_session(model)
-            if data is None:
-                with temp_model_file(model) as p:
+        if not isinstance(model, onnx.ModelProto):
+            sess = ort.InferenceSession(str(Path(model)), so, providers=providers)
+        else:
+            m = model_io.for_runtime(model)  # the caller's model is never changed
+            if offloaded:  # through a file in the workspace, so ORT memory-maps the offloaded tensors
+                with weights.session_file(m) as p:
+                    sess = ort.InferenceSession(str(p), so, providers=providers)
+            elif model_io.model_bytes(m) > model_io.EXTERNAL_DATA_THRESHOLD:  # protobuf cannot hold it
+                with model_io.temp_model_file(m) as p:
                     sess = ort.InferenceSession(str(p), so, providers=providers)
             else:
-                sess = ort.InferenceSession(data, so, providers=providers)
-        else:
-            sess = ort.InferenceSession(str(Path(model)), so, providers=providers)
+                sess = ort.InferenceSession(m.SerializeToString(), so, providers=providers)
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if target.kind != "cpu" and any(s in msg for s in ("CUDA", "cuda", "TensorRT", "libcu", "libnv")):
@@ -138,16 +145,49 @@ def make_session(
     return sess
 
 
+def shapes_from_run(model: onnx.ModelProto, inputs: ShapeMap, names: list[str]) -> ShapeMap:
+    """Expose `names` as outputs, run once on zeros on the CPU, and read their shapes.
+
+    The ShapeRunner of graph.shapes.infer_shapes, for models onnx's shape inference cannot finish.
+    """
+    m = copy.deepcopy(model)
+    existing = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in existing:
+            m.graph.output.append(helper.make_empty_tensor_value_info(n))
+    # make_session: offloaded weights are memory-mapped, >2 GB models go through a file
+    sess = make_session(m, Target(kind="cpu", opt_level="disable"))
+    feeds = {}
+    for i in sess.get_inputs():
+        dt = _ort_np_dtype(i.type)
+        feeds[i.name] = np.zeros(inputs.get(i.name, [1]), dtype=dt)
+    outs = sess.run(names, feeds)
+    return {n: list(np.asarray(o).shape) for n, o in zip(names, outs, strict=True)}
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _ort_np_dtype(ort_type: str):
+    return _ORT_TYPES.get(ort_type, np.float32)
+
+
+
 def cpu_runtime_conflict() -> str | None:
     """A warning when both onnxruntime and onnxruntime-gpu are installed (they share one module)."""
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-    except ImportError:  # pragma: no cover
-        return None
     found = []
     for dist in ("onnxruntime", "onnxruntime-gpu"):
-        with contextlib.suppress(PackageNotFoundError):
-            found.append(f"{dist} {version(dist)}")
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found.append(f"{dist} {importlib.metadata.version(dist)}")
     if len(found) == 2:
         return (
             f"both {found[0]} and {found[1]} are installed; they overwrite one module. "

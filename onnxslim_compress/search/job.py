@@ -8,6 +8,8 @@ beside it. `run_worker()` joins an existing study with only its storage URL and 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import time
@@ -21,10 +23,12 @@ import onnx
 import optuna
 import yaml
 
-from onnxslim_compress import __version__
+from onnxslim_compress.data import ImageOptions, open_data
 from onnxslim_compress.errors import AccuracyGateError, BadInputError, RecipeError
 from onnxslim_compress.graph.io import check_output_path, load_model, normalize, save_model
+from onnxslim_compress.jobs.compress import json_default, set_report
 from onnxslim_compress.passes.context import Context
+from onnxslim_compress.runtime.metrics import load_labels_any
 from onnxslim_compress.runtime.session import Target
 from onnxslim_compress.search.build import TrialBuilder
 from onnxslim_compress.search.objective import EvaluateFn, Evaluator, default_metric
@@ -37,17 +41,18 @@ from onnxslim_compress.search.report import (
     trials_to_best,
     trials_to_feasible,
 )
-from onnxslim_compress.search.runner import LoopSettings, TrialLoop, _json_safe, wait_for_running
+from onnxslim_compress.search.runner import LoopSettings, TrialLoop, json_safe, wait_for_running
 from onnxslim_compress.search.space import Registry, SearchSpace, default_recipe
 from onnxslim_compress.search.storage import (
     StudySettings,
-    _redact,
     create_or_resume,
     default_storage_url,
     load_settings,
     open_storage,
+    redact,
 )
 from onnxslim_compress.search.strategy import BisectionSampler, make_sampler
+from onnxslim_compress.version import __version__
 
 
 @dataclass
@@ -95,7 +100,9 @@ def fidelity_goal(metric: str | None, max_drop: float) -> str | None:
     return f"{kind}={max(1.0 - max_drop / 2, 0.5):.6g}"
 
 
-def _recipe_data(recipe: Any, target: Target, registry: Registry | None, goal: str | None = None) -> dict[str, Any]:
+def recipe_data(recipe: Any, target: Target, registry: Registry | None, goal: str | None = None) -> dict[str, Any]:
+    """The search recipe as plain data (what the study stores and `--dry-run` prints): None gives
+    the target's default, a SearchSpace its description, a dict itself, a path its YAML."""
     if recipe is None:
         return default_recipe(target.kind, registry, goal)
     if isinstance(recipe, SearchSpace):
@@ -114,7 +121,6 @@ def _recipe_data(recipe: Any, target: Target, registry: Registry | None, goal: s
 def _image_options(image: Any):
     if image is None:
         return None
-    from onnxslim_compress.data import ImageOptions
 
     if isinstance(image, ImageOptions):
         return image
@@ -146,9 +152,6 @@ def _prepare(
     registry: Registry | None,
     reuse: bool,
 ) -> _Prepared:
-    from onnxslim_compress.data import open_data
-    from onnxslim_compress.runtime.metrics import load_labels_any
-
     space = SearchSpace.from_recipe(recipe, registry)
     img = _image_options(image)
     calib_src = open_data(calib, model, input_shapes=input_shapes, limit=num_samples, seed=seed, image=img) if calib is not None else None
@@ -247,12 +250,10 @@ def search(
     work = _load(model)
     goal = None
     if recipe is None and evaluate is None:
-        from onnxslim_compress.runtime.metrics import load_labels_any
-
         goal = fidelity_goal(metric or default_metric(work, load_labels_any(labels), None), max_drop)
-    recipe_data = _recipe_data(recipe, tgt, registry, goal)
+    space_data = recipe_data(recipe, tgt, registry, goal)
     prep = _prepare(
-        work, recipe_data, target=tgt, calib=calib, eval_data=eval_data, labels=labels, metric=metric,
+        work, space_data, target=tgt, calib=calib, eval_data=eval_data, labels=labels, metric=metric,
         evaluate=evaluate, max_drop=max_drop, objective=objective, seed=seed, runs=runs, warmup=warmup,
         input_shapes=dict(input_shapes or {}), num_samples=num_samples, image=image, registry=registry, reuse=reuse,
     )
@@ -302,7 +303,6 @@ def _image_dict(image: Any) -> dict[str, Any] | None:
         return None
     if isinstance(image, Mapping):
         return dict(image)
-    import dataclasses
 
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(image).items()}
 
@@ -361,7 +361,7 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
         "input": input_desc,
         "output": str(output) if output is not None else None,
         "study": study_name,
-        "storage": _redact(storage) if storage else "memory",
+        "storage": redact(storage) if storage else "memory",
         "settings": settings.as_dict(),
         "eval_data": prep.eval_desc,
         "baseline": {
@@ -406,11 +406,9 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
         if note:
             report["notes"].append(note)
     if model_out is not None:
-        from onnxslim_compress.jobs.compress import set_report
-
         summary = {k: report[k] for k in ("tool", "version", "study", "baseline", "best", "best_recipe", "trials_to_best")}
         summary["settings"] = {k: v for k, v in settings.as_dict().items() if k not in ("recipe",)}
-        set_report(model_out, _json_safe(summary))
+        set_report(model_out, json_safe(summary))
         if output is not None:
             out_path = save_model(model_out, output)
     rp = Path(report_path) if report_path is not None else (base.with_name(base.stem + ".search.json") if base is not None else None)
@@ -446,12 +444,9 @@ def _trial_params(study, rec: TrialRecord) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    import json
-
-    from onnxslim_compress.jobs.compress import _json_default
 
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(obj), indent=2, default=_json_default))
+    tmp.write_text(json.dumps(json_safe(obj), indent=2, default=json_default))
     tmp.replace(path)
 
 

@@ -26,9 +26,11 @@ import onnx
 
 from onnxslim_compress.errors import BadInputError
 from onnxslim_compress.graph import weights
-from onnxslim_compress.graph.io import _all_initializers
-from onnxslim_compress.runtime.metrics import FidelityAccumulator, _feed_for, accuracy, predictions
-from onnxslim_compress.runtime.session import Target, make_session
+from onnxslim_compress.graph.costs import count_costs
+from onnxslim_compress.graph.io import all_initializers
+from onnxslim_compress.runtime.metrics import FidelityAccumulator, accuracy, feed_for, predictions
+from onnxslim_compress.runtime.profiler import compare
+from onnxslim_compress.runtime.session import Target, make_session, shapes_from_run
 
 ObjectiveKind = Literal["latency", "macs", "size"]
 MetricKind = Literal["accuracy", "top1", "cosine", "custom"]
@@ -69,7 +71,7 @@ def weight_bytes(model: onnx.ModelProto) -> int:
     Not graph.io.model_bytes, which adds a fixed allowance for the graph: on small models that
     allowance would hide the change the size objective is meant to see.
     """
-    return sum(weights.nbytes(t) for t in _all_initializers(model.graph))
+    return sum(weights.nbytes(t) for t in all_initializers(model.graph))
 
 
 def default_metric(model: onnx.ModelProto, labels: Any, evaluate: EvaluateFn | None) -> MetricKind:
@@ -145,7 +147,7 @@ class Evaluator:
     def _run_all(self, model: onnx.ModelProto) -> Iterable[dict[str, np.ndarray]]:
         sess = make_session(model, self.metric_target)
         for feed in self.eval_data:
-            outs = sess.run(self._out_names, _feed_for(sess, feed, "candidate"))
+            outs = sess.run(self._out_names, feed_for(sess, feed, "candidate"))
             yield dict(zip(self._out_names, outs, strict=True))
 
     def baseline_outputs(self) -> Iterable[dict[str, np.ndarray]]:
@@ -182,12 +184,10 @@ class Evaluator:
     # ------------------------------------------------------------------ pieces
 
     def _costs(self, model: onnx.ModelProto) -> dict[str, float]:
-        from onnxslim_compress.graph.costs import count_costs
-
         out: dict[str, float] = {"size_bytes": float(weight_bytes(model))}
         if self.objective == "macs" or self.objective == "latency":
             try:
-                out["macs"] = float(count_costs(model, self.input_shapes).as_dict()["total"]["macs"])
+                out["macs"] = float(count_costs(model, self.input_shapes, runner=shapes_from_run).as_dict()["total"]["macs"])
             except Exception:  # noqa: BLE001 - MACs are informative for latency; required only for 'macs'
                 if self.objective == "macs":
                     raise
@@ -240,8 +240,6 @@ class Evaluator:
     def measure(self, model: onnx.ModelProto) -> Measurement:
         """Quality first: a candidate that breaks the constraint still gets its cost measured, so the
         surrogate model learns the whole trade-off and the Pareto front is complete."""
-        from onnxslim_compress.runtime.profiler import compare
-
         t0 = time.perf_counter()
         value, drop, extra = self.quality(model)
         extra["quality_seconds"] = round(time.perf_counter() - t0, 3)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
 
 
 def _num(v: Any) -> float | None:
@@ -175,8 +176,6 @@ class LiveTable:
             self._write(f"{objective} ratio = candidate / baseline; drop = baseline metric - candidate metric")
             self._write(self.HEADER)
         if bar:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, initial=min(initial, total), desc="search", unit="trial", file=self.stream, leave=False)
 
     def _write(self, line: str) -> None:

@@ -227,7 +227,7 @@ class TrialLoop:
             "cache": self.builder.cache_stats(),
         }
         attrs = {
-            "measurement": _json_safe(m.as_dict()),
+            "measurement": json_safe(m.as_dict()),
             "constraint": [m.drop - self.settings.max_drop if math.isfinite(m.drop) else 1.0],
             "feasible": m.feasible,
             "build": build,
@@ -275,12 +275,12 @@ def wait_for_running(study: optuna.Study, timeout: float = _TWIN_WAIT_S) -> None
         time.sleep(_POLL_S)
 
 
-def _json_safe(d: Any) -> Any:
+def json_safe(d: Any) -> Any:
     """NaN/inf are not JSON: Optuna's RDB stores user attrs as JSON text."""
     if isinstance(d, dict):
-        return {k: _json_safe(v) for k, v in d.items()}
+        return {k: json_safe(v) for k, v in d.items()}
     if isinstance(d, (list, tuple)):
-        return [_json_safe(v) for v in d]
+        return [json_safe(v) for v in d]
     if isinstance(d, float) and not math.isfinite(d):
         return "nan" if math.isnan(d) else ("inf" if d > 0 else "-inf")
     try:

@@ -18,6 +18,7 @@ search recipe is not written here: each pass parameter declares the range worth 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Mapping
@@ -36,7 +37,7 @@ from onnxslim_compress.passes.base import (
     When,
     param_specs,
 )
-from onnxslim_compress.passes.recipe import recipe_entries
+from onnxslim_compress.passes.recipe import pass_registry, recipe_entries
 
 Registry = Mapping[str, type[Pass]]
 
@@ -230,8 +231,6 @@ class SearchSpace:
     def cardinality(self, limit: int = 10000) -> int | None:
         """Distinct candidates of an all-categorical space (None if a knob is numeric or there are
         more than `limit`): the search stops there instead of proposing repeats."""
-        import itertools
-
         dims = self.dims
         if any(d.numeric for d in dims):
             return None
@@ -384,8 +383,6 @@ def _validate_slot(slot: Slot, cls: type[Pass], where: str) -> None:
 
 
 def _default_registry() -> Registry:
-    from onnxslim_compress.passes.recipe import pass_registry
-
     return pass_registry()
 
 

@@ -105,7 +105,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             if attempt + 1 < _OPEN_ATTEMPTS and isinstance(e, _schema_race_errors()):
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            raise BadInputError(f"--storage: cannot open {_redact(url)}: {msg}") from None
+            raise BadInputError(f"--storage: cannot open {redact(url)}: {msg}") from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -136,7 +136,7 @@ def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
         c.exec_driver_sql("PRAGMA journal_mode=WAL")
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """The URL without its password, for error messages."""
     scheme, sep, rest = url.partition("://")
     if "@" in rest:

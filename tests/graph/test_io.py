@@ -152,6 +152,6 @@ def test_subgraph_initializers_are_seen():
         [helper.make_node("Add", ["x", "c"], ["t"])], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2])],
         [numpy_helper.from_array(np.ones(2, np.float32), "c")],
     )
-    assert [t.name for t in model_io._all_initializers(
+    assert [t.name for t in model_io.all_initializers(
         helper.make_graph([helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=then_g)], "g", [], [])
     )] == ["c", "c"]

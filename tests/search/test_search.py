@@ -487,14 +487,14 @@ def test_search_and_worker_parse_through_the_one_parser():
 
 
 def test_settings_roundtrip_and_redaction():
-    from onnxslim_compress.search.storage import StudySettings, _redact, default_storage_url
+    from onnxslim_compress.search.storage import StudySettings, default_storage_url, redact
 
     s = StudySettings(model="/m.onnx", recipe={"passes": ["simplify"]}, target={"kind": "cpu"}, max_drop=0.01, metric="top1")
     assert StudySettings.from_dict(json.loads(json.dumps(s.as_dict()))) == s
     assert s.default_study_name() == StudySettings.from_dict(s.as_dict()).default_study_name()
     assert s.default_study_name() != dataclasses.replace(s, max_drop=0.02).default_study_name()
     assert s.default_study_name() == dataclasses.replace(s, trials=99).default_study_name()  # the budget may change on resume
-    assert _redact("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
+    assert redact("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
     assert default_storage_url("/a/b/out.onnx") == f"sqlite:///{Path('/a/b/out.search.db').resolve()}"
     assert math.isfinite(0.0)
 

@@ -25,6 +25,7 @@ from onnxslim_compress.passes.base import Flag, Pass, PassResult, Pinned, Range,
 from onnxslim_compress.passes.context import fingerprint
 from onnxslim_compress.passes.low_rank import decompose as lm
 from onnxslim_compress.runtime.activations import Moments, accumulate
+from onnxslim_compress.runtime.session import shapes_from_run
 
 #: weight element types the SVD can round-trip (bfloat16/int weights are left alone)
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
@@ -211,7 +212,7 @@ class LowRank(Pass):
 
     def run(self, model: onnx.ModelProto, ctx: Any) -> PassResult:
         p, opset = self.params, main_opset(model)
-        shapes, bound, _ = infer_shapes(model, ctx.input_shapes)
+        shapes, bound, _ = infer_shapes(model, ctx.input_shapes, runner=shapes_from_run)
         layers, skipped = find_layers(model, shapes, p)
         data_aware = p.data_aware if p.data_aware is not None else ctx.calib is not None
         if data_aware and ctx.calib is None:

@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
+from onnxslim_compress.graph.shapes import elem_type_to_numpy, graph_inputs
 from onnxslim_compress.runtime.activations import iterate_tensors
 from onnxslim_compress.runtime.session import Target
 
@@ -230,8 +231,6 @@ def collect_histograms(
 
 def synthetic_feeds(model: onnx.ModelProto, shapes: dict[str, list[int]], n: int, seed: int = 0) -> list[Feed]:
     """Weak fallback when no calibration data is given: standard-normal (or small-int) inputs."""
-    from onnxslim_compress.graph.shapes import elem_type_to_numpy, graph_inputs
-
     rng = np.random.default_rng(seed)
     out: list[Feed] = []
     for _ in range(n):

@@ -21,6 +21,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.index import subgraph_inputs
+from onnxslim_compress.passes.quantize.calibration import (
+    asymmetric_qparams,
+    symmetric_qparams,
+)
 
 WEIGHTED_AXIS = {"Conv": 0, "ConvTranspose": 1}  # per-output-channel axis of the weight tensor
 WEIGHTED = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
@@ -391,10 +396,6 @@ def insert_qdq(
             elif u is not None and idx in u.const_acts and t in inits:
                 c = weights.read(inits[t]).astype(np.float32)
                 lo, hi = float(min(c.min(), 0)), float(max(c.max(), 0))
-                from onnxslim_compress.passes.quantize.calibration import (
-                    asymmetric_qparams,
-                    symmetric_qparams,
-                )
 
                 qp = symmetric_qparams(lo, hi) if fmt.act_symmetric else asymmetric_qparams(lo, hi)
                 qmin, qmax = (-128, 127) if fmt.act_type == TensorProto.INT8 else (0, 255)
@@ -515,8 +516,6 @@ def constants_to_initializers(model: onnx.ModelProto) -> None:
 
 
 def drop_unused_initializers(model: onnx.ModelProto) -> None:
-    from onnxslim_compress.graph.index import subgraph_inputs
-
     # If/Loop/Scan bodies read outer initializers by name (implicit captures): those are used too
     used = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
     used |= subgraph_inputs(model.graph)

@@ -14,7 +14,8 @@ from builders import GraphBuilder, bn_dead, cbr_dead, conv_dead, random_input, r
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim_compress.passes.prune.apply import MacModel, apply_pruning
-from onnxslim_compress.passes.prune.groups import analyze, describe_groups
+from onnxslim_compress.passes.prune.describe import describe_groups
+from onnxslim_compress.passes.prune.groups import analyze
 
 
 def _init_shape(m: onnx.ModelProto, node_name: str, pos: int = 1) -> list[int]:
