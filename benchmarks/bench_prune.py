@@ -38,7 +38,7 @@ from onnxslim_compress.graph.costs import count_costs  # noqa: E402
 from onnxslim_compress.graph.io import load_model  # noqa: E402
 from onnxslim_compress.passes.context import Context  # noqa: E402
 from onnxslim_compress.passes.prune.prune_channels import PruneChannels  # noqa: E402
-from onnxslim_compress.passes.prune.recovery import fidelity  # noqa: E402
+from onnxslim_compress.runtime.metrics import pooled_fidelity as fidelity  # noqa: E402
 from onnxslim_compress.runtime.profiler import compare  # noqa: E402
 from onnxslim_compress.runtime.session import Target, make_session  # noqa: E402
 

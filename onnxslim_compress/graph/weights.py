@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,38 +69,6 @@ class TensorInfo:
 
 def info(t: TensorProto) -> TensorInfo:
     return TensorInfo(tuple(int(d) for d in t.dims), np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)))
-
-
-class Constants(Mapping[str, np.ndarray]):
-    """name -> value of a graph's initializers and Constant-node outputs, read on access.
-
-    In-memory values are cached; offloaded ones are read again each time, so iterating over every
-    weight never holds them all."""
-
-    def __init__(self, graph: onnx.GraphProto):
-        self._tensors = {t.name: t for t in graph.initializer}
-        for n in graph.node:
-            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-                self._tensors[n.output[0]] = n.attribute[0].t
-        self._cache: dict[str, np.ndarray] = {}
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name in self._cache:
-            return self._cache[name]
-        t = self._tensors[name]
-        arr = read(t)
-        if not is_offloaded(t):
-            self._cache[name] = arr
-        return arr
-
-    def __iter__(self):
-        return iter(self._tensors)
-
-    def __len__(self) -> int:
-        return len(self._tensors)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._tensors
 
 
 def read(t: TensorProto) -> np.ndarray:

@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxslim_compress.graph import weights
-from onnxslim_compress.graph.index import subgraph_inputs
+from onnxslim_compress.graph.index import Constants, subgraph_inputs
 from onnxslim_compress.graph.shapes import bind_input_shapes
 from onnxslim_compress.passes.quantize.calibration import synthetic_feeds
 from onnxslim_compress.runtime.activations import iterate_tensors
@@ -71,7 +71,7 @@ def convert_fp16(model: onnx.ModelProto, keep_io_fp32: bool = True) -> tuple[onn
     m.CopyFrom(model)
     g = m.graph
     is_float = _float_tensors(m)
-    consts = weights.Constants(g)
+    consts = Constants(g)
     ws = weights.Workspace.of(m)
     outputs = {o.name for o in g.output}
 

@@ -159,6 +159,50 @@ def fidelity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return acc.result()["out"]
 
 
+def mean_fidelity(ref: list[list[np.ndarray]], got: list[list[np.ndarray]], metric: str) -> float:
+    """Mean over samples of the cosine of all float outputs concatenated, or (metric "top1") of the
+    top-1 agreement of output 0: `ref` and `got` hold each sample's outputs in session order."""
+    vals = []
+    for r, q in zip(ref, got, strict=True):
+        if metric == "top1":
+            a, b = np.asarray(r[0]), np.asarray(q[0])
+            vals.append(float(np.mean(a.reshape(-1, a.shape[-1]).argmax(-1) == b.reshape(-1, b.shape[-1]).argmax(-1))))
+            continue
+        fa = np.concatenate([np.asarray(x, np.float64).ravel() for x in r if np.issubdtype(np.asarray(x).dtype, np.floating)])
+        fb = np.concatenate([np.asarray(x, np.float64).ravel() for x in q if np.issubdtype(np.asarray(x).dtype, np.floating)])
+        na, nb = np.linalg.norm(fa), np.linalg.norm(fb)
+        vals.append(1.0 if na == nb == 0 else float(fa @ fb / max(na * nb, 1e-30)))
+    return float(np.mean(vals)) if vals else 1.0
+
+
+def pooled_fidelity(reference: onnx.ModelProto, models: list[onnx.ModelProto], data: Iterable, limit: int) -> list[dict]:
+    """Relative L2 error and cosine of every model's outputs (all of them, as one vector per sample)
+    against the reference's, pooled over the first `limit` samples of `data` (FidelityAccumulator).
+
+    One session at a time (the reference's outputs are kept): on offloaded weights each session maps
+    a full copy of the model, and three side by side would triple the peak."""
+    tgt = Target(kind="cpu", opt_level="basic")
+
+    def outputs(model: onnx.ModelProto) -> Iterable[np.ndarray]:
+        s = make_session(model, tgt)
+        names = [i.name for i in s.get_inputs()]
+        for k, feed in enumerate(data):
+            if k >= limit:
+                break
+            f = {n: feed[n] for n in names if n in feed}
+            yield np.concatenate([np.asarray(o, np.float32).reshape(-1) for o in s.run(None, f)])
+
+    ref = list(outputs(reference))
+    rows = []
+    for m in models:
+        acc = FidelityAccumulator(["out"])
+        for a, b in zip(ref, outputs(m), strict=False):
+            acc.update({"out": a}, {"out": b})
+        res = acc.result().get("out", {"rel_l2": 0.0, "cosine": 1.0})
+        rows.append({"rel_l2": res["rel_l2"], "cosine": res["cosine"]})
+    return rows
+
+
 # --------------------------------------------------------------------------------------------------
 # Labelled accuracy
 # --------------------------------------------------------------------------------------------------

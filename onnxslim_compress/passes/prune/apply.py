@@ -17,8 +17,9 @@ import onnx
 from onnx import helper
 
 from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.index import attr, drop_unused_initializers
 from onnxslim_compress.passes.prune.groups import ChannelAnalysis
-from onnxslim_compress.passes.prune.rules import SpaceKey, attr
+from onnxslim_compress.passes.prune.rules import SpaceKey
 
 Factor = tuple[str, int] | int
 
@@ -135,11 +136,7 @@ def apply_pruning(an: ChannelAnalysis, pruned: np.ndarray) -> onnx.ModelProto:
             _rewrite_split(an, n, r.node, r.space[1], pruned, new_inits)
     for name, arr in new_inits.items():
         g.initializer.append(weights.new_tensor(arr, name, ws))
-    used = {x for n in g.node for x in n.input} | {o.name for o in g.output}
-    keep_inits = [t for t in g.initializer if t.name in used]
-    if len(keep_inits) != len(g.initializer):
-        del g.initializer[:]
-        g.initializer.extend(keep_inits)
+    drop_unused_initializers(g)
     del g.value_info[:]
     return m
 

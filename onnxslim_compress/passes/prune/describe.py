@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from onnxslim_compress.graph.index import attr
 from onnxslim_compress.graph.shapes import ShapeMap
 from onnxslim_compress.passes.prune.apply import MacModel
 from onnxslim_compress.passes.prune.groups import WEIGHT_OPS, ChannelAnalysis, analyze
-from onnxslim_compress.passes.prune.rules import attr
 
 
 def member_role(an: ChannelAnalysis, i: int, gid: int) -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxslim_compress.graph.index import attr
 from onnxslim_compress.passes.prune.view import (
     GraphView,
     Outcome,
     Rewrite,
-    attr,
     axes_of,
     norm_axis,
     renumber,

@@ -18,11 +18,12 @@ import numpy as np
 import onnx
 
 from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.index import attr, conv_pads, patches
 from onnxslim_compress.passes.prune.apply import kept_positions
 from onnxslim_compress.passes.prune.groups import ChannelAnalysis
-from onnxslim_compress.passes.prune.rules import attr
 from onnxslim_compress.runtime.activations import iterate_tensors
-from onnxslim_compress.runtime.session import Target, make_session
+from onnxslim_compress.runtime.metrics import pooled_fidelity
+from onnxslim_compress.runtime.session import Target
 
 #: widest unfolded input (C*kh*kw) solved densely; wider layers get bias correction only
 MAX_FEATURES = 2304
@@ -51,39 +52,19 @@ class _Target:
     rows_x: int = 0
 
 
-def _conv_pads(n: onnx.NodeProto, in_hw: list[int], out_hw: list[int], k: list[int], s: list[int], d: list[int]) -> list[int]:
-    ap = attr(n, "auto_pad", b"NOTSET")
-    ap = ap.decode() if isinstance(ap, bytes) else ap
-    if ap in ("SAME_UPPER", "SAME_LOWER"):
-        pads = [0, 0, 0, 0]
-        for j in range(2):
-            total = max((out_hw[j] - 1) * s[j] + (k[j] - 1) * d[j] + 1 - in_hw[j], 0)
-            small = total // 2
-            pads[j], pads[j + 2] = (small, total - small) if ap == "SAME_UPPER" else (total - small, small)
-        return pads
-    if ap == "VALID":
-        return [0, 0, 0, 0]
-    return list(attr(n, "pads", [0, 0, 0, 0]))
-
-
 def _unfold(n: onnx.NodeProto, x: np.ndarray, y: np.ndarray, w_shape: list[int], rng: np.random.Generator):
     """Rows of the conv's input patches (c, ky, kx order) at sampled output positions, with targets."""
     k = list(w_shape[2:])
     s = list(attr(n, "strides", [1, 1]))
     d = list(attr(n, "dilations", [1, 1]))
-    pads = _conv_pads(n, list(x.shape[2:]), list(y.shape[2:]), k, s, d)
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    pads = conv_pads(list(x.shape[2:]), k, s, d, list(attr(n, "pads", [])), attr(n, "auto_pad", b"NOTSET"))
     ho, wo = y.shape[2:]
     feats, targets = [], []
     for b in range(x.shape[0]):
         m = min(POSITIONS, ho * wo)
         pos = rng.choice(ho * wo, size=m, replace=False)
-        oy, ox = pos // wo, pos % wo
-        iy = oy[:, None] * s[0] + np.arange(k[0])[None, :] * d[0]
-        ix = ox[:, None] * s[1] + np.arange(k[1])[None, :] * d[1]
-        patch = xp[b][:, iy[:, :, None], ix[:, None, :]]  # C, P, kh, kw
-        feats.append(np.transpose(patch, (1, 0, 2, 3)).reshape(m, -1))
-        targets.append(y[b][:, oy, ox].T)
+        feats.append(patches(x[b : b + 1], k, s, d, pads, positions=pos))
+        targets.append(y[b][:, pos // wo, pos % wo].T)
     return np.concatenate(feats), np.concatenate(targets)
 
 
@@ -356,39 +337,6 @@ def _set_bias(n, w, bias_name, b, put, get, by_name) -> None:
     put(bias_name, b.reshape(old.shape) if old.size == b.size else b.reshape(-1))
 
 
-def fidelity(reference: onnx.ModelProto, models: list[onnx.ModelProto], data: Iterable, limit: int) -> list[dict]:
-    """Relative L2 error and cosine of every model's outputs against the reference, over the data.
-
-    One session at a time (the reference's outputs are kept): on offloaded weights each session maps
-    a full copy of the model, and three side by side would triple the peak."""
-    tgt = Target(kind="cpu", opt_level="basic")
-
-    def outputs(model: onnx.ModelProto) -> Iterable[np.ndarray]:
-        s = make_session(model, tgt)
-        names = [i.name for i in s.get_inputs()]
-        for k, feed in enumerate(data):
-            if k >= limit:
-                break
-            f = {n: feed[n] for n in names if n in feed}
-            yield np.concatenate([np.asarray(o, np.float32).reshape(-1) for o in s.run(None, f)])
-
-    ref = list(outputs(reference))
-    na = sum(float(a.astype(np.float64) @ a) for a in ref)
-    err = np.zeros(len(models))
-    dot = np.zeros(len(models))
-    nb = np.zeros(len(models))
-    for j, m in enumerate(models):
-        for a, b in zip(ref, outputs(m), strict=False):
-            a64, b64 = a.astype(np.float64), b.astype(np.float64)
-            err[j] += float((a64 - b64) @ (a64 - b64))
-            dot[j] += float(a64 @ b64)
-            nb[j] += float(b64 @ b64)
-    return [
-        {"rel_l2": float(np.sqrt(err[j] / max(na, 1e-30))), "cosine": float(dot[j] / max(np.sqrt(na * nb[j]), 1e-30))}
-        for j in range(len(models))
-    ]
-
-
 class _Window:
     """Samples [start, stop) of a re-iterable data source, itself re-iterable."""
 
@@ -439,7 +387,7 @@ def recover_model(
     if used:
         stats["ridge_chosen"] = {f"{r:g}": used.count(r) for r in sorted(set(used))}
     stats["bias_only"] = sum(1 for t in targets if t.mode == "bias")
-    before, after = fidelity(an.model, [pruned_model, rec], val, limit)
+    before, after = pooled_fidelity(an.model, [pruned_model, rec], val, limit)
     stats["fidelity_before"] = before
     stats["fidelity_after"] = after
     if after["rel_l2"] > before["rel_l2"]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxslim_compress.graph.index import attr
 from onnxslim_compress.passes.prune.layout import (
     rule_concat,
     rule_expand_tile,
@@ -29,10 +30,10 @@ from onnxslim_compress.passes.prune.layout import (
     rule_transpose,
     rule_unsqueeze,
 )
-from onnxslim_compress.passes.prune.view import GraphView, Outcome, Rewrite, Rule, SpaceKey, attr, norm_axis
+from onnxslim_compress.passes.prune.view import GraphView, Outcome, Rewrite, Rule, SpaceKey, norm_axis
 from onnxslim_compress.passes.prune.weight_rules import rule_conv, rule_conv_transpose, rule_gemm, rule_matmul
 
-__all__ = ["GraphView", "Outcome", "Rewrite", "SpaceKey", "apply_rule", "attr"]
+__all__ = ["GraphView", "Outcome", "Rewrite", "SpaceKey", "apply_rule"]
 
 UNARY = frozenset(
     ["Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu", "Erf", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Clip", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Cast", "CastLike", "Identity", "Dropout", "Mish", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign", "Not", "IsNaN", "IsInf", "ThresholdedRelu", "Shrink"]

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxslim_compress.errors import BadInputError
+from onnxslim_compress.graph.index import attr
 from onnxslim_compress.passes.prune.apply import MacModel
 from onnxslim_compress.passes.prune.groups import ChannelAnalysis
-from onnxslim_compress.passes.prune.rules import attr
 from onnxslim_compress.runtime.activations import Moments, accumulate
 
 

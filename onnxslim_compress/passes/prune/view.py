@@ -7,15 +7,13 @@ returns an Outcome: which other spaces are coupled (`link`, with index maps), wh
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import onnx
 
-from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.index import Constants, attr, captures, node_links
 
 SpaceKey = tuple[str, int]
 
@@ -29,38 +27,18 @@ class GraphView:
         self.nodes = list(model.graph.node)
         self.shapes = shapes
         self.init = {t.name: t for t in model.graph.initializer}
-        self._arrays: dict[str, np.ndarray] = {}
-        self.producer: dict[str, int] = {}
-        self.consumers: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for i, n in enumerate(self.nodes):
-            for o in n.output:
-                if o:
-                    self.producer[o] = i
-            for k, x in enumerate(n.input):
-                if x:
-                    self.consumers[x].append((i, k))
+        self._constants = Constants(model.graph, nodes=False)
+        self.producer, self.consumers = node_links(self.nodes)
         self.outputs = {o.name for o in model.graph.output}
         self.inputs = {i.name for i in model.graph.input if i.name not in self.init}
         #: names read inside If/Loop/Scan bodies (outer-scope captures) -> the control-flow node
-        self.implicit: dict[str, int] = {}
-        for i, n in enumerate(self.nodes):
-            for a in n.attribute:
-                subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-                for g in subs:
-                    for name in _outer_names(g):
-                        self.implicit.setdefault(name, i)
+        self.implicit: dict[str, int] = captures(model.graph)
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
     def const(self, name: str) -> np.ndarray | None:
         """Value of an initializer (Constant nodes were turned into initializers beforehand)."""
-        if not name or name not in self.init:
-            return None
-        if name in self._arrays:
-            return self._arrays[name]
-        arr = weights.read(self.init[name])
-        if not weights.is_offloaded(self.init[name]):  # offloaded weights are re-read, never all held
-            self._arrays[name] = arr
-        return arr
+        # offloaded weights are re-read, never all held (Constants caches only in-memory ones)
+        return self._constants.get(name) if name else None
 
     def const_dtype(self, name: str) -> np.dtype:
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self.init[name].data_type))
@@ -73,27 +51,6 @@ class GraphView:
         if s is None or axis >= len(s):
             return None
         return int(s[axis])
-
-
-def _outer_names(g: onnx.GraphProto) -> set[str]:
-    """Names a subgraph reads but does not define (captured from the enclosing graph)."""
-    defined = {i.name for i in g.input} | {t.name for t in g.initializer}
-    used: set[str] = set()
-    for n in g.node:
-        used.update(x for x in n.input if x)
-        defined.update(n.output)
-        for a in n.attribute:
-            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-            for s in subs:
-                used.update(_outer_names(s))
-    return used - defined
-
-
-def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 @dataclass

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxslim_compress.passes.prune.view import GraphView, Outcome, Rewrite, attr
+from onnxslim_compress.graph.index import attr
+from onnxslim_compress.passes.prune.view import GraphView, Outcome, Rewrite
 
 
 def rule_conv(g: GraphView, i: int, t: str, a: int) -> Outcome:

@@ -21,6 +21,7 @@ from onnxslim_compress.errors import BadInputError
 from onnxslim_compress.graph import weights
 from onnxslim_compress.passes.quantize.placement import Unit, quantize_weight
 from onnxslim_compress.runtime.activations import iterate_tensors
+from onnxslim_compress.runtime.metrics import mean_fidelity
 from onnxslim_compress.runtime.session import Target, make_session
 
 Feed = dict[str, np.ndarray]
@@ -53,21 +54,6 @@ def run_outputs(model: onnx.ModelProto, feeds: list[Feed], target: Target) -> li
     return [sess.run(None, {n: f[n] for n in names if n in f}) for f in feeds]
 
 
-def fidelity(ref: list[list[np.ndarray]], got: list[list[np.ndarray]], metric: str) -> float:
-    """Mean per-sample cosine of all float outputs concatenated, or top-1 agreement of output 0."""
-    vals = []
-    for r, q in zip(ref, got, strict=True):
-        if metric == "top1":
-            a, b = np.asarray(r[0]), np.asarray(q[0])
-            vals.append(float(np.mean(a.reshape(-1, a.shape[-1]).argmax(-1) == b.reshape(-1, b.shape[-1]).argmax(-1))))
-            continue
-        fa = np.concatenate([np.asarray(x, np.float64).ravel() for x in r if np.issubdtype(np.asarray(x).dtype, np.floating)])
-        fb = np.concatenate([np.asarray(x, np.float64).ravel() for x in q if np.issubdtype(np.asarray(x).dtype, np.floating)])
-        na, nb = np.linalg.norm(fa), np.linalg.norm(fb)
-        vals.append(1.0 if na == nb == 0 else float(fa @ fb / max(na * nb, 1e-30)))
-    return float(np.mean(vals)) if vals else 1.0
-
-
 def layer_sensitivity(
     build: Callable[[list[Unit]], onnx.ModelProto],
     units: list[Unit],
@@ -79,7 +65,7 @@ def layer_sensitivity(
     rows = []
     for u in units:
         got = run_outputs(build([u]), feeds, target)
-        rows.append((u, 1.0 - fidelity(ref, got, "cosine")))
+        rows.append((u, 1.0 - mean_fidelity(ref, got, "cosine")))
     return rows
 
 
@@ -96,7 +82,7 @@ def keep_float_until(
 
     def score(k: int) -> float:
         if k not in tried:
-            tried[k] = fidelity(ref, run_outputs(build(ranked[k:]), feeds, target), goal.metric)
+            tried[k] = mean_fidelity(ref, run_outputs(build(ranked[k:]), feeds, target), goal.metric)
         return tried[k]
 
     if score(0) >= goal.value:
