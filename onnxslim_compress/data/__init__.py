@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 
 from onnxslim_compress.errors import BadInputError
+from onnxslim_compress.graph.index import Constants, attr, node_links
 from onnxslim_compress.graph.io import load_model
 from onnxslim_compress.graph.shapes import ShapeMap, bind_input_shapes, dims_of, graph_inputs
 
@@ -712,20 +713,11 @@ class GenRule:
 def _input_rules(model: onnx.ModelProto, specs: list[InputSpec]) -> dict[str, GenRule]:
     """Decide each input's generator from how the graph uses it; names only as a last resort."""
     g = model.graph
-    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    producer: dict[str, onnx.NodeProto] = {}
-    for node in g.node:
-        for k, name in enumerate(node.input):
-            if name:
-                consumers.setdefault(name, []).append((node, k))
-        for name in node.output:
-            producer[name] = node
-    const_shapes = {t.name: tuple(t.dims) for t in g.initializer}
-    for node in g.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-                    const_shapes[node.output[0]] = tuple(a.t.dims)
+    nodes = list(g.node)
+    prod, slots = node_links(nodes)
+    producer = {name: nodes[i] for name, i in prod.items()}
+    consumers = {name: [(nodes[i], k) for i, k in s] for name, s in slots.items()}
+    const_shapes = {name: tuple(t.dims) for name, t in Constants(g).tensors.items()}
 
     def table_shape(name: str, depth: int = 0) -> tuple[int, ...] | None:
         if name in const_shapes:
@@ -752,7 +744,7 @@ def _input_rules(model: onnx.ModelProto, specs: list[InputSpec]) -> dict[str, Ge
                 elif node.op_type == "Gather" and k == 1:
                     shape = table_shape(node.input[0])
                     if shape:
-                        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                        axis = attr(node, "axis", 0)
                         axis = axis + len(shape) if axis < 0 else axis
                         if 0 <= axis < len(shape) and shape[axis] > 0:
                             bounds.append((int(shape[axis]), node.input[0]))

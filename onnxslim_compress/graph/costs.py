@@ -21,9 +21,16 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper
 
+from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.index import (
+    DEFAULT_DOMAINS,
+    GraphIndex,
+    attr,
+    constant_tensor,
+    has_subgraph,
+    node_subgraphs,
+)
 from onnxslim_compress.graph.shapes import ShapeMap, ShapeRunner, infer_shapes
-
-_STD_DOMAINS = ("", "ai.onnx")
 
 
 @dataclass(frozen=True)
@@ -175,15 +182,11 @@ class _Constants:
             # an initializer that is also a graph input can be overridden at run time; it is still
             # a weight for costing (that is how old exporters wrote every weight)
             self.info[t.name] = (t.data_type, _numel(t.dims))
-        self.producer: dict[str, onnx.NodeProto] = {}
+        self.producer: dict[str, onnx.NodeProto] = GraphIndex(graph).producer
         for node in graph.node:
-            for o in node.output:
-                if o:
-                    self.producer[o] = node
-            if node.op_type == "Constant" and node.domain in _STD_DOMAINS and node.output:
-                info = _constant_node_info(node)
-                if info is not None:
-                    self.info[node.output[0]] = info
+            t = constant_tensor(node) if node.output else None
+            if t is not None:
+                self.info[node.output[0]] = (t.data_type, _numel(t.dims))
 
     def is_const(self, name: str) -> bool:
         return bool(name) and name in self.info
@@ -195,7 +198,7 @@ class _Constants:
         if name in self.info:
             return [name]
         node = self.producer.get(name)
-        if node is None or depth > 8 or node.domain not in _STD_DOMAINS:
+        if node is None or depth > 8 or node.domain not in DEFAULT_DOMAINS:
             return []
         data_idx = _WEIGHT_PASSTHROUGH.get(node.op_type)
         if data_idx is None or data_idx >= len(node.input):
@@ -208,21 +211,6 @@ class _Constants:
 
 def _numel(dims: Iterable[int]) -> int:
     return int(math.prod(int(d) for d in dims))
-
-
-def _constant_node_info(node: onnx.NodeProto) -> tuple[int, int] | None:
-    for a in node.attribute:
-        if a.name == "value" and a.type == AttributeProto.TENSOR:
-            return a.t.data_type, _numel(a.t.dims)
-        if a.name == "value_float":
-            return TensorProto.FLOAT, 1
-        if a.name == "value_floats":
-            return TensorProto.FLOAT, len(a.floats)
-        if a.name == "value_int":
-            return TensorProto.INT64, 1
-        if a.name == "value_ints":
-            return TensorProto.INT64, len(a.ints)
-    return None
 
 
 def _tensor_bytes(t: TensorProto) -> int:
@@ -241,49 +229,25 @@ def _tensor_bytes(t: TensorProto) -> int:
 
 
 def _graph_weight_bytes(graph: onnx.GraphProto) -> int:
-    total = sum(_tensor_bytes(t) for t in graph.initializer)
-    for node in graph.node:
-        for a in node.attribute:
-            if node.op_type == "Constant" and a.type == AttributeProto.TENSOR:
-                total += _tensor_bytes(a.t)
-            elif a.type == AttributeProto.GRAPH:
-                total += _graph_weight_bytes(a.g)
-            elif a.type == AttributeProto.GRAPHS:
-                total += sum(_graph_weight_bytes(g) for g in a.graphs)
+    """Bytes of the initializers and Constant tensors of a graph and of every body in it."""
+    total = 0
+    for g in weights.graphs(graph):
+        total += sum(_tensor_bytes(t) for t in g.initializer)
+        for node in g.node:
+            if node.op_type == "Constant":
+                total += sum(_tensor_bytes(a.t) for a in node.attribute if a.type == AttributeProto.TENSOR)
     return total
 
 
 def _subgraph_compute_count(node: onnx.NodeProto) -> int:
     """Compute nodes (Conv/Gemm/MatMul...) inside the subgraphs of a control-flow node."""
-    count = 0
-    stack = []
-    for a in node.attribute:
-        if a.type == AttributeProto.GRAPH:
-            stack.append(a.g)
-        elif a.type == AttributeProto.GRAPHS:
-            stack.extend(a.graphs)
-    while stack:
-        g = stack.pop()
-        for n in g.node:
-            if n.op_type in COMPUTE_OPS and n.domain in _STD_DOMAINS:
-                count += 1
-            for a in n.attribute:
-                if a.type == AttributeProto.GRAPH:
-                    stack.append(a.g)
-                elif a.type == AttributeProto.GRAPHS:
-                    stack.extend(a.graphs)
-    return count
-
-
-def _has_subgraph(node: onnx.NodeProto) -> bool:
-    return any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute)
-
-
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    for a in node.attribute:
-        if a.name == name:
-            return int(a.i)
-    return default
+    return sum(
+        1
+        for body in node_subgraphs(node)
+        for g in weights.graphs(body)
+        for n in g.node
+        if n.op_type in COMPUTE_OPS and n.domain in DEFAULT_DOMAINS
+    )
 
 
 class _Unknown(Exception):
@@ -373,7 +337,7 @@ def _node_cost(node: onnx.NodeProto, shapes: ShapeMap, consts: _Constants) -> No
         a_shape = _shape(shapes, ins[spec_m.a] if spec_m.a < len(ins) else "", "input A")
         b_shape = _shape(shapes, ins[spec_m.b] if spec_m.b < len(ins) else "", "input B")
         if spec_m.gemm:
-            macs = gemm_macs(a_shape, b_shape, _attr(node, "transA", 0), _attr(node, "transB", 0))
+            macs = gemm_macs(a_shape, b_shape, int(attr(node, "transA", 0)), int(attr(node, "transB", 0)))
         else:
             macs = matmul_macs(a_shape, b_shape)
     weights = _compute_weights(node, consts)
@@ -423,11 +387,11 @@ def count_costs(model: onnx.ModelProto, input_shapes: ShapeMap | None = None, *,
     owner_op: dict[str, str] = {}
 
     for node in graph.node:
-        key = node.op_type if node.domain in _STD_DOMAINS else f"{node.domain}.{node.op_type}"
+        key = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
         entry = by_op.setdefault(key, OpTypeCost())
         entry.count += 1
         name = node.name or (node.output[0] if node.output else node.op_type)
-        if _has_subgraph(node):
+        if has_subgraph(node):
             inner = _subgraph_compute_count(node)
             if inner:
                 skipped.append(
@@ -439,7 +403,7 @@ def count_costs(model: onnx.ModelProto, input_shapes: ShapeMap | None = None, *,
                 )
         if node.op_type == "Constant":
             continue
-        if node.op_type in COMPUTE_OPS and node.domain in _STD_DOMAINS:
+        if node.op_type in COMPUTE_OPS and node.domain in DEFAULT_DOMAINS:
             # parameters do not depend on shapes: a node whose MACs are unknown still has weights
             for w in _compute_weights(node, consts):
                 if w not in param_tensors:

@@ -21,7 +21,7 @@ import onnx
 from onnx import ModelProto
 
 from onnxslim_compress.graph import weights
-from onnxslim_compress.graph.index import op_counts, subgraph_inputs
+from onnxslim_compress.graph.index import op_counts, used_names
 from onnxslim_compress.graph.io import clamp_ir_version
 from onnxslim_compress.passes.base import Pass, PassResult, param
 
@@ -79,7 +79,7 @@ def _hide_offloaded(model: ModelProto) -> tuple[ModelProto, dict[str, onnx.Tenso
 
 def _restore_hidden(out: ModelProto, hidden: dict[str, onnx.TensorProto]) -> None:
     """In place: the hidden weights onnxslim left in use become initializers again; the rest go."""
-    used = {i for n in out.graph.node for i in n.input} | subgraph_inputs(out.graph) | {o.name for o in out.graph.output}
+    used = used_names(out.graph)
     inputs = [i for i in out.graph.input if i.name not in hidden]
     del out.graph.input[:]
     out.graph.input.extend(inputs)

@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxslim_compress.graph import weights
-from onnxslim_compress.graph.index import Constants, subgraph_inputs
+from onnxslim_compress.graph.index import Constants, drop_unused_initializers, subgraph_inputs
 from onnxslim_compress.graph.shapes import bind_input_shapes
 from onnxslim_compress.passes.quantize.calibration import synthetic_feeds
 from onnxslim_compress.runtime.activations import iterate_tensors
@@ -148,11 +148,9 @@ def convert_fp16(model: onnx.ModelProto, keep_io_fp32: bool = True) -> tuple[onn
         if o.name in v16 and v32.get(o.name) is None and keep_io_fp32:
             new_nodes.append(helper.make_node("Cast", [v16[o.name]], [o.name], to=TensorProto.FLOAT, name=f"{o.name}__out_cast"))
             casts += 1
-    used = {t for n in new_nodes for t in n.input} | captured
-    keep_inits = [t for t in g.initializer if t.name in used] + new_inits
     del g.node[:]
     g.node.extend(new_nodes)
-    del g.initializer[:]
-    g.initializer.extend(keep_inits)
+    drop_unused_initializers(g)
+    g.initializer.extend(new_inits)
     del g.value_info[:]
     return m, {"fp16_nodes": len(half), "fp32_nodes": len(kept), "casts": casts, "kept_fp32": kept}

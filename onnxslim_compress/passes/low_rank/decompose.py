@@ -1,5 +1,5 @@
-"""Low-rank factorization machinery: (whitened) SVD of weight groups, rank rules, ALDS, im2col Gram
-rows, the candidate forms of a layer with their cost, and the graph nodes of each form.
+"""Low-rank factorization machinery: (whitened) SVD of weight groups, rank rules, ALDS, the candidate
+forms of a layer with their cost, and the graph nodes of each form (im2col rows: graph/index.py).
 
 Kept apart from low_rank.py (which finds layers, collects data and decides) so the formulas
 can be tested on plain matrices against a numpy reference. Conventions: a layer is a matrix W of
@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxslim_compress.graph.index import UniqueNames, conv_pads
 from onnxslim_compress.graph.weights import Workspace, new_tensor
 
 
@@ -272,46 +273,6 @@ def alds(layers: list[AldsLayer], budget: float, seeds: int = 3, seed: int = 0, 
     return best
 
 
-# ----------------------------------------------------------------------------------- im2col rows
-
-
-def conv_pads(in_spatial: list[int], kernel: list[int], strides: list[int], dilations: list[int],
-              pads: list[int], auto_pad: str) -> list[int]:
-    """Explicit [begin..., end...] pads of a Conv, resolving auto_pad against the input size."""
-    nd = len(kernel)
-    if auto_pad in ("", "NOTSET"):
-        return list(pads) if pads else [0] * (2 * nd)
-    if auto_pad == "VALID":
-        return [0] * (2 * nd)
-    begin, end = [], []
-    for size, k, s, d in zip(in_spatial, kernel, strides, dilations, strict=True):
-        out = -(-size // s)
-        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
-        b = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
-        begin.append(b)
-        end.append(total - b)
-    return begin + end
-
-
-def patches(x: np.ndarray, kernel: list[int], strides: list[int], dilations: list[int], pads: list[int]) -> np.ndarray:
-    """im2col: rows of (c, k1, k2, ...) patches of an (N, C, *spatial) tensor, one row per output position.
-
-    The column order matches W.reshape(f, -1), so the Gram of these rows whitens the folded Conv
-    weight exactly as X^T X whitens a Gemm weight.
-    """
-    nd = len(kernel)
-    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)])
-    eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
-    v = np.lib.stride_tricks.sliding_window_view(xp, eff, axis=tuple(range(2, 2 + nd)))
-    # v: (N, C, O1', ..., e1, ...): stride over the output axes, dilate over the window axes
-    v = v[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)
-          + tuple(slice(None, None, d) for d in dilations)]
-    n, c = v.shape[:2]
-    out = v.shape[2 : 2 + nd]
-    order = [0] + list(range(2, 2 + nd)) + [1] + list(range(2 + nd, 2 + 2 * nd))
-    return v.transpose(order).reshape(n * int(np.prod(out)), c * int(np.prod(kernel)))
-
-
 # ------------------------------------------------------------------- layers, options, graph forms
 
 
@@ -358,15 +319,6 @@ def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-
-
-def constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    """Initializers and Constant-node values by tensor name (weights can come as either)."""
-    out = {t.name: t for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            out[n.output[0]] = n.attribute[0].t
-    return out
 
 
 def layer_options(L: Layer, alds_mode: bool, conv_form: str, gram: np.ndarray | None, ridge: float,
@@ -454,25 +406,7 @@ def approximation(L: Layer, key: tuple, d: Decomposition, j: int) -> np.ndarray:
     return approx
 
 
-class Names:
-    """Unique names derived from the original node's name (checked against every name in the graph)."""
-
-    def __init__(self, model: onnx.ModelProto):
-        g = model.graph
-        self.used = {n.name for n in g.node} | {t.name for t in g.initializer}
-        self.used |= {v.name for v in list(g.input) + list(g.output) + list(g.value_info)}
-        self.used |= {o for n in g.node for o in list(n.input) + list(n.output)}
-
-    def __call__(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.used:
-            i += 1
-            name = f"{base}_{i}"
-        self.used.add(name)
-        return name
-
-
-def emit(L: Layer, key: tuple, j: int, d: Decomposition, names: Names, opset: int, ws: Workspace | None = None):
+def emit(L: Layer, key: tuple, j: int, d: Decomposition, names: UniqueNames, opset: int, ws: Workspace | None = None):
     """New nodes and initializers computing the layer's output as Dec(Enc(x)); the bias goes last.
     Factors go to the workspace `ws` when the model's weights are offloaded."""
     node, a, base = L.node, node_attrs(L.node), L.name + "_lr"

@@ -19,6 +19,14 @@ import onnx
 
 from onnxslim_compress.errors import BadInputError
 from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.index import (
+    Constants,
+    UniqueNames,
+    conv_pads,
+    drop_unused_initializers,
+    patches,
+    used_names,
+)
 from onnxslim_compress.graph.io import main_opset
 from onnxslim_compress.graph.shapes import infer_shapes
 from onnxslim_compress.passes.base import Flag, Pass, PassResult, Pinned, Range, param
@@ -92,7 +100,7 @@ class LowRankParams:
 
 def find_layers(model: onnx.ModelProto, shapes: dict, p: LowRankParams) -> tuple[list[lm.Layer], list[dict]]:
     """Gemm/MatMul with a constant 2-D weight and group=1 Conv; everything else is skipped with a reason."""
-    consts, layers, skipped = lm.constants(model), [], []
+    consts, layers, skipped = Constants(model.graph).tensors, [], []
     for node in model.graph.node:
         if node.op_type not in ("Gemm", "MatMul", "Conv"):
             continue
@@ -185,8 +193,8 @@ def collect_grams(model: onnx.ModelProto, layers: list[lm.Layer], ctx: Any, p: L
                     rows = np.moveaxis(x, spec[1], -1).reshape(-1, x.shape[spec[1]])
                 else:
                     _, kernel, strides, dil, pads, auto = spec
-                    pads = lm.conv_pads(list(x.shape[2:]), list(kernel), list(strides), list(dil), list(pads), auto)
-                    rows = lm.patches(x, list(kernel), list(strides), list(dil), pads)
+                    pads = conv_pads(list(x.shape[2:]), list(kernel), list(strides), list(dil), list(pads), auto)
+                    rows = patches(x, list(kernel), list(strides), list(dil), pads)
                 if rows.shape[0] > _MAX_ROWS:
                     rows = rows[rng.choice(rows.shape[0], _MAX_ROWS, replace=False)]
                 pending[(act, spec)].append(rows)
@@ -242,7 +250,7 @@ class LowRank(Pass):
                 continue
             cands.append((L, opts, float(full), gram))
         decisions, alds_info = self._decide(cands, p, ctx.seed)
-        names, replace, removed, rows = lm.Names(model), {}, set(), []
+        names, replace, removed, rows = UniqueNames(model.graph), {}, set(), []
         ws = weights.Workspace.of(model)
         for (L, opts, full, gram), (oi, j) in zip(cands, decisions, strict=True):
             key, d, cost = opts[oi][:3]
@@ -331,16 +339,9 @@ def rewrite(model: onnx.ModelProto, replace: dict[str, tuple[list, list]], remov
 
 
 def _drop_unused(model: onnx.ModelProto, names: set[str]) -> None:
-    """Remove replaced weights (initializers or Constant nodes) that no node or output uses any more."""
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    for n in model.graph.node:
-        for a in n.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                used |= {i for sn in g.node for i in sn.input}
-    gone = names - used
-    keep = [t for t in model.graph.initializer if t.name not in gone]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    """Remove replaced weights (initializers or Constant nodes) that nothing reads any more."""
+    gone = names - used_names(model.graph)
+    drop_unused_initializers(model.graph, only=gone)
     nodes = [n for n in model.graph.node if not (n.op_type == "Constant" and n.output[0] in gone)]
     del model.graph.node[:]
     model.graph.node.extend(nodes)

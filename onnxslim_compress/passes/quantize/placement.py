@@ -18,10 +18,11 @@ from typing import Literal
 
 import numpy as np
 import onnx
+from networkx.utils import UnionFind
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim_compress.graph import weights
-from onnxslim_compress.graph.index import subgraph_inputs
+from onnxslim_compress.graph.index import GraphIndex, attr, drop_unused_initializers
 from onnxslim_compress.passes.quantize.calibration import (
     asymmetric_qparams,
     symmetric_qparams,
@@ -70,19 +71,12 @@ def ensure_node_names(model: onnx.ModelProto) -> None:
         seen.add(n.name)
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def build_units(
     model: onnx.ModelProto, target: TargetKind, is_float: set[str], inits: dict[str, np.ndarray]
 ) -> tuple[list[Unit], list[dict]]:
     """Candidate units per target, and skipped nodes with the reason."""
     g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
+    producer = GraphIndex(g).producer
     units: list[Unit] = []
     skipped: list[dict] = []
 
@@ -100,7 +94,7 @@ def build_units(
             if len(n.input) < 2 or n.input[1] not in inits:
                 skipped.append({"node": n.name, "reason": "weight is not a constant"})
                 continue
-            if op == "ConvTranspose" and (target == "cpu" or _attr(n, "group", 1) != 1):
+            if op == "ConvTranspose" and (target == "cpu" or attr(n, "group", 1) != 1):
                 skipped.append({"node": n.name, "reason": "no integer ConvTranspose kernel for this target/group"})
                 continue
             if act_ok(n.input[0]):
@@ -120,14 +114,14 @@ def build_units(
             if 1 in u.weights and u.weights[1] == 1:
                 u.weight_out_axis = -1
         elif op == "Gemm":
-            if _attr(n, "transA", 0) or n.input[1] not in inits:
+            if attr(n, "transA", 0) or n.input[1] not in inits:
                 skipped.append({"node": n.name, "reason": "Gemm with transA or a non-constant B"})
                 continue
             if act_ok(n.input[0]):
                 u.acts.append(n.input[0])
-            u.weights[1] = 0 if _attr(n, "transB", 0) else 1
+            u.weights[1] = 0 if attr(n, "transB", 0) else 1
             u.weight_out_axis = -1
-            plain = _attr(n, "alpha", 1.0) == 1.0 and _attr(n, "beta", 1.0) == 1.0
+            plain = attr(n, "alpha", 1.0) == 1.0 and attr(n, "beta", 1.0) == 1.0
             if len(n.input) > 2 and n.input[2] in inits and inits[n.input[2]].ndim == 1 and plain and target == "cpu":
                 u.bias = 2
         elif target == "cpu" and op in CPU_QLINEAR_OUT:
@@ -182,11 +176,8 @@ def prune_isolated(model: onnx.ModelProto, units: list[Unit]) -> tuple[list[Unit
     Iterated to a fixpoint, looking through shared-scale ops and Relu.
     """
     g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for t in n.input:
-            consumers.setdefault(t, []).append(n)
+    idx = GraphIndex(g)
+    producer, consumers = idx.producer, idx.consumers
     through = SHARED_SCALE | FOLDABLE_RELU
     keep = {u.node for u in units}
     by_name = {n.name: n for n in g.node}
@@ -224,35 +215,17 @@ def prune_isolated(model: onnx.ModelProto, units: list[Unit]) -> tuple[list[Unit
     return [u for u in units if u.node in keep], dropped
 
 
-class _UnionFind:
-    def __init__(self):
-        self.parent: dict[str, str] = {}
-
-    def find(self, x: str) -> str:
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: str, b: str) -> None:
-        self.parent[self.find(a)] = self.find(b)
-
-
 def choose_tensors(
     model: onnx.ModelProto, units: list[Unit], target: TargetKind, is_float: set[str]
 ) -> tuple[set[str], dict[str, str]]:
     """The activation tensors to quantize and a group id per tensor (tensors of a group share a scale)."""
     g = model.graph
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for t in n.input:
-            consumers.setdefault(t, []).append(n)
+    consumers = GraphIndex(g).consumers
     outputs = {o.name for o in g.output}
     chosen: set[str] = set()
     for u in units:
         chosen.update(u.acts)
-    uf = _UnionFind()
+    uf = UnionFind()
     if target == "cpu":
         # move a Q from before a lone Relu to after it, so ORT folds the Relu into the integer kernel
         for t in list(chosen):
@@ -279,7 +252,7 @@ def choose_tensors(
                         if t in is_float:
                             uf.union(t, n.output[0])
         chosen -= outputs  # TensorRT: no output quantization
-    return chosen, {t: uf.find(t) for t in chosen}
+    return chosen, {t: uf[t] for t in chosen}
 
 
 def quantize_weight(w: np.ndarray, axis: int | None, qmax: int) -> tuple[np.ndarray, np.ndarray]:
@@ -417,12 +390,10 @@ def insert_qdq(
         nodes.append(n)
         for o in n.output:
             nodes += q_after.pop(o, [])
-    still_used = {t for n in nodes for t in n.input}
-    keep = [t for t in g.initializer if t.name in still_used or t.name not in drop_inits]
     del g.node[:]
     g.node.extend(nodes)
-    del g.initializer[:]
-    g.initializer.extend(keep + new_inits)
+    drop_unused_initializers(g, only=drop_inits)
+    g.initializer.extend(new_inits)
     return m
 
 
@@ -459,31 +430,25 @@ def fuse_hardswish(model: onnx.ModelProto) -> int:
     Returns the number of chains fused; the caller must make sure the opset is >= 14.
     """
     g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for t in n.input:
-            uses[t] = uses.get(t, 0) + 1
-    for o in g.output:
-        uses[o.name] = uses.get(o.name, 0) + 1
+    idx = GraphIndex(g)
+    inits, producer = idx.initializers, idx.producer
     drop: set[int] = set()
     replace: dict[int, onnx.NodeProto] = {}
     for k, d in enumerate(g.node):
         if d.op_type != "Div" or _const_value(inits, d.input[1]) != 6.0:
             continue
         m = producer.get(d.input[0])
-        if m is None or m.op_type != "Mul" or uses.get(m.output[0]) != 1:
+        if m is None or m.op_type != "Mul" or idx.n_readers(m.output[0]) != 1:
             continue
         for xi in (0, 1):
             x, c_t = m.input[xi], m.input[1 - xi]
             c = producer.get(c_t)
-            if c is None or c.op_type != "Clip" or uses.get(c_t) != 1 or len(c.input) < 3:
+            if c is None or c.op_type != "Clip" or idx.n_readers(c_t) != 1 or len(c.input) < 3:
                 continue
             if _const_value(inits, c.input[1]) != 0.0 or _const_value(inits, c.input[2]) != 6.0:
                 continue
             a = producer.get(c.input[0])
-            if a is None or a.op_type != "Add" or uses.get(a.output[0]) != 1 or x not in a.input:
+            if a is None or a.op_type != "Add" or idx.n_readers(a.output[0]) != 1 or x not in a.input:
                 continue
             other = a.input[1] if a.input[0] == x else a.input[0]
             if _const_value(inits, other) != 3.0:
@@ -513,15 +478,6 @@ def constants_to_initializers(model: onnx.ModelProto) -> None:
             keep.append(n)
     del model.graph.node[:]
     model.graph.node.extend(keep)
-
-
-def drop_unused_initializers(model: onnx.ModelProto) -> None:
-    # If/Loop/Scan bodies read outer initializers by name (implicit captures): those are used too
-    used = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
-    used |= subgraph_inputs(model.graph)
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
 
 
 def int4_weight_only(model: onnx.ModelProto, block: int, exclude: list[str]) -> tuple[onnx.ModelProto, list[dict], list[dict]]:
@@ -570,5 +526,5 @@ def int4_weight_only(model: onnx.ModelProto, block: int, exclude: list[str]) -> 
         nodes.append(n)
     del m.graph.node[:]
     m.graph.node.extend(nodes)
-    drop_unused_initializers(m)
+    drop_unused_initializers(m.graph)
     return m, rows, skipped

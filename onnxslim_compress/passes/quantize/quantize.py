@@ -21,6 +21,7 @@ from onnx import TensorProto
 
 from onnxslim_compress.errors import AccuracyGateError, BadInputError
 from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.index import drop_unused_initializers
 from onnxslim_compress.graph.io import main_opset, upgrade_opset
 from onnxslim_compress.graph.shapes import bind_input_shapes
 from onnxslim_compress.passes.base import (
@@ -251,7 +252,7 @@ class Quantize(Pass):
             layers_extra, skipped = emb_rows, skipped + emb_skipped
         else:
             layers_extra = []
-        qp.drop_unused_initializers(qmodel)
+        drop_unused_initializers(qmodel.graph)
         prec = "fp8" if mode == "fp8" else "int8"
         layers = [{"node": u.node, "op": u.op, "precision": prec,
                    "weights": ("per-channel" if p.per_channel else "per-tensor") if u.weights else ""} for u in units]

@@ -19,6 +19,7 @@ from onnx import helper, numpy_helper
 
 from onnxslim_compress.errors import BadInputError
 from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.index import GraphIndex, attr
 from onnxslim_compress.passes.quantize.placement import Unit, quantize_weight
 from onnxslim_compress.runtime.activations import iterate_tensors
 from onnxslim_compress.runtime.metrics import mean_fidelity
@@ -126,7 +127,7 @@ def weight_bias_shift(
         err = w - q * s.reshape(shape)
         mx = input_means[x]
         if u.op == "Conv":
-            groups = next((a.i for a in n.attribute if a.name == "group"), 1)
+            groups = attr(n, "group", 1)
             e = err.reshape(err.shape[0], err.shape[1], -1).sum(-1)  # [Co, Ci/g]
             xg = mx.reshape(groups, -1)  # [g, Ci/g]
             gi = np.arange(err.shape[0]) // (err.shape[0] // groups)
@@ -172,11 +173,8 @@ def smoothquant(model: onnx.ModelProto, units: list[Unit], feeds: list[Feed], al
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     by_name = {n.name: n for n in g.node}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for t in n.input:
-            consumers.setdefault(t, []).append(n)
-    producer = {o: n for n in g.node for o in n.output}
+    idx = GraphIndex(g)
+    consumers, producer = idx.consumers, idx.producer
     pos = {n.name: i for i, n in enumerate(g.node)}
     mm = {u.node for u in units if u.op == "MatMul" and u.weights.get(1) == 1 and u.acts}
     groups: dict[str, list[onnx.NodeProto]] = {}

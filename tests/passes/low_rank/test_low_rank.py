@@ -9,6 +9,7 @@ from builders import random_input, run
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim_compress.errors import RecipeError
+from onnxslim_compress.graph.index import UniqueNames
 from onnxslim_compress.graph.io import main_opset
 from onnxslim_compress.graph.shapes import infer_shapes
 from onnxslim_compress.passes.context import Context
@@ -58,7 +59,7 @@ def factorize_exactly(model: onnx.ModelProto, key: tuple, gram: np.ndarray | Non
     d = opts[key]
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    rewrite(out, {L.node.output[0]: lm.emit(L, key, d.max_rank, d, lm.Names(out), main_opset(out))}, {L.node.input[1]})
+    rewrite(out, {L.node.output[0]: lm.emit(L, key, d.max_rank, d, UniqueNames(out.graph), main_opset(out))}, {L.node.input[1]})
     onnx.checker.check_model(out)
     return out
 
@@ -90,7 +91,7 @@ def test_k_split_of_layers_sharing_an_input(opset: int):
     m.ir_version = 8
     layers, _ = find_layers(m, infer_shapes(m)[0], LowRankParams(min_params=0))
     replace = {}
-    names = lm.Names(m)
+    names = UniqueNames(m.graph)
     for L, k in zip(layers, (2, 3, 4), strict=True):
         d = lm.decompose(L.w, k)
         replace[L.node.output[0]] = lm.emit(L, ("channel", k), d.max_rank, d, names, opset)
