@@ -109,8 +109,10 @@ def scan() -> tuple[dict[str, Path], list[Import]]:
     return modules, _imports(modules)
 
 
-def _where(modules: dict[str, Path], imp: Import) -> str:
-    return f"{modules[imp.importer].relative_to(ROOT.parent)}:{imp.line}"
+def _none(modules: dict[str, Path], bad: list[tuple[Import, str]]) -> None:
+    """Fail listing every offending import as path:line and what is wrong with it."""
+    lines = [f"{modules[i.importer].relative_to(ROOT.parent)}:{i.line} {why}" for i, why in bad]
+    assert lines == [], "\n".join(lines)
 
 
 def test_the_scan_sees_the_package(scan):
@@ -129,57 +131,37 @@ def test_no_import_cycle(scan):
     assert cycles == [], "\n".join(" -> ".join(c + [c[0]]) for c in cycles[:10])
 
 
+def _upward(imp: Import) -> str | None:
+    """Why `imp` breaks the layer order, or None."""
+    src, dst = _layer(imp.importer), _layer(imp.target)
+    if imp.importer in EXEMPT_FROM_LAYERS or not _internal(imp) or src == "report" or dst == "report":
+        return None  # report/ has its own rule (stdlib only)
+    if src not in LAYERS or dst not in LAYERS:
+        return f"{imp.importer} imports {imp.target}: not in a layer"
+    if LAYERS[dst] > LAYERS[src]:
+        return f"{imp.importer} ({src}) imports {imp.target} ({dst})"
+    return None
+
+
 def test_no_upward_import(scan):
     modules, imports = scan
-    bad = []
-    for imp in imports:
-        if imp.importer in EXEMPT_FROM_LAYERS:
-            continue
-        src = _layer(imp.importer)
-        if src == "report":
-            if _internal(imp):
-                bad.append(f"{_where(modules, imp)} report/ imports {imp.target} (report/ is stdlib only)")
-            continue
-        if not _internal(imp):
-            continue
-        dst = _layer(imp.target)
-        if dst == "report":
-            continue
-        if src in LAYERS and dst in LAYERS and LAYERS[dst] > LAYERS[src]:
-            bad.append(f"{_where(modules, imp)} {imp.importer} ({src}) imports {imp.target} ({dst})")
-        elif dst not in LAYERS:
-            bad.append(f"{_where(modules, imp)} {imp.importer} imports {imp.target}: not in a layer")
-    assert bad == [], "\n".join(bad)
+    _none(modules, [(i, why) for i in imports if (why := _upward(i)) is not None])
 
 
 def test_report_is_stdlib_only(scan):
     modules, imports = scan
-    bad = [
-        f"{_where(modules, i)} {i.target}"
-        for i in imports
-        if _layer(i.importer) == "report" and i.target.split(".")[0] not in sys.stdlib_module_names
-        and i.target != "__future__"
-    ]
-    assert bad == [], "\n".join(bad)
+    stdlib = sys.stdlib_module_names | {"__future__"}
+    _none(modules, [(i, f"report/ imports {i.target}") for i in imports
+                    if _layer(i.importer) == "report" and i.target.split(".")[0] not in stdlib])
 
 
 def test_no_private_name_across_modules(scan):
     modules, imports = scan
-    bad = [
-        f"{_where(modules, i)} from {i.target} import {n}"
-        for i in imports
-        if _internal(i) and i.target != i.importer
-        for n in i.names
-        if n.startswith("_") and not n.startswith("__")
-    ]
-    assert bad == [], "\n".join(bad)
+    _none(modules, [(i, f"from {i.target} import {n}") for i in imports if _internal(i) and i.target != i.importer
+                    for n in i.names if n.startswith("_") and not n.startswith("__")])
 
 
 def test_no_function_level_import_but_optional_heavy_ones(scan):
     modules, imports = scan
-    bad = [
-        f"{_where(modules, i)} {i.target}"
-        for i in imports
-        if i.in_function and i.target.split(".")[0] not in LAZY_OK
-    ]
-    assert bad == [], "\n".join(bad)
+    _none(modules, [(i, f"import {i.target} inside a function") for i in imports
+                    if i.in_function and i.target.split(".")[0] not in LAZY_OK])
