@@ -12,12 +12,12 @@ from onnxslim_compress import data as D
 from onnxslim_compress.data import (
     DataSource,
     ImageOptions,
-    _plan_images,
     input_specs,
     load_labels,
     open_data,
     preprocess_image,
 )
+from onnxslim_compress.data.images import plan_images
 from onnxslim_compress.errors import BadInputError
 
 
@@ -214,7 +214,7 @@ def test_silent_casts_within_kind(tmp_path, two_input_model):
 def test_preprocess_image_numbers():
     spec = D.InputSpec("img", (1, 3, 2, 2), np.dtype(np.float32))
     opts = ImageOptions(channel_order="BGR", scale=0.5, mean=(1, 2, 3), std=(2, 4, 8))
-    plan = _plan_images([spec], opts)
+    plan = plan_images([spec], opts)
     assert plan.layout == "NCHW" and plan.size == (2, 2) and plan.channels == 3
     px = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)  # RGB
     x = preprocess_image(px, plan)
@@ -226,7 +226,7 @@ def test_preprocess_image_numbers():
 
 def test_image_layout_guess_and_integer_inputs():
     nhwc = D.InputSpec("img", (1, 4, 5, 3), np.dtype(np.uint8))
-    plan = _plan_images([nhwc], ImageOptions())
+    plan = plan_images([nhwc], ImageOptions())
     assert (plan.layout, plan.size, plan.normalize) == ("NHWC", (4, 5), False)
     px = np.arange(60, dtype=np.uint8).reshape(4, 5, 3)
     x = preprocess_image(px, plan)
@@ -257,9 +257,9 @@ def test_image_folder(tmp_path):
 def test_image_errors_name_the_input(tmp_path):
     spec = D.InputSpec("pic", (1, 3, "h", "w"), np.dtype(np.float32))
     with pytest.raises(BadInputError, match="'pic'.*size"):
-        _plan_images([spec], ImageOptions())
+        plan_images([spec], ImageOptions())
     with pytest.raises(BadInputError, match="'pic'.*mean has 2 values"):
-        _plan_images([spec], ImageOptions(size=(4, 4), mean=(1.0, 2.0)))
+        plan_images([spec], ImageOptions(size=(4, 4), mean=(1.0, 2.0)))
     with pytest.raises(BadInputError, match="layout"):
         ImageOptions(layout="CHW")
 
