@@ -182,7 +182,7 @@ class ImageFolderSource(DataSource):
         next(iter(self))
 
     def _read(self, path: Path) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, UnidentifiedImageError  # lazy: only image folders need Pillow
 
         try:
             with Image.open(path) as im:

@@ -40,7 +40,7 @@ class Simplify(Pass):
     lossless = True
 
     def run(self, model: ModelProto, ctx) -> PassResult:
-        import onnxslim
+        import onnxslim  # lazy: onnxslim takes seconds to import, and only this pass needs it
 
         p: SimplifyParams = self.params
         before = op_counts(model)

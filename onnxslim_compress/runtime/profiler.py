@@ -187,7 +187,7 @@ def _static_output(node_arg) -> tuple[list[int], type] | None:
 
 def _binding_runner(session, feeds: Mapping[str, np.ndarray], plan: IOBindingPlan) -> Callable[[], Any]:
     """Inputs copied to the device once; outputs left on the device; each call is one run."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: importing the runtime is slow (runtime.session.session_options)
 
     feeds = _feeds_for(session, feeds)
     try:

@@ -127,7 +127,7 @@ def trials_to_best(records: list[TrialRecord], best: TrialRecord | None) -> int 
 def pareto_plot(records: list[TrialRecord], path: str | Path, *, objective: str, max_drop: float, best: TrialRecord | None) -> str | None:
     """Write the cost-vs-drop scatter with the Pareto front; returns a note instead when matplotlib is missing."""
     try:
-        import matplotlib
+        import matplotlib  # lazy: optional (the plot extra), and slow to import
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

@@ -72,7 +72,7 @@ class Dim:
         return trial.suggest_categorical(self.name, list(self.choices))
 
     def distribution(self) -> Any:
-        import optuna.distributions as od
+        import optuna.distributions as od  # lazy: recipes and the CLI read the space without optuna
 
         if self.kind == "int":
             return od.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))

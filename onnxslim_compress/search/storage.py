@@ -112,7 +112,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 def _schema_race_errors() -> tuple[type[BaseException], ...]:
     """What a process sees when another one is creating the same schema: a duplicate row or table,
     or (SQLite) a locked database."""
-    from sqlalchemy import exc
+    from sqlalchemy import exc  # lazy: only RDB storages need SQLAlchemy (optuna imports it lazily too)
 
     return (exc.IntegrityError, exc.OperationalError, exc.ProgrammingError)
 
@@ -121,7 +121,7 @@ def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
     """WAL journal + synchronous=NORMAL: each of a trial's small writes is a commit, and with the
     default rollback journal every commit is an fsync (~10 ms each here). WAL also lets workers read
     while another writes. A crash can lose the last commits, never corrupt the file."""
-    from sqlalchemy import event
+    from sqlalchemy import event  # lazy: see _schema_race_errors
 
     engine = storage.engine
 
