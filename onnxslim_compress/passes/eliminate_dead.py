@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from onnx import ModelProto
 
-from onnxslim_compress.graph.index import DEFAULT_DOMAINS, GraphIndex, has_subgraph
+from onnxslim_compress.graph.index import DEFAULT_DOMAINS, GraphIndex, drop_unused_initializers, has_subgraph
 from onnxslim_compress.passes.base import NoParams, Pass, PassResult
 
 
@@ -40,10 +40,7 @@ class EliminateDead(Pass):
                 removed_nodes.append(node.name or node.op_type)
                 g.node.remove(node)
         idx = GraphIndex(g)
-        used = set(idx.consumers) | idx.captured | idx.outputs
-        unused = [t for t in g.initializer if t.name not in used]
-        for t in unused:
-            g.initializer.remove(t)
+        unused = drop_unused_initializers(g)
         live = set(idx.producer) | idx.inputs | set(idx.initializers)
         stale_vi = [v for v in g.value_info if v.name not in live]
         for v in stale_vi:
