@@ -9,7 +9,7 @@ Building the maps once per pass keeps each question linear.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -203,10 +203,20 @@ class Constants(Mapping[str, np.ndarray]):
 class UniqueNames:
     """Fresh names for new nodes and tensors: `base`, else `base_1`, `base_2`... never one in use."""
 
-    def __init__(self, graph: onnx.GraphProto):
-        self.used = {n.name for n in graph.node} | {t.name for t in graph.initializer}
-        self.used |= {v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
-        self.used |= {x for n in graph.node for x in list(n.input) + list(n.output)}
+    def __init__(self, graph: onnx.GraphProto | None = None):
+        """Every node and tensor name of `graph` counts as taken (None: nothing yet)."""
+        self.used: set[str] = set()
+        if graph is not None:
+            self.used = {n.name for n in graph.node} | {t.name for t in graph.initializer}
+            self.used |= {v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
+            self.used |= {x for n in graph.node for x in list(n.input) + list(n.output)}
+
+    @classmethod
+    def of(cls, taken: Iterable[str]) -> UniqueNames:
+        """Fresh names avoiding exactly `taken` (e.g. node names only, which are their own namespace)."""
+        names = cls()
+        names.used = set(taken)
+        return names
 
     def __call__(self, base: str) -> str:
         name, k = base, 0

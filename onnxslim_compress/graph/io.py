@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, version_converter
 
 from onnxslim_compress.errors import BadInputError, CompressError
 from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.index import UniqueNames
 from onnxslim_compress.graph.weights import Workspace
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -217,16 +218,12 @@ def normalize(model: onnx.ModelProto) -> NormalizeReport:
 
 def _dedupe_node_names(graph: onnx.GraphProto) -> int:
     """Give the 2nd, 3rd ... node of one non-empty name a unique one: ORT refuses such graphs."""
-    taken = {n.name for n in graph.node}
+    fresh = UniqueNames.of(n.name for n in graph.node)  # node names: their own namespace
     seen: set[str] = set()
     renamed = 0
     for n in graph.node:
         if n.name and n.name in seen:
-            k = 1
-            while f"{n.name}_{k}" in taken:
-                k += 1
-            n.name = f"{n.name}_{k}"
-            taken.add(n.name)
+            n.name = fresh(n.name)
             renamed += 1
         seen.add(n.name)
     return renamed

@@ -14,10 +14,9 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from onnxslim_compress.graph import weights
-from onnxslim_compress.graph.index import attr, drop_unused_initializers
+from onnxslim_compress.graph.index import attr, drop_unused_initializers, set_attr
 from onnxslim_compress.passes.prune.groups import ChannelAnalysis
 from onnxslim_compress.passes.prune.rules import SpaceKey
 
@@ -147,11 +146,7 @@ def _rewrite_split(
     """Explicit split sizes after pruning (pieces may become unequal, so num_outputs cannot stay)."""
     sizes = [new_dim(an, (o, axis), pruned) for o in n.output]
     if an.view.opset < 13:
-        for a in n.attribute:
-            if a.name == "split":
-                n.attribute.remove(a)
-                break
-        n.attribute.append(helper.make_attribute("split", sizes))
+        set_attr(n, "split", sizes)
         return
     for a in list(n.attribute):
         if a.name == "num_outputs":

@@ -494,7 +494,7 @@ def int4_weight_only(model: onnx.ModelProto, block: int, exclude: list[str]) -> 
     for n in m.graph.node:
         if n.op_type in ("MatMul", "Gemm") and not any(re.search(rx, n.name) for rx in exclude):
             w_name = n.input[1]
-            trans = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
+            trans = n.op_type == "Gemm" and bool(attr(n, "transB", 0))
             if w_name not in inits or len(inits[w_name].dims) != 2:
                 skipped.append({"node": n.name, "reason": "weight is not a constant 2-D tensor"})
             else:

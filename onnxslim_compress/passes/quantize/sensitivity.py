@@ -135,7 +135,7 @@ def weight_bias_shift(
         elif u.op == "MatMul" and w.ndim == 2:
             out[u.node] = (mx @ err).astype(np.float32)
         elif u.op == "Gemm":
-            trans = any(a.name == "transB" and a.i for a in n.attribute)
+            trans = bool(attr(n, "transB", 0))
             out[u.node] = ((err @ mx) if trans else (mx @ err)).astype(np.float32)
     return out
 
