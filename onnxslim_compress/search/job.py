@@ -444,7 +444,7 @@ def _trial_params(study, rec: TrialRecord) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-
+    """Write `obj` as JSON next to `path`, then move it in place (a reader never sees half a file)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(json_safe(obj), indent=2, default=json_default))
     tmp.replace(path)

@@ -369,7 +369,6 @@ def insert_qdq(
             elif u is not None and idx in u.const_acts and t in inits:
                 c = weights.read(inits[t]).astype(np.float32)
                 lo, hi = float(min(c.min(), 0)), float(max(c.max(), 0))
-
                 qp = symmetric_qparams(lo, hi) if fmt.act_symmetric else asymmetric_qparams(lo, hi)
                 qmin, qmax = (-128, 127) if fmt.act_type == TensorProto.INT8 else (0, 255)
                 q = np.clip(np.round(c / qp.scale) + qp.zero_point, qmin, qmax)
