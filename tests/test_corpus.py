@@ -12,18 +12,26 @@ import numpy as np
 import onnx
 import pytest
 from corpus_models import BUILDERS, CorpusModel
+from google.protobuf.message import EncodeError
 
-from onnxslim_compress.graph.io import clamp_ir_version
+import onnxslim_compress.graph.io as mio
+import onnxslim_compress.graph.shapes as sh
+import onnxslim_compress.passes.low_rank.low_rank as lr
+from onnxslim_compress.graph.index import drop_unused_initializers
+from onnxslim_compress.graph.io import clamp_ir_version, load_model, normalize
+from onnxslim_compress.graph.shapes import bind_input_shapes, infer_shapes, without_big_weights
 from onnxslim_compress.jobs.compress import compress, lossless_pipeline
-from onnxslim_compress.passes import EliminateDead, FoldBatchNorm, Quantize, Simplify
+from onnxslim_compress.passes import EliminateDead, FoldBatchNorm, LowRank, PruneChannels, Quantize, Simplify
 from onnxslim_compress.passes.base import Pipeline
+from onnxslim_compress.passes.context import Context
+from onnxslim_compress.passes.quantize.calibration import synthetic_feeds
+from onnxslim_compress.passes.to_fp16 import convert_fp16
+from onnxslim_compress.runtime.activations import iterate_tensors
 from onnxslim_compress.runtime.session import Target, make_session
 
 
 def _pipelines() -> dict[str, tuple[Pipeline, bool]]:
     """name -> (pipeline, lossless)."""
-    from onnxslim_compress.passes import LowRank, PruneChannels
-
     return {
         "lossless": (lossless_pipeline(), True),
         "simplify": (Pipeline([Simplify()]), True),
@@ -103,8 +111,6 @@ def test_pass_on_corpus_model(model_name: str, pass_name: str):
 
 def test_quantize_keeps_initializers_read_only_inside_a_subgraph():
     """qdq_placement.drop_unused_initializers dropped a Loop body's outer-scope capture (ORT: invalid graph)."""
-    from onnxslim_compress.graph.index import drop_unused_initializers
-
     m = corpus("control_flow").model
     work = onnx.ModelProto()
     work.CopyFrom(m)
@@ -114,8 +120,6 @@ def test_quantize_keeps_initializers_read_only_inside_a_subgraph():
 
 def test_fp16_keeps_subgraph_captures_fp32():
     """to_fp16 dropped the Loop body's captured initializer and fed fp16 tensors to fp32 If branches."""
-    from onnxslim_compress.passes.to_fp16 import convert_fp16
-
     cm = corpus("control_flow")
     out, _ = convert_fp16(cm.model)
     onnx.checker.check_model(out)
@@ -126,8 +130,6 @@ def test_fp16_keeps_subgraph_captures_fp32():
 
 def test_iterate_tensors_with_no_names_yields_empty_dicts():
     """sess.run([]) returns every graph output, so zip(names, outs, strict=True) raised (fp16 model -> int8)."""
-    from onnxslim_compress.runtime.activations import iterate_tensors
-
     cm = corpus("opset13")
     assert list(iterate_tensors(cm.model, [], cm.feeds, limit=2)) == [{}, {}]
 
@@ -142,8 +144,6 @@ def test_int8_on_fp16_model_is_reported_not_crashed():
 
 def test_normalize_renames_duplicate_node_names():
     """ORT refuses a graph with two nodes of one name; every pass that ran a session crashed on it."""
-    from onnxslim_compress.graph.io import normalize
-
     m = onnx.ModelProto()
     m.CopyFrom(corpus("dup_names").model)
     rep = normalize(m)
@@ -155,9 +155,6 @@ def test_normalize_renames_duplicate_node_names():
 
 def test_low_rank_does_not_whiten_layers_too_wide_for_a_dense_gram(monkeypatch):
     """A 65536-wide input asked for a 32 GiB float64 Gram (MemoryError on the large-model test)."""
-    import onnxslim_compress.passes.low_rank.low_rank as lr
-    from onnxslim_compress.passes.context import Context
-
     cm = corpus("dynamic")  # fc1: 32 inputs, fc2: 96 inputs
     monkeypatch.setattr(lr, "MAX_GRAM_FEATURES", 64)
     res = lr.LowRank(mode="ratio", value=0.5, min_params=0)(cm.model, Context(calib=cm.feeds))
@@ -168,9 +165,6 @@ def test_low_rank_does_not_whiten_layers_too_wide_for_a_dense_gram(monkeypatch):
 
 def test_shape_inference_does_not_copy_big_weights(monkeypatch):
     """infer_shapes deep-copied the model and onnx serialized it: 3 extra weight copies (large-model test)."""
-    import onnxslim_compress.graph.shapes as sh
-    from onnxslim_compress.graph.shapes import infer_shapes, without_big_weights
-
     monkeypatch.setattr(sh, "_LIGHT_BYTES", 1024)
     cm = corpus("dynamic")
     light = without_big_weights(cm.model)
@@ -184,9 +178,6 @@ def test_shape_inference_does_not_copy_big_weights(monkeypatch):
 
 def test_pass_check_is_skipped_for_models_over_the_protobuf_limit(monkeypatch):
     """Pass.ensures ran the in-memory checker on a 2.15 GB model: protobuf's EncodeError crashed simplify."""
-    from google.protobuf.message import EncodeError
-
-    import onnxslim_compress.graph.io as mio
 
     def too_big(*_a, **_k):
         raise EncodeError("Failed to serialize proto")
@@ -213,10 +204,6 @@ REAL_SHAPES = {
 
 def _real(name: str) -> CorpusModel:
     from models.fetch import fetch
-    from onnxslim_compress.graph.io import load_model
-    from onnxslim_compress.graph.shapes import bind_input_shapes
-    from onnxslim_compress.passes.quantize.calibration import synthetic_feeds
-
     try:
         path = fetch(name)
     except Exception as e:  # noqa: BLE001 - no cache and no network: skip, do not fail

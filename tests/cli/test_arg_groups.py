@@ -15,6 +15,7 @@ import onnxslim_compress.cli as cli_pkg
 from onnxslim_compress.cli.groups import Command
 from onnxslim_compress.cli.main import build_parser, commands, main
 from onnxslim_compress.errors import BadInputError
+from onnxslim_compress.search import __main__ as search_main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,8 +89,6 @@ def test_one_error_handler_exit_codes(tmp_path, capsys, monkeypatch):
 
 def test_python_m_search_is_the_same_main(tmp_path):
     """`python -m onnxslim_compress.search worker ...` (how the postgres test starts workers) runs main()."""
-    from onnxslim_compress.search import __main__ as search_main
-
     assert search_main.main is main
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-m", "onnxslim_compress.search", "worker", "--storage",

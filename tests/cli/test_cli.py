@@ -1,5 +1,6 @@
 """End-to-end CLI behaviour: exit codes, one-line errors, untouched inputs, no partial outputs."""
 
+import importlib.metadata as md
 import json
 import os
 import subprocess
@@ -8,11 +9,14 @@ import sys
 import numpy as np
 import onnx
 import pytest
+import yaml
 from builders import GraphBuilder, random_input, resnet_like, run
 from onnx import TensorProto, helper
 
 from onnxslim_compress.cli.main import main
+from onnxslim_compress.graph.io import save_model
 from onnxslim_compress.jobs.compress import get_report
+from onnxslim_compress.passes import REGISTRY
 
 
 @pytest.fixture
@@ -55,8 +59,6 @@ def test_truncated(tmp_path, capsys, model_path):
 
 
 def test_missing_external_data(tmp_path, capsys):
-    from onnxslim_compress.graph.io import save_model
-
     p = tmp_path / "ext.onnx"
     save_model(resnet_like(), p, external_data=True)
     os.remove(tmp_path / "ext.onnx.data")
@@ -202,23 +204,18 @@ def test_print_recipe_roundtrips(tmp_path, capsys, model_path):
     [("cpu", [], None), ("cuda", [], 8), ("tensorrt", ["--quantize", "int8"], 32), ("cuda", ["--round-to", "4"], 4)],
 )
 def test_hardware_aware_round_to(tmp_path, capsys, model_path, target, extra, round_to):
-    import yaml
-
     code, stdout, err = call(
         ["compress", model_path, "-o", tmp_path / "o.onnx", "--prune", "0.3", "--target", target, "--print-recipe", *extra], capsys
     )
     assert code == 0, err
     steps = {k: v for d in yaml.safe_load(stdout)["passes"] for k, v in d.items()}
     if round_to is None:  # cpu: the pass's own default
-        from onnxslim_compress.passes import REGISTRY
 
         round_to = REGISTRY["prune_channels"].Params().round_to
     assert steps["prune_channels"]["round_to"] == round_to
 
 
 def test_warns_when_cpu_onnxruntime_is_installed_too(tmp_path, capsys, model_path, monkeypatch):
-    import importlib.metadata as md
-
     real = md.version
     monkeypatch.setattr(md, "version", lambda d: "1.31.1" if d == "onnxruntime" else real(d))
     code, _, err = call(["inspect", model_path, "--json"], capsys)
@@ -227,8 +224,6 @@ def test_warns_when_cpu_onnxruntime_is_installed_too(tmp_path, capsys, model_pat
 
 
 def test_pass_flags_map_onto_params_and_zero_is_kept(tmp_path, capsys, model_path):
-    import yaml
-
     code, stdout, err = call(
         ["compress", model_path, "-o", tmp_path / "o.onnx", "--prune", "0", "--lowrank", "alds=0.7", "--quantize", "int8",
          "--calibration", "mse", "--exclude", "^head", "--print-recipe"], capsys,

@@ -3,6 +3,8 @@ and every validation error names the input."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -19,6 +21,8 @@ from onnxslim_compress.data import (
 )
 from onnxslim_compress.data.images import plan_images
 from onnxslim_compress.errors import BadInputError
+from onnxslim_compress.graph.io import load_model
+from onnxslim_compress.runtime.session import make_session
 
 
 def _model(inputs, nodes=(), inits=(), outputs=None):
@@ -305,8 +309,6 @@ def test_generated_dynamic_dims_default_to_one(gather_model):
 
 def test_generated_data_runs_in_ort():
     """The generated ids must be valid Gather indices for onnxruntime (it fails on out-of-range)."""
-    from onnxslim_compress.runtime.session import make_session
-
     emb = numpy_helper.from_array(np.random.default_rng(0).standard_normal((7, 3)).astype(np.float32), "emb")
     m = _model(
         [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 16])],
@@ -437,9 +439,6 @@ def test_model_path_accepted(tmp_path, one_input_model):
 def test_generated_inputs_for_minilm_follow_the_graph():
     """MiniLM's input_ids index a 30522-row word embedding; its attention_mask multiplies scores."""
     fetch = pytest.importorskip("models.fetch")
-    from onnxslim_compress.graph.io import load_model
-    from onnxslim_compress.runtime.session import make_session
-
     model = load_model(fetch.fetch("minilm"))
     src = open_data(None, model, input_shapes={"input_ids": [1, 32], "attention_mask": [1, 32]}, limit=3)
     assert (src.rules["input_ids"].kind, src.rules["input_ids"].high) == ("index", 30522)
@@ -453,8 +452,6 @@ def test_generated_inputs_for_minilm_follow_the_graph():
 
 
 def test_image_folder_without_pillow_says_so(tmp_path, one_input_model, monkeypatch):
-    import sys
-
     (tmp_path / "a.png").write_bytes(b"\x89PNG")
     monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL now raises ImportError
     with pytest.raises(BadInputError, match="needs Pillow"):

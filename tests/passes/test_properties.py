@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onnxslim_compress.jobs.compress import lossless_pipeline
-from onnxslim_compress.passes import FoldBatchNorm
+from onnxslim_compress.passes import FoldBatchNorm, LowRank, PruneChannels, Quantize
+from onnxslim_compress.passes.context import Context
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -42,8 +43,6 @@ def test_lossless_pipeline_is_exact_and_never_grows(g):
 @SETTINGS
 @given(cnn_graphs(), st.sampled_from([0.2, 0.5]))
 def test_prune_gives_valid_runnable_model(g, ratio):
-    from onnxslim_compress.passes import PruneChannels
-
     model, shape = g
     res = PruneChannels(ratio=ratio, round_to=1)(model)
     onnx.checker.check_model(res.model)
@@ -55,8 +54,6 @@ def test_prune_gives_valid_runnable_model(g, ratio):
 @SETTINGS
 @given(cnn_graphs())
 def test_low_rank_keeps_outputs_at_ratio_one_and_runs_at_any_ratio(g):
-    from onnxslim_compress.passes import LowRank
-
     model, shape = g
     x = random_input(shape)
     ref = run(model, {"x": x})[0]
@@ -74,9 +71,6 @@ QUANT_SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=
 @QUANT_SETTINGS
 @given(cnn_graphs(max_steps=4), st.sampled_from(["int8", "fp16"]))
 def test_quantize_gives_valid_runnable_model(g, mode):
-    from onnxslim_compress.passes import Quantize
-    from onnxslim_compress.passes.context import Context
-
     model, shape = g
     calib = [{"x": random_input(shape, seed=s)} for s in range(3)]
     res = Quantize(mode=mode, calib_samples=3)(model, Context(calib=calib))

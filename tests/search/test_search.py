@@ -20,12 +20,22 @@ import pytest
 from builders import GraphBuilder
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxslim_compress.cli.main import build_parser
+from onnxslim_compress.cli.search_commands import SearchCommand, WorkerCommand
 from onnxslim_compress.errors import AccuracyGateError, RecipeError
+from onnxslim_compress.passes import REGISTRY
 from onnxslim_compress.passes.base import Pass, PassResult
-from onnxslim_compress.runtime.session import make_session
+from onnxslim_compress.passes.context import Context, fingerprint
+from onnxslim_compress.runtime.session import Target, make_session
 from onnxslim_compress.search import SearchSpace, default_recipe, search
+from onnxslim_compress.search.__main__ import main
 from onnxslim_compress.search.build import TrialBuilder
+from onnxslim_compress.search.job import fidelity_goal
+from onnxslim_compress.search.objective import Evaluator
+from onnxslim_compress.search.report import TrialRecord, pareto_plot
+from onnxslim_compress.search.runner import LoopSettings, TrialLoop
 from onnxslim_compress.search.space import Dim
+from onnxslim_compress.search.storage import StudySettings, default_storage_url, redact
 from onnxslim_compress.search.strategy import BisectionSampler
 
 N_IN, N_OUT = 32, 16
@@ -220,8 +230,6 @@ def test_space_rejects_bad_recipes(recipe, message):
 
 
 def test_default_recipe_uses_only_registered_passes():
-    from onnxslim_compress.passes import REGISTRY
-
     data = default_recipe("cpu", REGISTRY)
     names = [next(iter(e)) if isinstance(e, dict) else e for e in data["passes"]]
     assert set(names) <= set(REGISTRY)
@@ -302,8 +310,6 @@ def test_repeated_parameter_sets_are_not_rebuilt(mm_model, mm_eval):
 
 
 def test_trial_builder_never_modifies_the_input(mm_model):
-    from onnxslim_compress.passes.context import Context, fingerprint
-
     reg = make_registry()
     before = fingerprint(mm_model)
     b = TrialBuilder(mm_model, Context())
@@ -407,8 +413,6 @@ def test_accuracy_with_labels_and_pareto_front(mm_model, mm_eval):
 
 
 def test_default_recipe_with_real_passes_end_to_end(tmp_path, conv_model):
-    from onnxslim_compress.passes import REGISTRY
-
     if not {"prune_channels", "quantize", "low_rank"} & set(REGISTRY):
         pytest.skip("no compression pass installed")
     res = search(
@@ -427,8 +431,6 @@ def test_default_recipe_with_real_passes_end_to_end(tmp_path, conv_model):
 
 
 def _run_cli(args: list[str]) -> tuple[int, str]:
-    from onnxslim_compress.search.__main__ import main
-
     buf = io.StringIO()
     with redirect_stdout(buf):
         rc = main(args)
@@ -436,8 +438,6 @@ def _run_cli(args: list[str]) -> tuple[int, str]:
 
 
 def test_cli_search_latency_json_and_exit_codes(tmp_path, conv_model):
-    from onnxslim_compress.passes import REGISTRY
-
     if "quantize" not in REGISTRY:
         pytest.skip("quantize pass not installed")
     model = tmp_path / "m.onnx"
@@ -473,9 +473,6 @@ def test_cli_search_latency_json_and_exit_codes(tmp_path, conv_model):
 
 def test_search_and_worker_parse_through_the_one_parser():
     """search/worker are Commands of the main parser (cli/groups.py), not a second copy of its flags."""
-    from onnxslim_compress.cli.main import build_parser
-    from onnxslim_compress.cli.search_commands import SearchCommand, WorkerCommand
-
     p = build_parser()
     ns = p.parse_args(["search", "m.onnx", "-o", "o.onnx", "--max-drop", "0.02", "--trials", "7", "--storage", "sqlite:///x.db", "--study", "s"])
     assert isinstance(ns._command, SearchCommand)
@@ -487,8 +484,6 @@ def test_search_and_worker_parse_through_the_one_parser():
 
 
 def test_settings_roundtrip_and_redaction():
-    from onnxslim_compress.search.storage import StudySettings, default_storage_url, redact
-
     s = StudySettings(model="/m.onnx", recipe={"passes": ["simplify"]}, target={"kind": "cpu"}, max_drop=0.01, metric="top1")
     assert StudySettings.from_dict(json.loads(json.dumps(s.as_dict()))) == s
     assert s.default_study_name() == StudySettings.from_dict(s.as_dict()).default_study_name()
@@ -500,8 +495,6 @@ def test_settings_roundtrip_and_redaction():
 
 
 def test_pareto_plot_written_or_skipped(tmp_path, mm_model, mm_eval, monkeypatch):
-    from onnxslim_compress.search.report import TrialRecord, pareto_plot
-
     recs = [TrialRecord(i, "COMPLETE", {"r": i}, objective=1.0 - 0.1 * i, drop=0.01 * i, metric=1 - 0.01 * i, feasible=i < 3)
             for i in range(5)]
     best = recs[2]
@@ -516,9 +509,6 @@ def test_pareto_plot_written_or_skipped(tmp_path, mm_model, mm_eval, monkeypatch
 
 
 def test_fidelity_goal_enters_the_default_recipe():
-    from onnxslim_compress.passes import REGISTRY
-    from onnxslim_compress.search.job import fidelity_goal
-
     assert fidelity_goal("cosine", 0.01) == "cosine=0.995"
     assert fidelity_goal("accuracy", 0.02) == "top1=0.99"
     assert fidelity_goal("custom", 0.01) is None
@@ -531,11 +521,6 @@ def test_fidelity_goal_enters_the_default_recipe():
 def test_a_stubborn_sampler_still_explores(mm_model, mm_eval):
     """A sampler that always proposes the same point: each repeat queues an unseen neighbour, so
     the budget is spent on new candidates, not on copies."""
-    from onnxslim_compress.passes.context import Context
-    from onnxslim_compress.runtime.session import Target
-    from onnxslim_compress.search.objective import Evaluator
-    from onnxslim_compress.search.runner import LoopSettings, TrialLoop
-
     class Stubborn(optuna.samplers.BaseSampler):
         def infer_relative_search_space(self, study, trial):
             return {}

@@ -25,6 +25,8 @@ import optuna
 import pytest
 from builders import GraphBuilder
 
+from onnxslim_compress.passes import REGISTRY
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -93,8 +95,6 @@ def _cmd(*args: str) -> list[str]:
 
 
 def _run_shared_study(url: str, d: Path, study: str) -> None:
-    from onnxslim_compress.passes import REGISTRY
-
     if not {"prune_channels", "quantize"} <= set(REGISTRY):
         pytest.skip("prune_channels and quantize passes are needed")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
 from builders import random_input, run
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxslim_compress.errors import RecipeError
+from onnxslim_compress.errors import BadInputError, RecipeError
 from onnxslim_compress.graph.index import UniqueNames
 from onnxslim_compress.graph.io import main_opset
 from onnxslim_compress.graph.shapes import infer_shapes
 from onnxslim_compress.passes.context import Context
 from onnxslim_compress.passes.low_rank import decompose as lm
 from onnxslim_compress.passes.low_rank.low_rank import LowRank, LowRankParams, find_layers, rewrite
+from onnxslim_compress.runtime.session import Target, make_session
 
 
 def one_node_model(op: str, x_shape: list[int], weights: dict[str, np.ndarray], opset: int = 13, name: str = "layer",
@@ -378,8 +381,6 @@ def test_params_validation(bad):
 
 
 def test_data_aware_without_data_is_a_clear_error():
-    from onnxslim_compress.errors import BadInputError
-
     with pytest.raises(BadInputError, match="calibration data"):
         LowRank(data_aware=True)(_mlp(), Context())
 
@@ -387,8 +388,6 @@ def test_data_aware_without_data_is_a_clear_error():
 @pytest.mark.slow
 def test_digits_whitened_beats_plain_and_alds_keeps_budget():
     """Bundled digits CNN: at equal ranks the whitened SVD keeps more test accuracy than plain SVD."""
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[3] / "models"
     if not (root / "digits_cnn.onnx").exists():
         pytest.skip("models/digits_cnn.onnx not built")
@@ -398,8 +397,6 @@ def test_digits_whitened_beats_plain_and_alds_keeps_budget():
     xs, labels = t[t.files[0]][:200], np.load(root / "digits_test_labels.npy")[:200]
 
     def acc(model):
-        from onnxslim_compress.runtime.session import Target, make_session
-
         sess = make_session(model, Target(kind="cpu", threads=1))
         return np.mean([int(np.argmax(sess.run(None, {"input": x})[0])) == y for x, y in zip(xs, labels, strict=True)])
 

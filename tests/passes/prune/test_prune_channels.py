@@ -8,10 +8,15 @@ import pytest
 from builders import GraphBuilder, cbr_dead, conv_dead, random_input, ref_macs, run
 from onnx import numpy_helper
 
-from onnxslim_compress.errors import RecipeError
+import onnxslim_compress.passes.prune.recovery as rec_mod
+from onnxslim_compress.errors import BadInputError, RecipeError
+from onnxslim_compress.graph.io import load_model
+from onnxslim_compress.graph.shapes import bind_input_shapes, elem_type_to_numpy, graph_inputs
 from onnxslim_compress.passes import REGISTRY, PruneChannels
 from onnxslim_compress.passes.context import Context
+from onnxslim_compress.passes.prune.apply import MacModel
 from onnxslim_compress.passes.prune.groups import analyze
+from onnxslim_compress.passes.prune.select import _weight_spaces, select_units, unit_importance
 
 
 def _net(seed: int = 0, w: int = 32, blocks: int = 2, dead: tuple = ()) -> onnx.ModelProto:
@@ -71,7 +76,6 @@ def test_dead_channels_are_pruned_first_and_exactly():
     pruned = np.zeros(an.n_units, dtype=bool)
     stream = [n.output[0] for n in m.graph.node if n.op_type == "Add"][-1]
     pruned[an.units_of((stream, 1))[list(dead)]] = True
-    from onnxslim_compress.passes.prune.apply import MacModel
 
     mm = MacModel(an)
     none = np.zeros_like(pruned)
@@ -144,8 +148,6 @@ def test_bn_scale_removes_smallest_gammas():
 
 
 def test_activation_needs_calibration():
-    from onnxslim_compress.errors import BadInputError
-
     with pytest.raises(BadInputError):
         PruneChannels(criterion="activation")(_net(w=8), Context())
 
@@ -195,8 +197,6 @@ def _fetch_names() -> list[str]:
 
 def _feeds(m: onnx.ModelProto) -> dict:
     """Inputs at the bound shapes: uniform floats, ones for integer inputs (ids, masks)."""
-    from onnxslim_compress.graph.shapes import bind_input_shapes, elem_type_to_numpy, graph_inputs
-
     bound = bind_input_shapes(m).inputs
     out = {}
     for vi in graph_inputs(m):
@@ -212,8 +212,6 @@ def test_real_models_prune(name):
     if name == "none":
         pytest.skip("models/fetch.py not available")
     from models.fetch import fetch
-    from onnxslim_compress.graph.io import load_model
-
     m = load_model(fetch(name))
     feeds = _real_feed(name)
     shapes = {k: list(v.shape) for k, v in feeds.items()}
@@ -235,8 +233,6 @@ def test_real_models_prune(name):
 
 
 def _masked_original(m: onnx.ModelProto, shapes: dict, p: PruneChannels) -> onnx.ModelProto:
-    from onnxslim_compress.passes.prune.select import _weight_spaces, select_units, unit_importance
-
     an = analyze(m, shapes)
     pol, excluded = p._policies(an)
     imp, _ = unit_importance(an, "l1")
@@ -266,8 +262,6 @@ def _real_feed(name: str) -> dict:
 @pytest.mark.parametrize("stages", [1, 3])
 def test_bias_only_recovery_for_wide_layers(monkeypatch, stages):
     """Layers too wide for a dense solve get W[:, removed] . E[x_removed] added to their bias."""
-    import onnxslim_compress.passes.prune.recovery as rec_mod
-
     monkeypatch.setattr(rec_mod, "MAX_FEATURES", 0)
     m = _net(w=16)
     res = PruneChannels(ratio=0.3, round_to=1, recover=True, recover_stages=stages, calib_samples=16)(

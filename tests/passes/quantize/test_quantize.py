@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim_compress import Context, Target
 from onnxslim_compress.errors import RecipeError
+from onnxslim_compress.graph.io import clamp_ir_version
 from onnxslim_compress.passes import REGISTRY
-from onnxslim_compress.passes.quantize.placement import build_units
+from onnxslim_compress.passes.quantize.placement import build_units, fuse_hardswish
 from onnxslim_compress.passes.quantize.quantize import Quantize, count_integer_kernels
 from onnxslim_compress.passes.quantize.sensitivity import smoothquant
 from onnxslim_compress.runtime.session import make_session
@@ -316,8 +319,6 @@ def test_int8_for_cuda_becomes_fp16_with_a_note():
 
 
 def test_hardswish_chain_is_fused_exactly():
-    from onnxslim_compress.passes.quantize.placement import fuse_hardswish
-
     i = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("three", 3.0), ("zero", 0.0), ("six", 6.0))]
     nodes = [
         helper.make_node("Add", ["x", "three"], ["a"]),
@@ -339,8 +340,6 @@ def test_hardswish_chain_is_fused_exactly():
 
 @pytest.mark.slow
 def test_bundled_digits_model_keeps_accuracy_with_integer_kernels():
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[3] / "models"
     if not (root / "digits_cnn.onnx").exists():
         pytest.skip("models/digits_cnn.onnx not built")
@@ -358,13 +357,6 @@ def test_bundled_digits_model_keeps_accuracy_with_integer_kernels():
 
 def test_embedding_table_stored_as_uint8_and_run_as_uint8_gather(tmp_path):
     """CPU int8 stores a large Gather table as uint8; ORT fuses DQ->Gather->Q into a uint8 Gather."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    from onnxslim_compress.passes import Quantize
-    from onnxslim_compress.passes.context import Context
-    from onnxslim_compress.runtime.session import Target
-
     rng = np.random.default_rng(0)
     table = (rng.standard_normal((400, 256)) * 0.1).astype(np.float32)  # 102400 elements
     w = (rng.standard_normal((256, 8)) * 0.1).astype(np.float32)
@@ -386,7 +378,6 @@ def test_embedding_table_stored_as_uint8_and_run_as_uint8_gather(tmp_path):
     # ORT's optimized graph gathers from the uint8 table (no full-table DequantizeLinear left before it)
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    from onnxslim_compress.graph.io import clamp_ir_version
 
     clamp_ir_version(res.model)
     sess = ort.InferenceSession(res.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
