@@ -3,8 +3,11 @@
 Why synthetic-but-real data: nothing may be downloaded at run time, yet quantization calibration and a
 fidelity gate need inputs that look like what the model sees in deployment (random noise makes
 activation ranges and pruning importance meaningless). So: crops of the photos bundled with
-scikit-image for the image models, text lines rendered with a real font (with their ground-truth
-strings) for the OCR models, and a fixed list of English sentences for MiniLM.
+scikit-image for the image models, text lines, captchas and document pages rendered with a real
+font (with their ground truth) for the OCR / layout / orientation models, a fixed list of English
+sentences for the two MiniLMs, the bytes of real files of this Python installation for magika, and
+SYNTHETIC speech-like audio (harmonics + formants + syllable envelope, noise pauses) for silero_vad,
+whose LSTM state is carried by running the fp32 model over each stream.
 
 Layout (the project's data contract): one uncompressed .npz per set, one array per model input name,
 with a leading sample axis, so the array rank is the input rank + 1 (a sample keeps its batch dim of
