@@ -357,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = bench_model(name, Path(d), a.budget, a.runs)
             for tool in TOOLS:  # the quantized files are not needed after their row
                 (Path(d) / f"{name}_{tool}.onnx").unlink(missing_ok=True)
-    meta.update(total_s=round(time.perf_counter() - t0, 1), loadavg_end=[round(x, 2) for x in os.getloadavg()])
+    meta.update(total_s=round(time.perf_counter() - t0, 1), loadavg_end=[round(x, 2) for x in os.getloadavg()],
+                finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     results["_meta"] = meta
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=1, default=str))

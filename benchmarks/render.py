@@ -642,7 +642,9 @@ def t_runs(res: Results) -> str | None:
         threads = meta.get("threads")
         if threads is None and isinstance(d, dict):
             threads = (d.get("args") or d.get("settings") or {}).get("threads") or d.get("target")
-        rows.append([fname.removesuffix(".json"), cmd, f"{when} (file time)", _f(wall, ".0f"), "-",
+        # a script that records when it finished is dated by that, not by the file's time (a checkout or rebase moves it)
+        finished = meta.get("finished") or f"{when} (file time)"
+        rows.append([fname.removesuffix(".json"), cmd, finished, _f(wall, ".0f"), "-",
                      str(threads if threads is not None else "-"), "-", "-"])
     if rows:
         lines.append(_table(["section", "command(s)", "finished (UTC)", "wall s", "load avg 1 min before -> after",

@@ -73,6 +73,14 @@ def test_zoo_table_bold_where_ours_ties_or_beats_both_anchors_and_failures_liste
                      "ORT static failed: quantize_static: ValueError: ambiguous / truth"]
 
 
+def test_runs_table_dates_the_zoo_by_its_recorded_finish_not_the_file_time():
+    res = render.Results(data={"zoo": {"_meta": {"command": "python benchmarks/bench_zoo.py", "total_s": 1177.5,
+                                                 "threads": 2, "finished": "2026-12-01 20:56 UTC"}}},
+                         written={"zoo.json": "2030-01-01 00:00"})
+    rows = _rows(render.t_runs(res))
+    assert rows == [["zoo", "`python benchmarks/bench_zoo.py`", "2026-12-01 20:56 UTC", "1178", "-", "2", "-", "-"]]
+
+
 def test_zoo_block_is_registered_and_kept_without_data():
     assert render.TABLES["zoo"] is render.t_zoo and render.RESULT_FILES["zoo"] == "zoo.json"
     assert render.t_zoo(render.Results(data={"zoo": None})) is None
