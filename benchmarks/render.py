@@ -43,6 +43,7 @@ RESULT_FILES = {
     "search": "search.json",
     "footprint": "footprint.json",
     "zoo": "zoo.json",
+    "gpu": "gpu.json",
 }
 
 #: one spelling per model across the scripts (bench_lossless calls the bundled model digits_cnn)
@@ -731,6 +732,170 @@ def t_zoo(res: Results) -> str | None:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------------------------------ GPU
+
+#: what the gpu block says until benchmarks/bench_gpu.py has run on a GPU
+GPU_NOT_MEASURED = (
+    "Not measured yet: no GPU lent so far. The kit is ready: `benchmarks/gpu/stage.sh` prepares the device "
+    "call and `benchmarks/bench_gpu.py` measures (README, \"GPU benchmark\"); its `gpu.json` goes to "
+    "`benchmarks/results/gpu.json`, then `python benchmarks/run_all.py --render-only`."
+)
+
+
+def _num(v, spec: str = ".3f") -> str:
+    """A JSON number (bench_gpu writes inf/nan as strings) or '-'."""
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    return format(v, spec)
+
+
+def _ms3(v) -> str:
+    """Milliseconds with three significant digits below 1 ms (GPU latencies are often 0.1-1 ms)."""
+    if not isinstance(v, int | float):
+        return _num(v)
+    return f"{v:.2f}" if v >= 1.0 else f"{v:.3g}"
+
+
+def _gpu_fidelity(fid: dict | None) -> str:
+    if not fid:
+        return "-"
+    parts = []
+    if "accuracy" in fid:
+        parts.append(f"acc {_num(fid['accuracy'], '.4f')} (fp32 {_num(fid.get('accuracy_fp32'), '.4f')})")
+    if "cosine" in fid:
+        parts.append(f"cos {_num(fid['cosine'], '.5f')}")
+    if "rel_l2" in fid:
+        parts.append(f"rel L2 {_num(fid['rel_l2'], '.2g')}")
+    return ", ".join(parts) or "-"
+
+
+def _placement(p: dict | None) -> str:
+    if not p or not p.get("checked"):
+        return "-"
+    return "yes" if p.get("all_on_gpu") else "no (some nodes on CPU)"
+
+
+def _gpu_pick(params: dict | None, kind: str) -> str:
+    """A search pick as the passes a user would type; quantize means fp16 for cuda, int8 elsewhere."""
+    if not params:
+        return "-"
+    parts = []
+    if params.get("prune_channels.enabled"):
+        r = params.get("prune_channels.ratio")
+        rt = params.get("prune_channels.round_to")
+        parts.append((f"prune {r:g}" if isinstance(r, int | float) else "prune") + (f" round-to {rt}" if rt else ""))
+    if params.get("low_rank.enabled"):
+        v = params.get("low_rank.value")
+        parts.append(f"low rank {v:.3g}" if isinstance(v, float) else "low rank")
+    if params.get("quantize.enabled"):
+        parts.append("fp16" if kind == "cuda" else f"int8 {params.get('quantize.calibration', '')}".strip())
+    return " + ".join(parts) or "no pass (original)"
+
+
+def _gpu_machine(d: dict) -> str:
+    env = d.get("env", {})
+    smi = env.get("nvidia_smi", {})
+    gpus = smi.get("gpus") or []
+    if gpus:
+        g = gpus[0]
+        gpu = (f"{g.get('name')} ({g.get('memory_mib')} MiB, compute capability {g.get('compute_cap')}), driver "
+               f"{g.get('driver')}, CUDA {smi.get('driver_cuda') or '?'} (driver)")
+    else:
+        gpu = "no GPU (nvidia-smi: " + (smi.get("reason") or "absent") + ")"
+    ort = (f"onnxruntime {env.get('onnxruntime', '?')} ({env.get('ort_package') or '?'}"
+           + (f", built for CUDA {env['ort_cuda_version']}" if env.get("ort_cuda_version") else "") + ")")
+    torch = f"; torch {env['torch']} (CUDA {env.get('torch_cuda')}, cuDNN {env.get('torch_cudnn')})" if env.get("torch") else ""
+    meta = d.get("_meta", {})
+    when = f"{meta.get('started', '?')} UTC, {_num(meta.get('total_s'), '.0f')} s" + (", partial" if meta.get("partial") else "")
+    return f"{gpu}; {ort}{torch}; CPU {env.get('cpu_model', '?')} ({env.get('cpus', '?')} logical). Run: {when}."
+
+
+def t_gpu(res: Results) -> str:
+    """bench_gpu.py's figures: candidates vs fp32 on the CUDA EP, fidelity, search cuda vs cpu picks."""
+    d = res.get("gpu")
+    if not d:
+        return GPU_NOT_MEASURED
+    meta = d.get("_meta", {})
+    lines = []
+    if meta.get("dry_run"):
+        lines += ["**Dry run on the CPU EP (`bench_gpu.py --dry-run`): these are not GPU figures.**", ""]
+    lines += [f"Machine: {_gpu_machine(d)}", ""]
+    ep = d.get("ep_check", {})
+    if ep.get("ok"):
+        lines.append(f"EP check: {ep.get('target')} loaded (session providers {', '.join(ep.get('providers', []))}; "
+                     f"probe output vs CPU EP max abs {_num(ep.get('max_abs_vs_cpu'), '.2g')}; "
+                     f"IO binding {'on' if ep.get('io_binding') else 'off'}).")
+    else:
+        lines.append(f"EP check FAILED, nothing measured: {ep.get('error', '?')}")
+    cp = d.get("cuda_probe")
+    if cp is not None:
+        lines.append(f"CUDA EP on this machine: {'loaded' if cp.get('loaded') else 'refused: ' + str(cp.get('error'))}")
+    trt = d.get("tensorrt")
+    if trt is not None:
+        lines.append("TensorRT EP: " + ("loaded; its rows are below" if trt.get("loaded") else
+                                         f"not available ({trt.get('reason') or trt.get('error') or '?'})") + ".")
+    rows = []
+    for name, m in (d.get("models") or {}).items():
+        label = MODEL_NAME.get(name, name)
+        if "fp32" not in m:
+            rows.append([label, "-", "-", m.get("error") or m.get("skipped") or "?", "-", "-", "-", "-"])
+            continue
+        f = m["fp32"]
+        rows.append([label, "fp32", "-", f"{_ms3(f.get('median_ms'))} ({_ms3(f.get('p90_ms'))})", "1.00", "-",
+                     _placement(f.get("placement")), "-"])
+        for cand, c in m.get("candidates", {}).items():
+            if "latency" not in c:
+                rows.append([label, cand, f"`{c.get('flags')}`" if c.get("flags") else "-",
+                             c.get("skipped") or c.get("error") or "?", "-", "-", "-", "-"])
+                continue
+            lat = c["latency"]
+            rows.append([label, cand, f"`{c.get('flags')}`" if c.get("flags") else "-",
+                         f"{_ms3(lat.get('median_ms'))} ({_ms3(lat.get('p90_ms'))})",
+                         _ratio(lat.get("ratio"), [lat.get("ratio_p10"), lat.get("ratio_p90")]),
+                         _gpu_fidelity(c.get("fidelity")), _placement(c.get("placement")), _num(c.get("build_s"), ".1f")])
+    if rows:
+        lines += ["", _table(["model", "candidate", "flags", "median ms (p90)", "vs fp32 (p10-p90)", "fidelity vs fp32",
+                              "all nodes on GPU", "build s"], rows)]
+    s = d.get("search")
+    if s:
+        lines += ["", gpu_search_text(s)]
+    return "\n".join(lines)
+
+
+def gpu_search_text(s: dict) -> str:
+    if s.get("error"):
+        return f"Search on {MODEL_NAME.get(s.get('model'), s.get('model'))}: failed ({s['error']})."
+    kinds = s.get("targets", [])
+    out = [f"Search on {MODEL_NAME.get(s.get('model'), s.get('model'))} (small budget):", ""]
+    rows = []
+    for k in kinds:
+        r = s.get(k, {})
+        if r.get("best_params") is None:
+            rows.append([f"`--target {k}`", r.get("skipped") or r.get("error") or "no feasible pick", "-", "-", "-", "-"])
+            continue
+        rows.append([f"`--target {k}`", _gpu_pick(r["best_params"], k.split()[0]), _num(r.get("best_ratio"), ".3f"),
+                     _num(r.get("best_drop"), ".4f"), str(r.get("trials", "-")), _num(r.get("wall_s"), ".0f")])
+    out.append(_table(["search", "pick", "latency ratio (own target)", "metric drop", "trials", "wall s"], rows))
+    if "same_pick" in s:
+        out += ["", f"Same pick on both targets: {'yes' if s['same_pick'] else 'no'}."]
+    cross = s.get("cross")
+    if isinstance(cross, dict) and cross and not cross.get("error") and not cross.get("skipped"):
+        picks = sorted({p for v in cross.values() for p in v})
+        crows = []
+        for on, v in cross.items():
+            crows.append([on.removeprefix("on_"), *[_ratio(v.get(p, {}).get("ratio"),
+                                                           [v.get(p, {}).get("ratio_p10"), v.get(p, {}).get("ratio_p90")])
+                                                    if "ratio" in v.get(p, {}) else v.get(p, {}).get("error", "-")
+                                                    for p in picks]])
+        out += ["", "Both picks timed against fp32 on each target (interleaved, one sitting per target):", "",
+                _table(["timed on", *picks], crows)]
+    elif isinstance(cross, dict) and cross:
+        out += ["", f"Cross timing: {cross.get('error') or cross.get('skipped')}."]
+    return "\n".join(out)
+
+
 #: every block name a marker may use -> the function that renders it
 TABLES: dict[str, Callable[[Results], str | None]] = {
     "runs": t_runs,
@@ -748,6 +913,7 @@ TABLES: dict[str, Callable[[Results], str | None]] = {
     "headline": t_headline,
     "headline_lossy": t_headline_lossy,
     "zoo": t_zoo,
+    "gpu": t_gpu,
 }
 
 
