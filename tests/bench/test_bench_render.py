@@ -252,7 +252,8 @@ def test_repository_files_have_balanced_known_markers():
     for f in ("BENCHMARKS.md", "README.md"):
         text = (root / f).read_text()
         new, done, kept = render.replace_blocks(text, render.Results())
-        assert new == text and done == [] and kept  # no data -> nothing changes
+        # no data -> nothing changes; the gpu block renders its "not measured yet" text, the same as stored
+        assert new == text and done == (["gpu"] if f == "BENCHMARKS.md" else []) and kept
 
 
 def test_footprint_table_sizes_relative_to_original():
