@@ -295,7 +295,7 @@ def nvidia_lib_dirs() -> list[str]:
     LD_LIBRARY_PATH, which the loader reads at process start."""
     dirs: list[str] = []
     for base in sys.path:
-        for d in sorted(Path(base or ".").glob("nvidia/*/lib")):
+        for d in sorted([*Path(base or ".").glob("nvidia/*/lib"), *Path(base or ".").glob("nvidia/*/lib64")]):
             if d.is_dir() and any(d.glob("*.so*")) and str(d) not in dirs:
                 dirs.append(str(d))
     return dirs
