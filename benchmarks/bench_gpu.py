@@ -65,7 +65,7 @@ from models import datasets  # noqa: E402
 from models.fetch import ENV_CACHE, MODELS, cache_dir, sha256_file  # noqa: E402
 from onnxslim_compress.data import open_data  # noqa: E402
 from onnxslim_compress.errors import BadInputError, ProviderError  # noqa: E402
-from onnxslim_compress.graph.io import load_model, model_bytes  # noqa: E402
+from onnxslim_compress.graph.io import load_model, model_bytes, serialize_for_session  # noqa: E402
 from onnxslim_compress.jobs.compress import compress, flags_pipeline  # noqa: E402
 from onnxslim_compress.runtime.metrics import FidelityReport, compare_models, load_labels_any  # noqa: E402
 from onnxslim_compress.runtime.profiler import (  # noqa: E402
@@ -75,7 +75,7 @@ from onnxslim_compress.runtime.profiler import (  # noqa: E402
     make_runner,
     measure,
 )
-from onnxslim_compress.runtime.session import Target, make_session  # noqa: E402
+from onnxslim_compress.runtime.session import Target, make_session, session_options  # noqa: E402
 
 #: GPU tensor cores want channel counts divisible by 8 (fp16/TF32); the search's cuda recipe offers 8 and 16
 ROUND_TO_CUDA = 8
@@ -411,11 +411,22 @@ def trt_target(tmp: Path, *, int8: bool) -> Target:
 
 
 def cpu_nodes(model: onnx.ModelProto, target: Target) -> dict:
-    """Does every node run on the GPU EP? A session with CPU fallback disabled refuses otherwise."""
+    """Does every node run on the GPU EP? A session with CPU fallback disabled refuses otherwise.
+
+    Built without make_session: its provider list names the CPU EP explicitly (as fallback), which
+    ORT rejects together with session.disable_cpu_ep_fallback. Shape nodes ORT itself prefers on
+    the CPU count as CPU nodes here too; the recorded reason says which rule refused."""
     if target.kind == "cpu":
         return {"checked": False}
+    import onnxruntime as ort
+
+    so = session_options(target)
+    so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    data = serialize_for_session(model)
+    if data is None:
+        return {"checked": False, "reason": "model too large to check in memory"}
     try:
-        make_session(model, target, config={"session.disable_cpu_ep_fallback": "1"})
+        ort.InferenceSession(data, so, providers=[p for p in target.providers() if p[0] != "CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - the refusal is the answer
         return {"checked": True, "all_on_gpu": False, "reason": _err(e)[:200]}
     return {"checked": True, "all_on_gpu": True}

@@ -135,6 +135,17 @@ def test_render_main_fills_the_gpu_block_from_results(tmp_path, dry):
     assert doc.read_text() == f"# x\n\n<!-- generated:gpu -->\n{md.rstrip()}\n<!-- /generated -->\nafter\n"
 
 
+def test_cpu_node_probe_names_the_cpu_fallback_not_a_config_conflict():
+    """The placement probe leaves the CPU EP out of its provider list: ORT refuses an explicit CPU EP
+    together with disabled CPU fallback, which would report 'some nodes on CPU' for every model."""
+    got = bench_gpu.cpu_nodes(bench_gpu.probe_model(), bench_gpu.Target("cuda"))
+    assert got["checked"] is True
+    if shutil.which("nvidia-smi") is None:  # no GPU: every node lands on the CPU, and the probe says so
+        assert got["all_on_gpu"] is False and got["reason"]
+    assert "Conflicting session configuration" not in got.get("reason", "")
+    assert bench_gpu.cpu_nodes(bench_gpu.probe_model(), bench_gpu.Target("cpu")) == {"checked": False}
+
+
 def test_time_limit_nests_and_rearms_the_outer_limit():
     t0 = time.monotonic()
     # the inner 5 s limit is clamped to the outer 0.3 s
@@ -168,7 +179,7 @@ def test_search_section_two_targets_compares_picks(tmp_path):
     on = row["cross"]["on_cpu"]
     assert set(on) == {"gpu-like pick", "cpu pick"}
     # the same file as fp32 both times: the ratio is noise around 1
-    assert all(0.2 < on[k]["ratio"] < 5 for k in on)
+    assert all(0.1 < on[k]["ratio"] < 10 for k in on)
     md_text = render.gpu_search_text(row)
     assert "Same pick on both targets: no." in md_text and "| timed on | cpu pick | gpu-like pick |" in md_text
 
