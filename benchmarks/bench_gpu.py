@@ -768,7 +768,10 @@ def main(argv: list[str] | None = None) -> int:
         names = ["digits"]
     else:
         names = [*REAL_MODELS, "digits"]
-    names = [n for n in names if n not in result["models"] or result["models"][n].get("error")]
+    # resumed: a model measured before (its fp32 row exists) is kept; one that failed or never started runs
+    kept = [n for n in names if "fp32" in result["models"].get(n, {})]
+    names = [n for n in names if n not in kept]
+    result["_meta"]["resumed_models"] = kept
     search_name = a.search_model or ("digits" if a.dry_run else SEARCH_MODEL)
     do_search = not a.no_search and not (prev.get("search") and not prev["search"].get("error"))
     if not do_search and prev.get("search"):

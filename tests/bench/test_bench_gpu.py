@@ -146,6 +146,23 @@ def test_cpu_node_probe_names_the_cpu_fallback_not_a_config_conflict():
     assert bench_gpu.cpu_nodes(bench_gpu.probe_model(), bench_gpu.Target("cpu")) == {"checked": False}
 
 
+def test_resume_keeps_measured_models_of_an_interrupted_run(tmp_path, dry):
+    d, _, _ = dry
+    prev = json.loads(json.dumps(d))
+    prev["_meta"]["partial"] = True  # as a run killed at its limit leaves it
+    (tmp_path / "prev.json").write_text(json.dumps(prev))
+    assert bench_gpu.main(["--dry-run", "--resume", str(tmp_path / "prev.json"), "--out", str(tmp_path / "o")]) == 0
+    r = json.loads((tmp_path / "o" / "gpu.json").read_text())
+    assert r["_meta"]["resumed_models"] == ["digits"] and r["_meta"]["partial"] is False
+    assert r["models"]["digits"] == d["models"]["digits"] and r["search"] == d["search"]
+    # a finished run is not resumed: everything is measured again
+    assert bench_gpu.main(["--dry-run", "--no-search", "--resume", str(tmp_path / "o" / "gpu.json"),
+                           "--out", str(tmp_path / "o2")]) == 0
+    r2 = json.loads((tmp_path / "o2" / "gpu.json").read_text())
+    assert r2["_meta"]["resumed_models"] == [] and "search" not in r2
+    assert list(r2["models"]["digits"]["candidates"]) == list(bench_gpu.CANDIDATES)
+
+
 def test_time_limit_nests_and_rearms_the_outer_limit():
     t0 = time.monotonic()
     # the inner 5 s limit is clamped to the outer 0.3 s
