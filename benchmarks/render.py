@@ -857,7 +857,10 @@ def t_gpu(res: Results) -> str:
                          _gpu_fidelity(c.get("fidelity")), _placement(c.get("placement")), _num(c.get("build_s"), ".1f")])
     if rows:
         lines += ["", _table(["model", "candidate", "flags", "median ms (p90)", "vs fp32 (p10-p90)", "fidelity vs fp32",
-                              "all nodes on GPU", "build s"], rows)]
+                              "all nodes on GPU", "build s"], rows), "",
+                  "Each ratio is against fp32 timed in the same sitting (interleaved, inputs and outputs bound on the "
+                  "device), not against the fp32 row; fidelity is the worst output over the held-out samples, "
+                  "computed on the same EP; \"pruned 0.3 + fp16\" is built from the pruned model."]
     s = d.get("search")
     if s:
         lines += ["", gpu_search_text(s)]
