@@ -65,7 +65,8 @@ from models import datasets  # noqa: E402
 from models.fetch import ENV_CACHE, MODELS, cache_dir, sha256_file  # noqa: E402
 from onnxslim_compress.data import open_data  # noqa: E402
 from onnxslim_compress.errors import BadInputError, ProviderError  # noqa: E402
-from onnxslim_compress.graph.io import load_model, model_bytes, serialize_for_session  # noqa: E402
+from onnxslim_compress.graph.io import EXTERNAL_DATA_THRESHOLD, for_runtime, load_model, model_bytes  # noqa: E402
+from onnxslim_compress.graph.weights import has_offloaded  # noqa: E402
 from onnxslim_compress.jobs.compress import compress, flags_pipeline  # noqa: E402
 from onnxslim_compress.runtime.metrics import FidelityReport, compare_models, load_labels_any  # noqa: E402
 from onnxslim_compress.runtime.profiler import (  # noqa: E402
@@ -422,11 +423,12 @@ def cpu_nodes(model: onnx.ModelProto, target: Target) -> dict:
 
     so = session_options(target)
     so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    data = serialize_for_session(model)
-    if data is None:
+    m = for_runtime(model)
+    if has_offloaded(m) or model_bytes(m) > EXTERNAL_DATA_THRESHOLD:
         return {"checked": False, "reason": "model too large to check in memory"}
     try:
-        ort.InferenceSession(data, so, providers=[p for p in target.providers() if p[0] != "CPUExecutionProvider"])
+        ort.InferenceSession(m.SerializeToString(), so,
+                             providers=[p for p in target.providers() if p[0] != "CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - the refusal is the answer
         return {"checked": True, "all_on_gpu": False, "reason": _err(e)[:200]}
     return {"checked": True, "all_on_gpu": True}
