@@ -218,17 +218,23 @@ class OutputArgs(ArgGroup):
 
 
 class OutputModelArgs(ArgGroup):
-    """-o/--output: the model file a command writes."""
+    """-o/--output: the model file a command writes (not needed to only print a recipe)."""
 
     leading = True
 
     path: str = ""
 
     def add(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
+        p.add_argument("-o", "--output", help="output .onnx path (written atomically; required unless --print-recipe)")
 
     def parse(self, ns: argparse.Namespace) -> None:
-        self.path = ns.output
+        self.path = ns.output or ""
+
+    def require(self) -> str:
+        """The path, or the one-line error argparse would give for a missing required flag."""
+        if not self.path:
+            raise BadInputError("the following arguments are required: -o/--output")
+        return self.path
 
 
 class RecipeArgs(ArgGroup):

@@ -33,18 +33,25 @@ from onnxslim_compress.cli.groups import (
     dedent,
 )
 from onnxslim_compress.cli.search_commands import SearchCommand, WorkerCommand
-from onnxslim_compress.errors import BadInputError, CompressError
+from onnxslim_compress.errors import AccuracyGateError, BadInputError, CompressError
 from onnxslim_compress.graph.costs import count_costs, format_table
 from onnxslim_compress.graph.io import check_output_path, load_model, normalize
 from onnxslim_compress.graph.shapes import bind_input_shapes
-from onnxslim_compress.jobs.compress import compress
+from onnxslim_compress.jobs.compress import DROP_METRICS, compress, parse_max_drop
 from onnxslim_compress.jobs.verify import VerifySpec
 from onnxslim_compress.passes.base import Pass, Pipeline
 from onnxslim_compress.passes.prune.describe import describe_groups
 from onnxslim_compress.passes.recipe import canonical_pipeline, dump_recipe, load_recipe, pass_registry
 from onnxslim_compress.report import html
 from onnxslim_compress.runtime.latency_table import default_round_to
-from onnxslim_compress.runtime.metrics import FidelityReport, compare_models, load_metric
+from onnxslim_compress.runtime.metrics import (
+    METRIC_HELP,
+    Assertion,
+    FidelityReport,
+    MetricSpec,
+    assertion_failures,
+    compare_models,
+)
 from onnxslim_compress.runtime.profiler import compare, measure, op_type_profile
 from onnxslim_compress.runtime.session import cpu_runtime_conflict, make_session, shapes_from_run
 from onnxslim_compress.version import __version__
@@ -147,6 +154,12 @@ class CompareCommand(Command):
           {PROG} compare model.onnx small.onnx --data eval.npz
           {PROG} compare model.onnx small.onnx --data eval.npz --labels labels.npy --json
           {PROG} compare model.onnx small.onnx --data images/ --image-size 224x224 --metric mypkg.metrics:map50
+          {PROG} compare model.onnx small.onnx --data eval.npz --assert cosine>=0.99 --assert max_abs<=1e-3   # CI gate
+
+        --assert METRIC OP V (OP: >=, <=, >, <) checks a figure of the report: a per-output metric
+        (max_abs, mean_abs, rel_l2, cosine, snr_db, top1, exact: on every output it applies to, or
+        one output with METRIC[NAME]), accuracy_a/accuracy_b/accuracy_drop (with --labels), or a
+        --metric function's name. A failed assertion exits 3 with one line naming it and the value.
         """
 
     def __init__(self) -> None:
@@ -160,18 +173,39 @@ class CompareCommand(Command):
         return [self.model, self.labels, self.target, self.data, self.out]
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--metric", metavar="MODULE:FUNC", help="extra metric f(outputs_a, outputs_b) -> float")
+        p.add_argument("--metric", metavar="NAME|MODULE:FUNC", help=METRIC_HELP + "; printed as the headline figure")
+        p.add_argument("--assert", dest="asserts", action="append", metavar="METRIC>=V",
+                       help="CI gate, repeatable: exit 3 unless the figure holds, e.g. cosine>=0.99, max_abs[logits]<=1e-3")
 
     def run(self, ns: argparse.Namespace) -> int:
+        asserts = [Assertion.parse(t) for t in ns.asserts or []]  # a typo fails before any work
+        spec = MetricSpec.parse(ns.metric) if ns.metric else None
         a, b = load_model(self.model.path), load_model(self.model.path_b)
         data = self.data.open("data", a, self.model.shapes, seed=self.common.seed)
-        metric = load_metric(ns.metric) if ns.metric else None
-        rep = compare_models(a, b, data, target=self.target.target, labels=self.labels.load(), metric=metric,
+        labels = self.labels.load()
+        if spec is not None and spec.name == "accuracy" and labels is None:
+            raise BadInputError("--metric accuracy needs --labels")
+        rep = compare_models(a, b, data, target=self.target.target, labels=labels,
+                             metric=spec.name if spec is not None and spec.custom else None,
                              progress=self.common.progress(self.out.json))
+        fails = assertion_failures(rep, asserts)
         if self.out.json:
-            self.out.print_json(rep.as_dict())
+            d = rep.as_dict()
+            d["tool"], d["version"] = PROG, __version__
+            if spec is not None:
+                d["metric"] = {"name": spec.name, "value": spec.value(rep)}
+            if asserts:
+                d["assertions"] = [{"assert": str(x), "ok": x.failure(rep) is None} for x in asserts]
+            self.out.print_json(d)
         else:
             print(rep.table())
+            if spec is not None and not spec.custom:
+                print(f"{spec.name}: {spec.value(rep):.6g}")
+            for x in asserts:
+                if x.failure(rep) is None:
+                    print(f"assert {x}: ok")
+        if fails:
+            raise AccuracyGateError("compare: " + "; ".join(fails))
         return 0
 
 
@@ -216,6 +250,11 @@ class CompressCommand(Command):
             help="check every pass on --eval (else --calib) data; bisect and exclude the nodes of a pass that costs "
             "more than the threshold (default cosine=0.999; also rel_l2, snr_db, top1, max_abs)",
         )
+        p.add_argument(
+            "--max-drop", action="append", metavar="METRIC=V",
+            help="CI gate, repeatable: exit 3 (nothing written) when the drop measured on --eval against the input "
+            f"exceeds V, e.g. accuracy=0.01 (with --labels) or cosine=0.005; METRIC: {', '.join(DROP_METRICS)}",
+        )
         p.add_argument("--measure", action="store_true", help="measure latency of output vs input on --target (interleaved)")
         p.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report")
         p.add_argument(
@@ -240,11 +279,12 @@ class CompressCommand(Command):
         return canonical_pipeline(self.passes.chosen(overrides), self.registry)
 
     def run(self, ns: argparse.Namespace) -> int:
+        max_drop = parse_max_drop(ns.max_drop)
         pipeline = self.pipeline()
         if self.recipe.print_only:
             print(dump_recipe(pipeline), end="")
             return 0
-        src, out_path = self.model.path, self.output.path
+        src, out_path = self.model.path, self.output.require()
         check_output_path(out_path, [src])
         # the graph is enough for the data's input specs; compress() loads the weights (one copy, not two)
         model = load_model(src, load_external_data=False)
@@ -263,12 +303,14 @@ class CompressCommand(Command):
             check_output_path(ns.report, [src])
         if self.labels.path and eval_data is None:
             raise BadInputError("--labels needs --eval data")
-        res = compress(
-            src, out_path, pipeline=pipeline, calib=calib, eval_data=eval_data, target=self.target.target,
-            input_shapes=shapes, seed=seed, progress=self.common.progress(self.out.json), verify=verify,
-            measure_latency=ns.measure, eval_labels=self.labels.load(),
-            offload={"auto": None, "on": True, "off": False}[ns.offload],
-        )
+        if max_drop and eval_data is None:
+            raise BadInputError("--max-drop needs --eval data (the drop is measured on it against the input)")
+        try:
+            res = self._compress(ns, src, out_path, pipeline, calib, eval_data, verify, max_drop)
+        except AccuracyGateError as e:
+            if self.out.json and hasattr(e, "report"):
+                self.out.print_json(e.report)
+            raise
         if ns.report:
             html.write(res.report, ns.report)
         if self.out.json:
@@ -276,6 +318,15 @@ class CompressCommand(Command):
         else:
             print_compress_summary(res.report)
         return 0
+
+    def _compress(self, ns: argparse.Namespace, src: str, out_path: str, pipeline: Pipeline, calib: Any,
+                  eval_data: Any, verify: Any, max_drop: dict[str, float]) -> Any:
+        return compress(
+            src, out_path, pipeline=pipeline, calib=calib, eval_data=eval_data, target=self.target.target,
+            input_shapes=self.model.shapes, seed=self.common.seed, progress=self.common.progress(self.out.json), verify=verify,
+            measure_latency=ns.measure, eval_labels=self.labels.load(),
+            offload={"auto": None, "on": True, "off": False}[ns.offload], max_drop=max_drop,
+        )
 
 
 def print_compress_summary(r: dict[str, Any]) -> None:

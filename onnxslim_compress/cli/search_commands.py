@@ -120,7 +120,7 @@ class SearchCommand(Command):
         as_json = self.out.json
         try:
             res = search(
-                self.model.path, self.output.path, recipe=self.recipe.path, target=target, calib=self.data.paths["calib"],
+                self.model.path, self.output.require(), recipe=self.recipe.path, target=target, calib=self.data.paths["calib"],
                 eval_data=self.data.paths["eval"], labels=self.labels.path, metric=ns.metric, max_drop=ns.max_drop,
                 trials=ns.trials, timeout=ns.timeout, objective=ns.objective, sampler=ns.sampler, strategy=ns.strategy,
                 multi_objective=ns.pareto, storage=ns.storage, study_name=ns.study, seed=self.common.seed,

@@ -18,6 +18,7 @@ import onnx
 from tqdm import tqdm
 
 from onnxslim_compress.data import open_data
+from onnxslim_compress.errors import AccuracyGateError, BadInputError
 from onnxslim_compress.graph import weights
 from onnxslim_compress.graph.costs import count_costs
 from onnxslim_compress.graph.io import (
@@ -34,7 +35,7 @@ from onnxslim_compress.jobs.verify import Verifier
 from onnxslim_compress.passes.base import Pipeline, PipelineResult
 from onnxslim_compress.passes.context import Context
 from onnxslim_compress.passes.recipe import canonical_pipeline
-from onnxslim_compress.runtime.metrics import compare_models
+from onnxslim_compress.runtime.metrics import FidelityReport, compare_models
 from onnxslim_compress.runtime.profiler import compare, first_feed
 from onnxslim_compress.runtime.session import Target, shapes_from_run
 from onnxslim_compress.version import __version__
@@ -83,6 +84,7 @@ def compress(
     verify: Any = None,
     measure_latency: bool = False,
     offload: bool | None = None,
+    max_drop: dict[str, float] | None = None,
 ) -> CompressResult:
     """Run `pipeline` (default: the lossless passes) and optionally save to `output`.
 
@@ -96,7 +98,13 @@ def compress(
     read one weight at a time, so peak memory stays near the model's size instead of a multiple of
     it. The returned model's weights then live in the output's `.data` file (or, without an
     output, are read back into the proto).
+
+    `max_drop` ({metric: largest drop}, see parse_max_drop) is a CI gate on the fidelity measured
+    on `eval_data`: when a drop is larger, nothing is written and AccuracyGateError (exit 3) is
+    raised with the report attached as `.report`.
     """
+    if max_drop and eval_data is None:
+        raise BadInputError("--max-drop needs --eval data (the drop is measured on it against the input)")
     inputs = [model] if not isinstance(model, onnx.ModelProto) else []
     if output is not None:
         check_output_path(output, inputs)
@@ -115,7 +123,8 @@ def compress(
             load_weights(src, model, offload_to=ws)
         return _compress(model, src, output, ws, pipeline=pipeline, calib=calib, eval_data=eval_data,
                          eval_labels=eval_labels, target=target, input_shapes=input_shapes, seed=seed,
-                         progress=progress, verify=verify, measure_latency=measure_latency)
+                         progress=progress, verify=verify, measure_latency=measure_latency,
+                         max_drop=max_drop)
     finally:
         if ws is not None:
             ws.close()
@@ -126,6 +135,7 @@ def _compress(
     ws: Workspace | None, *,
     pipeline: Pipeline | None, calib: Any, eval_data: Any, eval_labels: Any, target: Target | None,
     input_shapes: dict[str, list[int]] | None, seed: int, progress: bool, verify: Any, measure_latency: bool,
+    max_drop: dict[str, float] | None = None,
 ) -> CompressResult:
     inputs = [model] if not isinstance(model, onnx.ModelProto) else []
     ctx = Context(target=target or Target(), calib=calib, input_shapes=dict(input_shapes or {}), seed=seed, progress=progress)
@@ -185,11 +195,64 @@ def _compress(
         report["latency"] = compare(src, res.model, first_feed(feeds), ctx.target).as_dict()
     if ws is not None:
         report["offloaded"] = True
+    if max_drop:
+        check_max_drop(report, max_drop)
     set_report(res.model, report)
     out_path = save_model(res.model, output) if output is not None else None
     if ws is not None and weights.has_offloaded(res.model) and Workspace.of(res.model).path == ws.path:
         weights.materialize(res.model)  # no output: the workspace goes, so the weights come back in
     return CompressResult(res.model, report, out_path, res)
+
+
+#: metric -> how its drop is read from a fidelity report (the input model scores 1 on the
+#: agreement metrics and 0 on the error metrics against itself)
+DROP_METRICS = ("accuracy", "top1", "cosine", "rel_l2", "max_abs", "mean_abs")
+
+
+def parse_max_drop(specs: list[str] | str | None) -> dict[str, float]:
+    """`accuracy=0.01`, `cosine=0.005` (repeatable, or comma-separated) -> {metric: largest drop}."""
+    items = [specs] if isinstance(specs, str) else list(specs or [])
+    out: dict[str, float] = {}
+    for item in (x for s in items for x in s.split(",") if x.strip()):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in DROP_METRICS:
+            raise BadInputError(f"--max-drop {item!r}: expected METRIC=V with METRIC one of {', '.join(DROP_METRICS)}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise BadInputError(f"--max-drop {item!r}: {value!r} is not a number") from None
+        if out[name] < 0:
+            raise BadInputError(f"--max-drop {item!r}: the drop must be >= 0")
+    return out
+
+
+def max_drop_failures(fidelity: dict[str, Any], limits: dict[str, float]) -> list[str]:
+    """One line per metric whose drop (input model vs output, on --eval) exceeds its limit."""
+    rep = FidelityReport.from_dict(fidelity)
+    fails = []
+    for name, limit in limits.items():
+        if name == "accuracy":
+            if rep.accuracy_drop is None:
+                raise BadInputError("--max-drop accuracy=V needs --labels for the --eval data")
+            drop, shown = rep.accuracy_drop, f"accuracy {rep.accuracy_a:.4f} -> {rep.accuracy_b:.4f}"
+        else:
+            where = rep.worst_output(name)
+            v = rep.per_output[where][name]
+            drop = (1.0 - v) if name in ("top1", "cosine") else v
+            shown = f"{name} {v:.6g} (output {where})"
+        if not drop <= limit:  # NaN fails
+            fails.append(f"--max-drop {name}={limit:g} failed: {shown}, drop {drop:.6g}")
+    return fails
+
+
+def check_max_drop(report: dict[str, Any], limits: dict[str, float]) -> None:
+    """The --max-drop gate: AccuracyGateError (exit 3) naming what failed, report attached."""
+    fails = max_drop_failures(report["fidelity"], limits)
+    if fails:
+        err = AccuracyGateError("; ".join(fails) + " (nothing written)")
+        err.report = report  # type: ignore[attr-defined]
+        raise err
 
 
 def subgraph_bodies(model: onnx.ModelProto) -> list[dict[str, Any]]:

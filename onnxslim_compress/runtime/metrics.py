@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -532,3 +533,146 @@ def load_labels_any(labels: np.ndarray | str | os.PathLike | None) -> np.ndarray
     if isinstance(labels, (str, os.PathLike)):
         return load_labels(labels)
     return np.asarray(labels)
+
+
+# --------------------------------------------------------------------------------------------------
+# Gates (CI) and the one meaning of --metric
+# --------------------------------------------------------------------------------------------------
+
+#: report-level figures an assertion or --max-drop may name besides the per-output metrics
+REPORT_FIGURES = ("accuracy_a", "accuracy_b", "accuracy_drop")
+_ASSERT_RX = re.compile(r"^\s*([A-Za-z_][\w.:/-]*?)(?:\[(.+)\])?\s*(>=|<=|>|<)\s*([-+0-9.eEinfa]+)\s*$")
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, "<": lambda a, b: a < b,
+}
+
+
+@dataclass(frozen=True)
+class Assertion:
+    """`cosine>=0.99` (every output it applies to) or `cosine[logits]>=0.99` (one output); also
+    `accuracy_b>=0.9`, `accuracy_drop<=0.01` and the name of a --metric function. A CI gate in the
+    style of `polygraphy run --atol`: compare exits 3 when one fails."""
+
+    metric: str
+    op: str
+    value: float
+    output: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Assertion:
+        m = _ASSERT_RX.match(text)
+        if not m:
+            raise BadInputError(f"--assert {text!r}: expected METRIC>=V, METRIC<=V, METRIC>V or METRIC<V, "
+                                "e.g. cosine>=0.99 or max_abs[logits]<=1e-3")
+        name, output, op, value = m.groups()
+        try:
+            v = float(value)
+        except ValueError:
+            raise BadInputError(f"--assert {text!r}: {value!r} is not a number") from None
+        return cls(name, op, v, output)
+
+    def __str__(self) -> str:
+        where = f"[{self.output}]" if self.output else ""
+        return f"{self.metric}{where}{self.op}{self.value:g}"
+
+    def measured(self, report: FidelityReport) -> list[tuple[str, float]]:
+        """(where, value) pairs the assertion checks: one per output, or one report-level figure."""
+        if self.metric in REPORT_FIGURES:
+            v = getattr(report, self.metric)
+            if v is None:
+                raise BadInputError(f"--assert {self}: {self.metric} needs --labels")
+            return [("", float(v))]
+        if self.metric in report.custom:
+            return [("", float(report.custom[self.metric]))]
+        if self.metric not in HIGHER_IS_WORSE:
+            known = [*HIGHER_IS_WORSE, *REPORT_FIGURES, *report.custom]
+            raise BadInputError(f"--assert {self}: unknown metric {self.metric!r} (known: {', '.join(known)})")
+        if self.output is not None:
+            if self.output not in report.per_output:
+                raise BadInputError(f"--assert {self}: no output {self.output!r} (outputs: {', '.join(report.per_output)})")
+            vals = report.per_output[self.output]
+            if self.metric not in vals:
+                raise BadInputError(f"--assert {self}: {self.metric} does not apply to output {self.output!r}")
+            return [(self.output, float(vals[self.metric]))]
+        return [(n, float(v)) for n, v in report._values(self.metric).items()]
+
+    def failure(self, report: FidelityReport) -> str | None:
+        """None when it holds; else 'cosine>=0.99 failed: cosine 0.9812 (output logits)'."""
+        for where, v in self.measured(report):
+            if math.isnan(v) or not _OPS[self.op](v, self.value):
+                on = f" (output {where})" if where else ""
+                return f"{self} failed: {self.metric} {v:.6g}{on}"
+        return None
+
+
+def assertion_failures(report: FidelityReport, assertions: Sequence[Assertion]) -> list[str]:
+    """The failure line of every assertion that does not hold, in the order given."""
+    return [f for a in assertions if (f := a.failure(report)) is not None]
+
+
+#: the built-in names `--metric` accepts (compare: the headline figure; search: the constraint)
+BUILTIN_METRICS = ("accuracy", "top1", "cosine", "rel_l2", "snr_db", "max_abs", "mean_abs")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What `--metric` means on every command: a built-in name, or MODULE:FUNC (or file.py:FUNC),
+    a function f(outputs_a, outputs_b) -> float (higher is better) averaged over samples."""
+
+    name: str
+    fn: MetricFn | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> MetricSpec:
+        if ":" in spec:
+            return cls(spec, load_metric(spec))
+        if spec not in BUILTIN_METRICS:
+            raise BadInputError(f"--metric {spec!r}: expected one of {', '.join(BUILTIN_METRICS)} or MODULE:FUNC")
+        return cls(spec)
+
+    @property
+    def custom(self) -> bool:
+        return self.fn is not None
+
+    def value(self, report: FidelityReport) -> float | None:
+        """The figure in a compare report (accuracy: of B; a per-output metric: its worst output)."""
+        if self.fn is not None:
+            return report.custom.get(self.name)
+        if self.name == "accuracy":
+            return report.accuracy_b
+        return report.worst(self.name)
+
+
+class OutputsMetricEvaluate:
+    """An `evaluate(session) -> float` (the search's custom metric) from a compare-style function:
+    the mean of fn(reference outputs, candidate outputs) over the samples, the reference being the
+    input model's outputs (computed once)."""
+
+    def __init__(self, fn: MetricFn, reference: onnx.ModelProto, data: Iterable[Mapping[str, np.ndarray]],
+                 target: Target | None = None):
+        self.fn, self.reference, self.data, self.target = fn, reference, data, target or Target()
+        self._ref: list[dict[str, np.ndarray]] | None = None
+        self._feeds: list[Mapping[str, np.ndarray]] = []
+
+    def _reference(self) -> list[dict[str, np.ndarray]]:
+        if self._ref is None:
+            sess = make_session(self.reference, self.target)
+            names = [o.name for o in sess.get_outputs()]
+            self._feeds = list(self.data)
+            self._ref = [dict(zip(names, sess.run(names, _feed_for(sess, f, "A")), strict=True)) for f in self._feeds]
+            if not self._ref:
+                raise BadInputError("evaluation data is empty")
+        return self._ref
+
+    def __call__(self, session: Any) -> float:
+        ref = self._reference()
+        names = list(ref[0])
+        total = 0.0
+        for feed, ra in zip(self._feeds, ref, strict=True):
+            out = dict(zip(names, session.run(names, _feed_for(session, feed, "B")), strict=True))
+            total += float(self.fn(ra, out))
+        return total / len(ref)
+
+
+#: the help of `--metric` on every command that takes it
+METRIC_HELP = f"a built-in metric ({', '.join(BUILTIN_METRICS)}) or MODULE:FUNC / file.py:FUNC, f(outputs_a, outputs_b) -> float"
