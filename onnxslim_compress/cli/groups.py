@@ -99,12 +99,14 @@ class ModelArgs(ArgGroup):
     path_b: str | None = None
     shapes: dict[str, list[int]]
 
-    def __init__(self, second: Literal["none", "optional", "required"] = "none", second_help: str | None = None):
-        self.second, self.second_help = second, second_help
+    def __init__(self, second: Literal["none", "optional", "required"] = "none", second_help: str | None = None,
+                 first_help: str | None = None):
+        self.first_help = first_help or ("model A (.onnx), the reference" if second != "none" else "input model (.onnx; never modified)")
+        self.second, self.second_help = second, second_help or "model B (.onnx), measured against A"
         self.shapes = {}
 
     def add(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("model")
+        p.add_argument("model", help=self.first_help)
         if self.second == "optional":
             p.add_argument("model_b", nargs="?", help=self.second_help)
         elif self.second == "required":
@@ -170,7 +172,7 @@ class DataArgs(ArgGroup):
         g = p.add_argument_group("image folders (used when a data PATH is a folder of images)")
         g.add_argument("--image-size", metavar="HxW", help="resize to HxW, e.g. 224x224 (default: the model's input)")
         g.add_argument("--image-layout", choices=["NCHW", "NHWC"], default=None, help="default: guessed from the input shape")
-        g.add_argument("--image-order", choices=["RGB", "BGR"], default="RGB")
+        g.add_argument("--image-order", choices=["RGB", "BGR"], default="RGB", help="channel order the model expects")
         g.add_argument("--image-scale", type=float, default=1 / 255, help="multiply pixels by this first (default 1/255)")
         g.add_argument("--image-mean", metavar="M[,M,M]", help="subtract per channel, after scaling")
         g.add_argument("--image-std", metavar="S[,S,S]", help="divide per channel, after the mean")
@@ -323,6 +325,8 @@ def _flag_kwargs(spec: ParamSpec, flag: Flag) -> dict[str, Any]:
         hint = type(typing.get_args(hint)[0])
     if hint in (int, float):  # argparse hands over text otherwise
         kw["type"] = hint
+    if flag.const is not None:
+        kw.update(nargs="?", const=flag.const)
     return kw
 
 
@@ -367,14 +371,16 @@ class PassArgs(ArgGroup):
             help_text = next((s.flag.help for _, s in pf.decls if s.flag is not None and s.flag.help), None) or spec.help
             keys = []
             for pname, s in pf.decls:
+                alone = f"; alone: {s.flag.const}" if s.flag is not None and s.flag.const is not None else ""
                 if s.flag is not None and s.flag.enables:
-                    keys.append(f"{pname}.{s.name}; runs the pass")
+                    keys.append(f"{pname}.{s.name}; runs the pass{alone}")
                 elif s.default is None or s.default == [] or s.default == {}:
-                    keys.append(f"{pname}.{s.name}")
+                    keys.append(f"{pname}.{s.name}{alone}")
                 else:
-                    keys.append(f"{pname}.{s.name}, default {_show(s.default)}")
+                    keys.append(f"{pname}.{s.name}, default {_show(s.default)}{alone}")
             full = f"{help_text} ({'; '.join(keys)})".replace("%", "%%")
-            action = groups[first].add_argument(spelling, help=full, **_flag_kwargs(spec, pf.flag))
+            aliases = [a for _, s in pf.decls if s.flag is not None for a in s.flag.aliases]
+            action = groups[first].add_argument(spelling, *dict.fromkeys(aliases), help=full, **_flag_kwargs(spec, pf.flag))
             pf.dest = action.dest
 
     def parse(self, ns: argparse.Namespace) -> None:

@@ -30,7 +30,13 @@ from onnxslim_compress.cli.groups import (
     TargetArgs,
     TimingArgs,
 )
-from onnxslim_compress.errors import AccuracyGateError
+from onnxslim_compress.errors import AccuracyGateError, BadInputError
+from onnxslim_compress.graph.io import load_model
+from onnxslim_compress.runtime.metrics import MetricSpec, OutputsMetricEvaluate
+from onnxslim_compress.runtime.session import Target
+
+#: the built-in metrics a search can constrain (the label-free agreement ones and labelled accuracy)
+SEARCH_METRICS = ("accuracy", "top1", "cosine")
 
 
 def _quiet_optuna(debug: bool) -> None:
@@ -87,8 +93,10 @@ class SearchCommand(Command):
         return [self.model, self.output, self.recipe, self.labels, self.timing, self.target, self.data, self.out]
 
     def add_arguments(self, s: argparse.ArgumentParser) -> None:
-        s.add_argument("--metric", choices=["accuracy", "top1", "cosine"],
-                       help="constraint metric (default: accuracy with --labels, else top1 for [N, C] outputs, else cosine)")
+        s.add_argument("--metric", metavar="NAME|MODULE:FUNC",
+                       help=f"constraint metric: {', '.join(SEARCH_METRICS)}, or MODULE:FUNC / file.py:FUNC f(outputs_a, "
+                       "outputs_b) -> float, higher is better, its drop measured from the input model's own score "
+                       "(default: accuracy with --labels, else top1 for [N, C] outputs, else cosine)")
         s.add_argument("--max-drop", type=float, default=0.01, help="largest allowed metric drop vs the input model (default 0.01)")
         s.add_argument("--trials", type=int, default=20, help="trials in the study (default 20; a resumed study counts earlier ones)")
         s.add_argument("--timeout", type=float, metavar="S", help="stop starting new trials after S seconds")
@@ -110,8 +118,12 @@ class SearchCommand(Command):
         from onnxslim_compress.search.space import SearchSpace
 
         target = self.target.target
+        spec = MetricSpec.parse(ns.metric) if ns.metric else None
+        if spec is not None and not spec.custom and spec.name not in SEARCH_METRICS:
+            raise BadInputError(f"--metric {spec.name}: the search constrains {', '.join(SEARCH_METRICS)} or a MODULE:FUNC metric")
+        metric, evaluate = (None, self._evaluate(spec)) if spec is not None and spec.custom else (ns.metric, None)
         if self.recipe.print_only:
-            goal = fidelity_goal(ns.metric or ("accuracy" if self.labels.path else None), ns.max_drop)
+            goal = fidelity_goal(metric or ("accuracy" if self.labels.path else None), ns.max_drop)
             data = recipe_data(self.recipe.path, target, None, goal)
             SearchSpace.from_recipe(data)  # validate before printing
             print(yaml.safe_dump(data, sort_keys=False), end="")
@@ -121,7 +133,8 @@ class SearchCommand(Command):
         try:
             res = search(
                 self.model.path, self.output.require(), recipe=self.recipe.path, target=target, calib=self.data.paths["calib"],
-                eval_data=self.data.paths["eval"], labels=self.labels.path, metric=ns.metric, max_drop=ns.max_drop,
+                eval_data=self.data.paths["eval"], labels=self.labels.path, metric=metric, max_drop=ns.max_drop,
+                evaluate=evaluate,
                 trials=ns.trials, timeout=ns.timeout, objective=ns.objective, sampler=ns.sampler, strategy=ns.strategy,
                 multi_objective=ns.pareto, storage=ns.storage, study_name=ns.study, seed=self.common.seed,
                 runs=self.timing.runs, warmup=self.timing.warmup, input_shapes=self.model.shapes,
@@ -138,6 +151,15 @@ class SearchCommand(Command):
         else:
             _print_summary(res.report)
         return 0
+
+
+    def _evaluate(self, spec: MetricSpec) -> OutputsMetricEvaluate:
+        """A compare-style metric as the search's evaluate(session): scored against the input's outputs."""
+        assert spec.fn is not None
+        model = load_model(self.model.path)
+        which = "eval" if self.data.paths["eval"] else "calib"
+        return OutputsMetricEvaluate(spec.fn, model, self.data.open(which, model, self.model.shapes, seed=self.common.seed),
+                                     Target(kind="cpu"))
 
 
 def _print_summary(r: dict[str, Any]) -> None:

@@ -56,6 +56,9 @@ class Flag:
     flag that sets the parameter of every declaring pass that runs. `enables`: giving the flag adds
     the pass to the pipeline built from flags (`--prune`, `--quantize`). `parse` turns one value
     into several parameters (`--lowrank energy=0.9` sets mode and value); it raises BadInputError.
+    `aliases`: other spellings of the same flag (the old name after a rename to the spelling ORT
+    and ModelOpt users know, e.g. `--calibration` for `--calibrate-method`). `const`: the value when
+    the flag is given without one (`--smoothquant` = `--smoothquant 0.5`).
     """
 
     spelling: str
@@ -63,6 +66,8 @@ class Flag:
     enables: bool = False
     help: str | None = None
     parse: Callable[[str], dict[str, Any]] | None = None
+    aliases: tuple[str, ...] = ()
+    const: Any = None
 
 
 @dataclass(frozen=True)

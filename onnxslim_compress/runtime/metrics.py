@@ -541,7 +541,7 @@ def load_labels_any(labels: np.ndarray | str | os.PathLike | None) -> np.ndarray
 
 #: report-level figures an assertion or --max-drop may name besides the per-output metrics
 REPORT_FIGURES = ("accuracy_a", "accuracy_b", "accuracy_drop")
-_ASSERT_RX = re.compile(r"^\s*([A-Za-z_][\w.:/-]*?)(?:\[(.+)\])?\s*(>=|<=|>|<)\s*([-+0-9.eEinfa]+)\s*$")
+_ASSERT_RX = re.compile(r"^\s*([^\s\[<>=]+?)(?:\[(.+)\])?\s*(>=|<=|>|<)\s*([-+0-9.eEinfa]+)\s*$")
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, "<": lambda a, b: a < b,
 }

@@ -62,7 +62,7 @@ class QuantizeParams:
     mode: Literal["int8", "fp8", "int4-weight", "fp16"] = param(
         "int8", help="int8/fp8: calibrated QDQ; int4-weight: weight-only MatMulNBits; fp16: half precision "
         "(graph edges stay fp32)",
-        flag=Flag("--quantize", enables=True, help="quantization format"),
+        flag=Flag("--quantize", enables=True, const="int8", help="quantization format"),
         search=PerTarget((("cpu", Pinned("int8")), ("cuda", Pinned("fp16")), ("tensorrt", Pinned("int8"))),
                          default=Pinned("int8")),
     )
@@ -70,11 +70,22 @@ class QuantizeParams:
     #: percentile measured best on the benchmark models (BENCHMARKS.md "Quantization"): minmax lets one
     #: outlier sample stretch every scale, entropy/mse cost more time for no better fidelity there
     calibration: Literal["minmax", "percentile", "entropy", "mse"] = param(
-        "percentile", help="how activation ranges are calibrated", flag="--calibration",
+        "percentile", help="how activation ranges are calibrated",
+        flag=Flag("--calibrate-method", aliases=("--calibration",), help="how activation ranges are calibrated "
+                  "(ORT's calibrate_method; --calibration is the old spelling)"),
         search=When("mode", ("int8",), Choices(("percentile", "minmax", "entropy"))),
     )
-    percentile: float = param(99.99, help="the percentile of the percentile calibration, in (50, 100]")
+    percentile: float = param(99.99, help="the percentile of the percentile calibration, in (50, 100]",
+                              flag=Flag("--percentile", metavar="P"))
     exclude: list[str] = param(default_factory=list, help="regexes on node names: matching nodes stay float", flag="--exclude")
+    nodes_to_exclude: list[str] = param(
+        default_factory=list, help="exact node names that stay float (ORT's nodes_to_exclude)",
+        flag=Flag("--nodes-to-exclude", metavar="NAME", help="exact node names that stay float (repeatable)"),
+    )
+    op_types_to_exclude: list[str] = param(
+        default_factory=list, help="op types whose nodes stay float, e.g. Gemm (ORT's op_types_to_exclude)",
+        flag=Flag("--op-types-to-exclude", metavar="OP", help="op types whose nodes stay float, e.g. Gemm (repeatable)"),
+    )
     #: with the search's fidelity goal, the search decides per candidate whether to keep layers float
     min_fidelity: str | None = param(
         None, help="e.g. cosine=0.995 or top1=0.99: keep the most sensitive layers float until this holds",
@@ -82,14 +93,19 @@ class QuantizeParams:
         search=When("mode", ("int8",), Choices((None, FIDELITY_GOAL))),
     )
     bias_correction: bool = param(True, help="correct the bias for the mean error the weight quantization adds")
-    smoothquant: float | None = param(None, help="SmoothQuant alpha in [0, 1] (None = off)")
+    smoothquant: float | None = param(
+        None, help="SmoothQuant alpha in [0, 1] (None = off)",
+        flag=Flag("--smoothquant", metavar="ALPHA", aliases=("--smoothquant-alpha",), const=0.5,
+                  help="SmoothQuant: migrate activation outliers into the weights; alone, alpha 0.5"),
+    )
     block_size: int = param(32, help="int4-weight block size (a power of two >= 16)")
     calib_samples: int = param(128, help="calibration samples")
-    per_channel: bool = param(True, help="per-channel weight scales")
+    per_channel: bool = param(True, help="per-channel weight scales", flag="--per-channel")
     #: measured: QGemm cosine 0.96 -> 0.9999 on a CPU without VNNI
     reduce_range: bool | None = param(
         None, help="7-bit weights for the CPU EP; None = auto: on when the CPU lacks VNNI, where ORT's U8S8 "
         "kernels (vpmaddubsw) saturate int16 pair sums and give wrong results",
+        flag=Flag("--reduce-range", help="7-bit weights (--no-reduce-range: 8-bit); unset: on when the CPU lacks VNNI"),
     )
     quantize_embeddings: bool = param(
         True, help="CPU int8: store large embedding tables (Gather) as uint8; ORT runs a uint8 Gather (MiniLM: 53 -> 17.5 MB)",
@@ -175,7 +191,7 @@ class Quantize(Pass):
         model, up = upgrade_opset(model, need)
         stats["opset_out"] = main_opset(model)
         if mode == "int4-weight":
-            out, rows, skipped = qp.int4_weight_only(model, p.block_size, p.exclude)
+            out, rows, skipped = qp.int4_weight_only(model, p.block_size, self._exclusions(model))
             stats.update(layers=rows, skipped=skipped, quantized=len(rows))
             return PassResult(out, bool(rows) or up, stats)
         return self._static(model, ctx, kind, mode, stats)
@@ -208,7 +224,8 @@ class Quantize(Pass):
         if kind == "cpu":
             units, isolated = qp.prune_isolated(model, units)
             stats["left_float"] = len(isolated)
-        excluded = [u.node for u in units if any(re.search(rx, u.node) for rx in p.exclude)]
+        exclude = self._exclusions(model)
+        excluded = [u.node for u in units if any(re.search(rx, u.node) for rx in exclude)]
         units = [u for u in units if u.node not in excluded]
         if not p.per_channel:
             for u in units:
@@ -248,7 +265,7 @@ class Quantize(Pass):
         if p.min_fidelity:
             qmodel = self._mixed_precision(model, units, build, data, kind, ctx, stats)
         if kind == "cpu" and mode == "int8" and p.quantize_embeddings:
-            emb_rows, emb_skipped = quantize_gather_tables(qmodel, p.exclude)
+            emb_rows, emb_skipped = quantize_gather_tables(qmodel, self._exclusions(qmodel))
             layers_extra, skipped = emb_rows, skipped + emb_skipped
         else:
             layers_extra = []
@@ -270,6 +287,17 @@ class Quantize(Pass):
             stats["integer_kernels"] = sum(kern.values())
             stats["integer_kernels_by_op"] = kern
         return PassResult(qmodel, True, stats)
+
+    def _exclusions(self, model: onnx.ModelProto) -> list[str]:
+        """One list of node-name regexes for the three ways to keep nodes float: `exclude` (regexes),
+        `nodes_to_exclude` (exact names) and `op_types_to_exclude` (op types), the last two as
+        anchored literal patterns, so every consumer (units, int4, embeddings) applies all three."""
+        p: QuantizeParams = self.params
+        names = set(p.nodes_to_exclude)
+        if p.op_types_to_exclude:
+            ops = set(p.op_types_to_exclude)
+            names.update(n.name for n in model.graph.node if n.op_type in ops and n.name)
+        return [*p.exclude, *(f"^{re.escape(n)}$" for n in sorted(names))]
 
     def _act_params(self, hists: dict[str, cal.Histogram], groups: dict[str, str], fmt: qp.Format) -> dict[str, qp.ActQ]:
         p: QuantizeParams = self.params
