@@ -10,7 +10,9 @@ interrupted run leaves nothing half-written.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import textwrap
 import traceback
 from collections.abc import Mapping
 from typing import Any
@@ -329,34 +331,106 @@ class CompressCommand(Command):
         )
 
 
-def print_compress_summary(r: dict[str, Any]) -> None:
-    b, a = r["before"], r["after"]
+def _figure(v: Any) -> str:
+    """A stat as a person reads it: thousands separated, floats to 4 significant digits."""
+    if isinstance(v, bool) or v is None:
+        return str(v).lower()
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
 
-    def ratio(k: str) -> str:
-        if k in b and k in a and b[k]:
-            return f"{b[k]:,} -> {a[k]:,} ({a[k] / b[k]:.1%})"
-        return "n/a"
 
-    print(f"wrote {r['output']}")
+_NUMBER = re.compile(r"^[-+]?[\d,.]+(%|s| ms)?$|^n/a$")
+
+
+def text_table(header: list[str], rows: list[list[str]], wrap: int | None = None) -> list[str]:
+    """Aligned plain-text columns (first left, numbers right); the last column wraps at `wrap`
+    characters onto indented continuation lines."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    numeric = [i > 0 and all(_NUMBER.match(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
+
+    def line(r: list[str]) -> list[str]:
+        head = "  ".join(c.rjust(w) if numeric[i] else c.ljust(w) for i, (c, w) in enumerate(zip(r[:-1], widths, strict=True)))
+        last = textwrap.wrap(r[-1], wrap, break_on_hyphens=False) if wrap and r[-1] else [r[-1]]
+        return [f"{head}  {last[0]}".rstrip(), *(f"{' ' * len(head)}  {x}" for x in last[1:])]
+
+    lines += line(header)
+    lines.append("  ".join("-" * w for w in [*widths, max(len(header[-1]), 12)]))
+    for r in rows:
+        lines += line(r)
+    return lines
+
+
+def pass_table(r: dict[str, Any]) -> list[str]:
+    """One row per pass: result, time and its figures (lists and tables stay in --json / --report)."""
+    rows = []
     for s in r["passes"]:
-        keys = {k: v for k, v in s["stats"].items() if not isinstance(v, (list, dict))}
-        skipped = len(s["stats"].get("skipped", []))
-        extra = f", {skipped} skipped (see --json)" if skipped else ""
-        print(f"  {s['name']:<16} {'changed' if s['modified'] else 'no change':<10} {keys}{extra}")
+        st = s["stats"]
+        figures = [f"{k} {_figure(v)}" for k, v in st.items() if not isinstance(v, (list, dict))]
+        skipped = len(st.get("skipped", []) or [])
+        if skipped:
+            figures.append(f"{skipped} skipped (see --json)")
+        rows.append([s["name"], "changed" if s["modified"] else "no change", f"{s.get('seconds', 0):.2f}s",
+                     ", ".join(figures) or "-"])
+    return text_table(["pass", "result", "time", "figures"], rows, wrap=72)
+
+
+def kept_float_lines(r: dict[str, Any]) -> list[str]:
+    """What stayed float and why, beside what ORT really runs as integer kernels."""
+    out = []
+    for s in r["passes"]:
+        st = s["stats"]
+        if "float_units" not in st and "quantized_units" not in st:
+            continue
+        q, fl = st.get("quantized_units", 0), st.get("float_units", {}) or {}
+        total = q + sum(v for k, v in fl.items() if not k.startswith("isolated"))
+        why = ", ".join(f"{v} {k}" for k, v in fl.items()) or "none"
+        line = f"{s['name']}: {q} of {total} units quantized; kept float: {why}"
+        if "integer_kernels" in st:
+            line += f"; ORT runs {st['integer_kernels']} integer kernels"
+        out.append(line)
+    return out
+
+
+def print_compress_summary(r: dict[str, Any]) -> None:
+    """The human summary: passes as a table, sizes original vs compressed, latency and fidelity
+    with A and B named, what stayed float and why, and verify's outcome (passed or not)."""
+    b, a = r["before"], r["after"]
+    print(f"wrote {r['output']}")
+    for ln in pass_table(r):
+        print(f"  {ln}")
+    rows = []
     for k in ("macs", "params", "size_bytes", "nodes"):
-        print(f"  {k:<10} {ratio(k)}")
+        if k in b and k in a:
+            rows.append([k, f"{b[k]:,}", f"{a[k]:,}", f"{a[k] / b[k]:.1%}" if b[k] else "n/a"])
+    print()
+    for ln in text_table(["", "original", "compressed", "compressed/original"], rows):
+        print(f"  {ln}")
+    for ln in kept_float_lines(r):
+        print(f"  {ln}")
     for sg in r.get("subgraphs_untouched", []):
         print(f"  left as is: {sg['op']} {sg['node']} ({sg['body_nodes']} nodes in its bodies; {sg['reason']})")
     lat = r.get("latency")
     if lat:
-        print(f"  latency    {lat['b']['median']:.3f} ms vs {lat['a']['median']:.3f} ms: ratio {lat['ratio']:.3f} "
-              f"(p10-p90 {lat['ratio_p10']:.2f}-{lat['ratio_p90']:.2f}, {lat['runs']} interleaved runs, {lat['target']})")
+        print(f"  latency: original {lat['a']['median']:.3f} ms, compressed {lat['b']['median']:.3f} ms (medians); "
+              f"compressed/original {lat['ratio']:.3f} (p10-p90 {lat['ratio_p10']:.2f}-{lat['ratio_p90']:.2f}, "
+              f"{lat['runs']} interleaved runs, {lat['target']})")
     for s in r["passes"]:
         ver = s["stats"].get("verify")
-        if ver and ver.get("excluded"):
-            print(f"  verify: {s['name']} excluded {', '.join(ver['excluded'])} ({ver['reruns']} re-runs)")
+        if not ver:
+            continue
+        metric = f"{ver.get('metric', 'value')} {ver['value']:.6g}" + (f" (threshold {ver['threshold']:g})" if "threshold" in ver else "")
+        state = "ok" if ver.get("ok") else "FAILED"
+        extra = f"; excluded {', '.join(ver['excluded'])} ({ver['reruns']} re-runs)" if ver.get("excluded") else ""
+        note = f"; {ver['note']}" if ver.get("note") else ""
+        print(f"  verify {s['name']}: {state}, {metric}{extra}{note}")
     if "fidelity" in r:
-        print(FidelityReport.from_dict(r["fidelity"]).table())
+        print("\n  fidelity of compressed vs original:")
+        for ln in FidelityReport.from_dict(r["fidelity"]).table(names=("original", "compressed")).splitlines():
+            print(f"  {ln}")
 
 
 def commands(registry: Mapping[str, type[Pass]] | None = None) -> list[Command]:

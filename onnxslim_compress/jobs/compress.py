@@ -154,16 +154,14 @@ def _compress(
     t0 = time.perf_counter()
     bar = None
     if progress:
-        bar = tqdm(total=len(pipeline), desc="compress", unit="pass", leave=False)
-
-        def tick(name: str) -> None:
-            bar.set_postfix_str(name)
+        bar = PassBar(tqdm(total=len(pipeline), desc="compress", unit="pass", leave=False))
+        ctx.on_progress = bar.stage
 
     verifier = None
     if verify is not None:
         verifier = Verifier(verify, eval_data if eval_data is not None else calib)
     try:
-        res = pipeline.run(work, ctx, progress=tick if bar else None, verifier=verifier, copy_input=False)
+        res = pipeline.run(work, ctx, progress=bar.start if bar else None, verifier=verifier, copy_input=False)
         del work
     finally:
         if bar is not None:
@@ -253,6 +251,30 @@ def check_max_drop(report: dict[str, Any], limits: dict[str, float]) -> None:
         err = AccuracyGateError("; ".join(fails) + " (nothing written)")
         err.report = report  # type: ignore[attr-defined]
         raise err
+
+
+class PassBar:
+    """The pass bar of compress: one step per finished pass, and inside a long pass its stage and
+    count (Context.on_progress), refreshed, so the elapsed time keeps moving instead of freezing."""
+
+    def __init__(self, bar: Any):
+        self.bar, self.current = bar, ""
+
+    def start(self, name: str) -> None:
+        """Pipeline.run's progress hook: `name` starts, so the one before it is done."""
+        if self.current:
+            self.bar.update(1)
+        self.current = name
+        self.bar.set_postfix_str(name)
+
+    def stage(self, stage: str, done: int, total: int | None) -> None:
+        count = f"{done}/{total}" if total else str(done)
+        self.bar.set_postfix_str(f"{self.current}: {stage} {count}", refresh=True)
+
+    def close(self) -> None:
+        if self.current:
+            self.bar.update(1)
+        self.bar.close()
 
 
 def subgraph_bodies(model: onnx.ModelProto) -> list[dict[str, Any]]:

@@ -80,9 +80,12 @@ class VerifyOutcome:
     excluded: list[str] = field(default_factory=list)
     runs: int = 0
     note: str = ""
+    metric: str = ""
+    threshold: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"pass": self.name, "value": self.value, "ok": self.ok, "excluded": self.excluded, "reruns": self.runs, "note": self.note}
+        return {"pass": self.name, "metric": self.metric, "threshold": self.threshold, "value": self.value, "ok": self.ok,
+                "excluded": self.excluded, "reruns": self.runs, "note": self.note}
 
 
 class Verifier:
@@ -100,7 +103,7 @@ class Verifier:
 
     def check(self, p: Pass, before: onnx.ModelProto, res: PassResult, ctx: Any) -> tuple[PassResult, VerifyOutcome]:
         value = self.measure(before, res.model)
-        out = VerifyOutcome(p.name, value, self.spec.ok(value))
+        out = VerifyOutcome(p.name, value, self.spec.ok(value), metric=self.spec.metric, threshold=self.spec.threshold)
         if out.ok or not res.modified:
             return res, out
         if not supports_exclude(p):

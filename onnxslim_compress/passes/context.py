@@ -7,6 +7,7 @@ search trial that needs the SVD or activation statistics an earlier trial comput
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,21 @@ class Context:
     cache: Cache = field(default_factory=Cache)
     #: show progress bars on long work
     progress: bool = False
+    #: on_progress(stage, done, total) is called inside long passes (calibration samples, recovery
+    #: stages, SVD layers); jobs/compress.py shows it on the pass bar, so no bar sits frozen
+    on_progress: Callable[[str, int, int | None], None] | None = None
+
+    def tick(self, stage: str, done: int, total: int | None = None) -> None:
+        """Report progress inside a pass (a no-op unless someone listens)."""
+        if self.on_progress is not None:
+            self.on_progress(stage, done, total)
+
+    def ticker(self, stage: str, total: int | None = None) -> Callable[[int], None] | None:
+        """A per-sample callback for runtime.activations.iterate_tensors(progress=...), or None."""
+        if self.on_progress is None:
+            return None
+        cb = self.on_progress
+        return lambda done: cb(stage, done, total)
 
     def session(self, model: onnx.ModelProto, **kwargs):
         return make_session(model, self.target, **kwargs)

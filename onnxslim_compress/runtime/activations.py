@@ -38,10 +38,12 @@ def iterate_tensors(
     *,
     target: Target | None = None,
     limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield {name: value} for each calibration sample, running the model once per sample.
 
     Only feeds whose names are model inputs are passed, so a data set with extra arrays still works.
+    `progress(samples done)` is called after each sample (Context.ticker: a live bar, not a frozen one).
     """
     m = with_outputs(model, names)
     sess = make_session(m, target or Target(kind="cpu", opt_level="basic"))
@@ -54,6 +56,8 @@ def iterate_tensors(
             yield {}
             continue
         outs = sess.run(names, {n: feed[n] for n in input_names if n in feed})
+        if progress is not None:
+            progress(k + 1)
         yield dict(zip(names, outs, strict=True))
 
 

@@ -373,8 +373,8 @@ class FidelityReport:
             data=d.get("data", ""),
         )
 
-    def table(self) -> str:
-        """A plain-text table, one row per output, columns aligned."""
+    def table(self, names: tuple[str, str] = ("A", "B")) -> str:
+        """A plain-text table, one row per output, columns aligned; `names` label A and B."""
 
         def fmt(v: float | None) -> str:
             if v is None:
@@ -394,7 +394,7 @@ class FidelityReport:
         out.append(f"samples: {self.samples}" + (f" ({self.data})" if self.data else ""))
         if self.accuracy_a is not None:
             out.append(
-                f"accuracy: A {self.accuracy_a:.4f}  B {self.accuracy_b:.4f}  drop {self.accuracy_drop:+.4f}"
+                f"accuracy: {names[0]} {self.accuracy_a:.4f}  {names[1]} {self.accuracy_b:.4f}  drop {self.accuracy_drop:+.4f}"
             )
         for k, v in self.custom.items():
             out.append(f"{k}: {fmt(v)}")

@@ -201,7 +201,8 @@ def collect_grams(model: onnx.ModelProto, layers: list[lm.Layer], ctx: Any, p: L
                 if sum(len(b) for b in pending[(act, spec)]) >= _MAX_ROWS:
                     flush((act, spec))
 
-        accumulate(model, sorted({r[0] for r in requests}), ctx.calib, update, limit=p.calib_samples)
+        accumulate(model, sorted({r[0] for r in requests}), ctx.calib, update, limit=p.calib_samples,
+                   progress=ctx.ticker("input Gram samples", p.calib_samples))
         for r in requests:
             flush(r)
         return {r: m.xtx for r, m in moments.items() if m.xtx is not None}
@@ -234,7 +235,8 @@ class LowRank(Pass):
         grams = collect_grams(model, narrow, ctx, p) if data_aware and narrow else {}
         measure = p.alds_measure if p.mode == "alds" else "params"
         cands = []  # (layer, [(key, decomposition, cost, allowed ranks, errors)], full size, gram)
-        for L in layers:
+        for i, L in enumerate(layers):
+            ctx.tick("SVD layers", i, len(layers))
             gram = grams.get((L.act, L.spec))
             full = L.size if measure == "params" else (None if L.rows is None else L.size * L.rows)
             opts = []

@@ -98,7 +98,7 @@ class PruneChannels(Pass):
         if p.criterion == "activation":
             if ctx.calib is None:
                 raise BadInputError("prune criterion 'activation' needs calibration data (--calib)")
-            act = activation_stats(an, ctx.calib, p.calib_samples)
+            act = activation_stats(an, ctx.calib, p.calib_samples, progress=ctx.ticker("activation statistics", p.calib_samples))
         imp, notes = unit_importance(an, p.criterion, act)
         sel = select_units(an, imp, p.ratio, p.scope, policies, excluded)
         stats: dict[str, Any] = {
@@ -124,7 +124,7 @@ class PruneChannels(Pass):
             if ctx.calib is None:
                 raise BadInputError("prune recovery needs calibration data (--calib)")
             out, rec = recover_model(an, out, sel.pruned, ctx.calib, ridge=p.ridge, limit=p.calib_samples,
-                                     seed=getattr(ctx, "seed", 0), stages=p.recover_stages)
+                                     seed=getattr(ctx, "seed", 0), stages=p.recover_stages, tick=ctx.tick)
             stats["recovery"] = rec
         return PassResult(out, True, stats)
 

@@ -11,7 +11,7 @@ unfolded width is too large for a dense solve get empirical bias correction only
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,7 +126,7 @@ def _targets(an: ChannelAnalysis, pruned_model: onnx.ModelProto, pruned: np.ndar
 
 def _collect(
     an: ChannelAnalysis, targets: list[_Target], data: Iterable, limit: int, seed: int,
-    x_model: onnx.ModelProto | None = None,
+    x_model: onnx.ModelProto | None = None, progress: Callable[[int], None] | None = None,
 ) -> None:
     """Gram matrices of each layer's kept inputs against the ORIGINAL model's outputs.
 
@@ -188,6 +188,8 @@ def _collect(
                 t.gram += feats.T @ feats
                 t.cross += feats.T @ want
                 t.rows += feats.shape[0]
+        if progress is not None:
+            progress(k + 1)
 
 
 #: samples per chunk when the two models of staged recovery run one after the other
@@ -353,13 +355,14 @@ class _Window:
 
 def recover_model(
     an: ChannelAnalysis, pruned_model: onnx.ModelProto, pruned: np.ndarray, data: Iterable, *, ridge: float,
-    limit: int, seed: int = 0, stages: int = 1,
+    limit: int, seed: int = 0, stages: int = 1, tick: Callable[[str, int, int | None], None] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """Refit consumers of pruned channels; keep the result only if fidelity improved.
 
     stages=1 fits every layer at once on the original model's inputs. stages>1 splits the layers
     (in graph order) into that many runs; each run fits its layers on the inputs the pruned model,
     as recovered so far, really produces, which also absorbs error built up upstream.
+    `tick(stage, samples done, samples)` reports progress (Context.tick).
     """
     targets, skipped = _targets(an, pruned_model, pruned)
     stats: dict = {"refit": 0, "bias_only": 0, "skipped": skipped, "stages": stages}
@@ -374,13 +377,18 @@ def recover_model(
     stats["samples_fit"], stats["samples_validate"] = n - n_val, n_val or n
     rec = onnx.ModelProto()
     rec.CopyFrom(pruned_model)
+
+    def samples(stage: str) -> Callable[[int], None] | None:
+        return None if tick is None else (lambda k: tick(stage, k, n - n_val))
+
     if stages <= 1:
-        _collect(an, targets, fit, limit, seed)
+        _collect(an, targets, fit, limit, seed, progress=samples("recovery"))
         _write(rec, targets, an, ridge)
     else:
-        for bucket in np.array_split(np.arange(len(targets)), min(stages, len(targets))):
+        buckets = np.array_split(np.arange(len(targets)), min(stages, len(targets)))
+        for s, bucket in enumerate(buckets):
             part = [targets[k] for k in bucket]
-            _collect(an, part, fit, limit, seed, x_model=rec)
+            _collect(an, part, fit, limit, seed, x_model=rec, progress=samples(f"recovery stage {s + 1}/{len(buckets)}"))
             _write(rec, part, an, ridge)
     stats["refit"] = sum(1 for t in targets if t.mode == "refit")
     used = [t.ridge_used for t in targets if t.ridge_used]

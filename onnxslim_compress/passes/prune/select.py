@@ -9,7 +9,7 @@ are enforced, lands closest to the target.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,8 +60,10 @@ def _reduce_other(arr: np.ndarray, axis: int, p: int) -> np.ndarray:
     return (a**p).sum(1)
 
 
-def activation_stats(an: ChannelAnalysis, data: Iterable, limit: int) -> dict[str, Moments]:
-    """RMS per channel of every consumer input, streamed over the calibration data."""
+def activation_stats(an: ChannelAnalysis, data: Iterable, limit: int,
+                     progress: Callable[[int], None] | None = None) -> dict[str, Moments]:
+    """RMS per channel of every consumer input, streamed over the calibration data
+    (`progress(samples done)` after each sample)."""
     v = an.view
     wanted: dict[str, int] = {}
     for i, _w, _ax, is_in in _weight_spaces(an):
@@ -77,7 +79,7 @@ def activation_stats(an: ChannelAnalysis, data: Iterable, limit: int) -> dict[st
             mom[k].update(vals[k])
 
     if names:
-        accumulate(an.model, names, data, update, limit=limit)
+        accumulate(an.model, names, data, update, limit=limit, progress=progress)
     return mom
 
 

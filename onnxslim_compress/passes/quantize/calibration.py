@@ -10,7 +10,7 @@ when a sample exceeds it, so one pass is enough and no first min/max pass is nee
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -207,6 +207,7 @@ def collect_histograms(
     nbins: int = 4096,
     target: Target | None = None,
     channel_axes: dict[str, int] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Histogram], dict[str, np.ndarray]]:
     """One streamed pass over `data`: a Histogram per tensor name; each sample is dropped after use.
 
@@ -218,7 +219,7 @@ def collect_histograms(
     sums: dict[str, np.ndarray] = {}
     rows: dict[str, int] = {}
     fetch = sorted(set(names) | set(axes))
-    for values in iterate_tensors(model, fetch, data, target=target, limit=limit):
+    for values in iterate_tensors(model, fetch, data, target=target, limit=limit, progress=progress):
         for n, v in values.items():
             if n in hists:
                 hists[n].update(v)

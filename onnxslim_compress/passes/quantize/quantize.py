@@ -13,7 +13,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -223,7 +223,6 @@ class Quantize(Pass):
         isolated: list[dict] = []
         if kind == "cpu":
             units, isolated = qp.prune_isolated(model, units)
-            stats["left_float"] = len(isolated)
         exclude = self._exclusions(model)
         excluded = [u.node for u in units if any(re.search(rx, u.node) for rx in exclude)]
         units = [u for u in units if u.node not in excluded]
@@ -247,7 +246,8 @@ class Quantize(Pass):
         all_chosen, groups = qp.choose_tensors(model, units, kind, is_float)
         axes = {model.graph.node[i].input[0]: (1 if u.op == "Conv" else -1) for i, u in _weighted(model, units)}
         hists, means = cal.collect_histograms(model, sorted(all_chosen), data, limit=p.calib_samples,
-                                              channel_axes=axes if p.bias_correction else None)
+                                              channel_axes=axes if p.bias_correction else None,
+                                              progress=ctx.ticker("calibration samples", _total(data, p.calib_samples)))
         act_q = self._act_params(hists, groups, fmt)
 
         def build(subset: list[qp.Unit], base: onnx.ModelProto = model) -> onnx.ModelProto:
@@ -279,7 +279,13 @@ class Quantize(Pass):
         for row in layers:
             if row["node"] in kept:
                 row.update(precision="float", reason="sensitive (--min-fidelity)")
-        stats.update(quantized_units=len(units), quantized_tensors=len(all_chosen), excluded=excluded, layers=layers,
+        n_kept = sum(1 for u in units if u.node in kept)
+        # every unit that stays float, by reason: the count a reader compares with quantized_units
+        reasons = {"sensitive (--min-fidelity)": n_kept, "excluded": len(excluded),
+                   "isolated (no integer neighbour: Q/DQ would only add rounding)": len(isolated)}
+        stats["float_units"] = {k: v for k, v in reasons.items() if v}
+        stats["left_float"] = sum(reasons.values())
+        stats.update(quantized_units=len(units) - n_kept, quantized_tensors=len(all_chosen), excluded=excluded, layers=layers,
                      isolated=isolated, skipped=skipped, calibration=p.calibration,
                      activation_type=TensorProto.DataType.Name(fmt.act_type))
         if kind == "cpu":
@@ -348,6 +354,11 @@ def _weighted(model: onnx.ModelProto, units: list[qp.Unit]) -> list[tuple[int, q
     """(node index, unit) of weighted units whose first input is a quantized activation."""
     pos = {n.name: i for i, n in enumerate(model.graph.node)}
     return [(pos[u.node], u) for u in units if u.weight_out_axis is not None and model.graph.node[pos[u.node]].input[0] in u.acts]
+
+
+def _total(data: Any, limit: int) -> int:
+    """How many samples a loop over `data` capped at `limit` sees (for the progress bar)."""
+    return min(limit, len(data)) if hasattr(data, "__len__") else limit
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

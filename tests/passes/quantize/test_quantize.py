@@ -244,7 +244,10 @@ def test_min_fidelity_keeps_sensitive_layers_float():
     m = conv_net()
     res = Quantize(min_fidelity="cosine=0.99995")(m, _ctx((1, 3, 16, 16)))
     table = res.stats["layer_table"]
-    assert len(table) == res.stats["quantized_units"]
+    kept = len(res.stats["kept_float"])
+    assert len(table) == res.stats["quantized_units"] + kept  # quantized_units: those really int8
+    assert res.stats["float_units"]["sensitive (--min-fidelity)"] == kept
+    assert res.stats["left_float"] == sum(res.stats["float_units"].values()) >= kept
     assert [r["sensitivity"] for r in table] == sorted((r["sensitivity"] for r in table), reverse=True)
     assert res.stats["fidelity"]["cosine"] >= 0.99995
     assert sum(r["float"] for r in table) == len(res.stats["kept_float"]) >= 1
