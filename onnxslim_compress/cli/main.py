@@ -15,6 +15,7 @@ import sys
 import textwrap
 import traceback
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from onnxslim_compress.cli.groups import (
@@ -84,7 +85,7 @@ class InspectCommand(Command):
         model = load_model(self.model.path)
         normalize(model)
         cost = count_costs(model, self.model.shapes, runner=shapes_from_run)
-        out = cost.as_dict()
+        out = {"tool": PROG, "version": __version__, **cost.as_dict()}
         groups = None
         if ns.groups:
             groups = describe_groups(model, self.model.shapes)
@@ -127,7 +128,7 @@ class ProfileCommand(Command):
         target, warmup, runs = self.target.target, self.timing.warmup, self.timing.runs
         model = load_model(self.model.path)
         feeds = next(iter(self.data.open("data", model, self.model.shapes, seed=self.common.seed)))
-        out: dict[str, Any] = {"target": target.kind, "threads": target.threads}
+        out: dict[str, Any] = {"tool": PROG, "version": __version__, "target": target.kind, "threads": target.threads}
         if self.model.path_b:
             b = load_model(self.model.path_b)
             ab = compare(model, b, feeds, target, warmup=warmup, runs=runs)
@@ -138,14 +139,30 @@ class ProfileCommand(Command):
             out["latency_ms"] = {"median": st.median, "p90": st.p90, "p95": st.p95, "mean": st.mean, "min": st.min, "runs": st.n}
             text = f"median {st.median:.3f} ms  p90 {st.p90:.3f}  p95 {st.p95:.3f}  ({st.n} runs, {target.kind})"
         if ns.ops:
-            rows = op_type_profile(model, feeds, target)
+            rows = op_type_profile(model, feeds, target, runs=runs, warmup=warmup)
             out["ops"] = [{"op_type": r[0], "ms": r[1], "share": r[2], "count": r[3]} for r in rows]
-            text += "\n" + "\n".join(f"  {r[0]:<24} {r[1]:9.3f} ms {r[2]:6.1%}  x{r[3]}" for r in rows)
+            if self.model.path_b:
+                rows_b = op_type_profile(b, feeds, target, runs=runs, warmup=warmup)
+                out["ops_b"] = [{"op_type": r[0], "ms": r[1], "share": r[2], "count": r[3]} for r in rows_b]
+                names = (f"A {Path(self.model.path).name}", f"B {Path(self.model.path_b).name}")
+                text += "\n" + "\n".join(op_table(rows, rows_b, names))
+            else:
+                text += "\n" + "\n".join(f"  {r[0]:<24} {r[1]:9.3f} ms {r[2]:6.1%}  x{r[3]}" for r in rows)
         if self.out.json:
             self.out.print_json(out)
         else:
             print(text)
         return 0
+
+
+def op_table(rows_a: list[Any], rows_b: list[Any], names: tuple[str, str] = ("A", "B")) -> list[str]:
+    """Per op type, A's and B's kernel time per run (median) side by side, A's order first."""
+    a = {r[0]: r for r in rows_a}
+    b = {r[0]: r for r in rows_b}
+    ops = [*a, *(op for op in b if op not in a)]
+    body = [[op, f"{a[op][1]:.3f} ms x{a[op][3]}" if op in a else "-", f"{b[op][1]:.3f} ms x{b[op][3]}" if op in b else "-"]
+            for op in ops]
+    return [f"  {ln}" for ln in text_table(["op type (per run, median)", *names], body)]
 
 
 class CompareCommand(Command):
@@ -318,7 +335,7 @@ class CompressCommand(Command):
         if self.out.json:
             self.out.print_json(res.report)
         else:
-            print_compress_summary(res.report)
+            print_compress_summary(res.report, written=str(res.output or out_path))
         return 0
 
     def _compress(self, ns: argparse.Namespace, src: str, out_path: str, pipeline: Pipeline, calib: Any,
@@ -395,11 +412,11 @@ def kept_float_lines(r: dict[str, Any]) -> list[str]:
     return out
 
 
-def print_compress_summary(r: dict[str, Any]) -> None:
+def print_compress_summary(r: dict[str, Any], written: str | None = None) -> None:
     """The human summary: passes as a table, sizes original vs compressed, latency and fidelity
     with A and B named, what stayed float and why, and verify's outcome (passed or not)."""
     b, a = r["before"], r["after"]
-    print(f"wrote {r['output']}")
+    print(f"wrote {written or r['output']}")
     for ln in pass_table(r):
         print(f"  {ln}")
     rows = []

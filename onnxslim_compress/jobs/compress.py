@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,8 +170,8 @@ def _compress(
     report: dict[str, Any] = {
         "tool": "onnxslim-compress",
         "version": __version__,
-        "input": str(model) if inputs else None,
-        "output": str(output) if output is not None else None,
+        "input": Path(model).name if inputs else None,
+        "output": Path(output).name if output is not None else None,
         "seed": seed,
         "target": ctx.target.kind,
         "normalize": norm.as_dict(),
@@ -292,14 +293,33 @@ def subgraph_bodies(model: onnx.ModelProto) -> list[dict[str, Any]]:
     return out
 
 
+#: an absolute path inside a string (POSIX, ~, or a Windows drive): what a shipped model must not carry
+_ABS_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:[\\/]|/|~/)[^\s'\"():,]*")
+
+
+def file_names_only(obj: Any) -> Any:
+    """The report as it goes into the shipped model: every absolute path (the build machine's
+    folders: input, output, data sets) shortened to its file name."""
+    if isinstance(obj, dict):
+        return {k: file_names_only(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [file_names_only(v) for v in obj]
+    if isinstance(obj, Path):
+        return obj.name
+    if isinstance(obj, str):
+        return _ABS_PATH.sub(lambda m: Path(m.group(0).replace("\\", "/")).name or m.group(0), obj)
+    return obj
+
+
 def set_report(model: onnx.ModelProto, report: dict[str, Any]) -> None:
-    """Store the report in metadata_props so the output file says what was done to it."""
+    """Store the report in metadata_props so the output file says what was done to it (file names
+    only: no folder of the machine that built it)."""
     for p in list(model.metadata_props):
         if p.key == REPORT_KEY:
             model.metadata_props.remove(p)
     entry = model.metadata_props.add()
     entry.key = REPORT_KEY
-    entry.value = json.dumps(report, default=json_default, sort_keys=False)
+    entry.value = json.dumps(file_names_only(json.loads(json.dumps(report, default=json_default))), sort_keys=False)
 
 
 def get_report(model: onnx.ModelProto) -> dict[str, Any] | None:

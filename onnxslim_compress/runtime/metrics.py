@@ -659,7 +659,7 @@ class OutputsMetricEvaluate:
             sess = make_session(self.reference, self.target)
             names = [o.name for o in sess.get_outputs()]
             self._feeds = list(self.data)
-            self._ref = [dict(zip(names, sess.run(names, _feed_for(sess, f, "A")), strict=True)) for f in self._feeds]
+            self._ref = [dict(zip(names, sess.run(names, feed_for(sess, f, "A")), strict=True)) for f in self._feeds]
             if not self._ref:
                 raise BadInputError("evaluation data is empty")
         return self._ref
@@ -669,7 +669,7 @@ class OutputsMetricEvaluate:
         names = list(ref[0])
         total = 0.0
         for feed, ra in zip(self._feeds, ref, strict=True):
-            out = dict(zip(names, session.run(names, _feed_for(session, feed, "B")), strict=True))
+            out = dict(zip(names, session.run(names, feed_for(session, feed, "B")), strict=True))
             total += float(self.fn(ra, out))
         return total / len(ref)
 

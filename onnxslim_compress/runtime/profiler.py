@@ -363,7 +363,8 @@ def compare(
 
 class OpTypeTime(NamedTuple):
     op_type: str
-    #: kernel time per run in ms, summed over the nodes of this op type
+    #: kernel time of one run in ms, summed over the nodes of this op type (the median over runs,
+    #: so a few runs stalled by the machine do not inflate it past the model's median latency)
     total_ms: float
     #: fraction of all kernel time
     share: float
@@ -387,6 +388,7 @@ def parse_profile(events: list[dict], skip_runs: int = 0) -> list[OpTypeTime]:
     if n_runs == 0:
         return []
     time_us: dict[str, float] = {}
+    per_run: dict[str, list[float]] = {}
     nodes: dict[str, set[str]] = {}
     for e in events:
         if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
@@ -398,10 +400,11 @@ def parse_profile(events: list[dict], skip_runs: int = 0) -> list[OpTypeTime]:
         if k < skip_runs or k >= len(spans) or e["ts"] > spans[k][1]:
             continue
         time_us[op] = time_us.get(op, 0.0) + float(e.get("dur", 0))
+        per_run.setdefault(op, [0.0] * n_runs)[k - skip_runs] += float(e.get("dur", 0))
         nodes.setdefault(op, set()).add(e["name"])
     total = sum(time_us.values())
     out = [
-        OpTypeTime(op, t / n_runs / 1000.0, (t / total) if total > 0 else 0.0, len(nodes[op]))
+        OpTypeTime(op, float(np.median(per_run[op])) / 1000.0, (t / total) if total > 0 else 0.0, len(nodes[op]))
         for op, t in time_us.items()
     ]
     return sorted(out, key=lambda r: (-r.total_ms, r.op_type))
