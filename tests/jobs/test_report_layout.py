@@ -6,7 +6,6 @@ import re
 import shutil
 import subprocess
 
-import numpy as np
 import pytest
 from builders import random_input, resnet_like
 
