@@ -16,6 +16,10 @@ def __getattr__(name: str):
     """`onnxslim_compress.search(model, ...)` without importing optuna on every `import onnxslim_compress`."""
     if name == "search":
         return importlib.import_module(".search", __name__)
+    if name in ("compress", "flags_pipeline"):  # the compress job (README "pipeline step")
+        return getattr(importlib.import_module(".jobs.compress", __name__), name)
+    if name == "open_data":
+        return importlib.import_module(".data", __name__).open_data
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -30,6 +34,9 @@ __all__ = [
     "RecipeError",
     "Target",
     "__version__",
+    "compress",
+    "flags_pipeline",
     "load_model",
+    "open_data",
     "save_model",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import struct
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -121,14 +121,20 @@ class NpzSource(DataSource):
     read row by row, each row given a batch dim of 1 (`x[i:i+1]`), which keeps memmap backing.
     """
 
-    def __init__(self, path: Path, specs: list[InputSpec], limit: int | None = None):
+    def __init__(self, path: Path, specs: list[InputSpec], limit: int | None = None,
+                 arrays: Mapping[str, np.ndarray] | None = None):
+        """`arrays` ({input name: array}, the layout of an .npz, in memory): what np.load(path)
+        would give; `path` then only names the data in messages."""
         self.path = path
         self.specs = specs
         self.names = [s.name for s in specs]
         self.limit = limit
         self.members: dict[str, _NpzMember] = {}
         try:
-            if path.suffix.lower() == ".npy":
+            if arrays is not None:
+                for k, a in arrays.items():
+                    self.members[str(k)] = _NpzMember.of_array(path, str(k), np.asarray(a))
+            elif path.suffix.lower() == ".npy":
                 self._open_npy()
             else:
                 with zipfile.ZipFile(path) as zf:

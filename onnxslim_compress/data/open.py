@@ -51,7 +51,14 @@ def open_data(
     if spec is None:
         return GeneratedSource(m, specs, limit or DEFAULT_GENERATED_SAMPLES, input_shapes, seed)
     if isinstance(spec, Mapping):
-        raise BadInputError("data: got one dict; expected a list of feed dicts (one per sample) or a path")
+        if spec and all(isinstance(v, np.ndarray) for v in spec.values()):  # an .npz's layout, in memory
+            try:
+                return NpzSource(Path("arrays"), specs, limit, arrays=spec)
+            except BadInputError as e:
+                raise BadInputError(f"data: one dict is read as {{input name: array of samples}}, the layout of an "
+                                    f".npz ({e}); for one sample give a list of feed dicts: [feed]") from None
+        raise BadInputError("data: got one dict that is not {input name: array of samples}; expected that, "
+                            "a list of feed dicts (one per sample) or a path")
     if isinstance(spec, Iterable) and not isinstance(spec, (str, bytes, os.PathLike)):
         # A generator cannot be re-iterated: materialize it (in-memory data is small by nature).
         return ListSource(spec if isinstance(spec, Sequence) else list(spec), specs, limit)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from onnxslim_compress.data import open_data
 from onnxslim_compress.errors import AccuracyGateError, BadInputError
 from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.convert import as_model
 from onnxslim_compress.graph.costs import count_costs
 from onnxslim_compress.graph.io import (
     check_output_path,
@@ -100,15 +101,18 @@ def compress(
     it. The returned model's weights then live in the output's `.data` file (or, without an
     output, are read back into the proto).
 
-    `max_drop` ({metric: largest drop}, see parse_max_drop) is a CI gate on the fidelity measured
+    `model`: a path, a ModelProto, an onnx_graphsurgeon Graph or an onnx_ir Model (converted when
+    that package is importable, else refused with a clear BadInputError). `calib` / `eval_data`: a
+    path (.npz, .npy, a folder), a {input name: array of samples} dict, a list of feed dicts or an
+    `open_data` source. `max_drop` ({metric: largest drop}, see parse_max_drop) is a CI gate on the fidelity measured
     on `eval_data`: when a drop is larger, nothing is written and AccuracyGateError (exit 3) is
     raised with the report attached as `.report`.
     """
     if max_drop and eval_data is None:
         raise BadInputError("--max-drop needs --eval data (the drop is measured on it against the input)")
-    inputs = [model] if not isinstance(model, onnx.ModelProto) else []
+    model = as_model(model)
     if output is not None:
-        check_output_path(output, inputs)
+        check_output_path(output, [model] if not isinstance(model, onnx.ModelProto) else [])
     # parsed once, graph-only: whether to offload depends on it, and then the weights are attached
     src = model if isinstance(model, onnx.ModelProto) else load_model(model, load_external_data=False)
     if offload is None:
@@ -122,6 +126,9 @@ def compress(
                 ws.adopt(src, None)
         else:
             load_weights(src, model, offload_to=ws)
+        # data as paths, numpy dicts, feed lists or DataSources: one form for the passes (open_data)
+        calib, eval_data = (None if d is None else open_data(d, src, input_shapes=input_shapes, seed=seed)
+                            for d in (calib, eval_data))
         return _compress(model, src, output, ws, pipeline=pipeline, calib=calib, eval_data=eval_data,
                          eval_labels=eval_labels, target=target, input_shapes=input_shapes, seed=seed,
                          progress=progress, verify=verify, measure_latency=measure_latency,

@@ -25,9 +25,10 @@ from typing import Any, ClassVar
 
 import onnx
 
-from onnxslim_compress.errors import CompressError, PassFailure, RecipeError
+from onnxslim_compress.errors import BadInputError, CompressError, PassFailure, RecipeError
 from onnxslim_compress.graph import io as model_io
 from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.convert import as_model
 from onnxslim_compress.passes.context import Context
 
 
@@ -356,6 +357,11 @@ class Pipeline:
         against its input, which is then kept intact (in-place passes get a copy). copy_input=False:
         the caller gives up `model` (in-place passes may edit it), which saves one copy of the weights."""
         ctx = ctx if ctx is not None else Context()
+        if not isinstance(model, onnx.ModelProto):  # a gs.Graph / onnx-ir model: converted or refused
+            model = as_model(model)
+            if not isinstance(model, onnx.ModelProto):
+                raise BadInputError("Pipeline.run takes a loaded model; load a path with onnxslim_compress.load_model")
+            copy_input = False  # a fresh proto of our own
         current = copy.deepcopy(model) if copy_input else model
         steps: list[StepRecord] = []
         modified = False
