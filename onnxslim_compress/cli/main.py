@@ -173,7 +173,7 @@ class CompareCommand(Command):
           {PROG} compare model.onnx small.onnx --data eval.npz
           {PROG} compare model.onnx small.onnx --data eval.npz --labels labels.npy --json
           {PROG} compare model.onnx small.onnx --data images/ --image-size 224x224 --metric mypkg.metrics:map50
-          {PROG} compare model.onnx small.onnx --data eval.npz --assert cosine>=0.99 --assert max_abs<=1e-3   # CI gate
+          {PROG} compare model.onnx small.onnx --data eval.npz --assert 'cosine>=0.99' --assert 'max_abs<=1e-3'   # CI gate
 
         --assert METRIC OP V (OP: >=, <=, >, <) checks a figure of the report: a per-output metric
         (max_abs, mean_abs, rel_l2, cosine, snr_db, top1, exact: on every output it applies to, or
