@@ -32,6 +32,7 @@ from onnxslim_compress.cli.groups import (
 )
 from onnxslim_compress.errors import AccuracyGateError, BadInputError
 from onnxslim_compress.graph.io import load_model
+from onnxslim_compress.report import html
 from onnxslim_compress.runtime.metrics import MetricSpec, OutputsMetricEvaluate
 from onnxslim_compress.runtime.session import Target
 
@@ -110,6 +111,7 @@ class SearchCommand(Command):
         s.add_argument("--study", metavar="NAME", help="study name (default: derived from the model and settings)")
         s.add_argument("--wait-for-workers", action="store_true",
                        help="run no trials here: create/resume the study, wait for `worker`s to finish it, write the result")
+        s.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report (Pareto plot, trials)")
         s.add_argument("--no-cache", action="store_true", help="do not reuse work between trials (for benchmarking the cache)")
 
     def run(self, ns: argparse.Namespace) -> int:
@@ -143,9 +145,13 @@ class SearchCommand(Command):
                 run_trials=not ns.wait_for_workers,
             )
         except AccuracyGateError as e:
+            if ns.report and hasattr(e, "report"):
+                html.write(e.report, ns.report)
             if as_json and hasattr(e, "report"):
                 _print_json(self.out, e.report)
             raise
+        if ns.report:
+            html.write(res.report, ns.report)
         if as_json:
             _print_json(self.out, res.report)
         else:

@@ -391,7 +391,7 @@ def _search(report: dict[str, Any]) -> str:
         if front and "number" in p:
             p["pareto"] = p["number"] in front
         pts.append(p)
-    x = "latency_ratio" if any("latency_ratio" in p for p in pts) else "objective"
+    x = "latency_ratio" if any(isinstance(p.get("latency_ratio"), (int, float)) for p in pts) else "objective"
     y = "metric" if any(isinstance(p.get("metric"), (int, float)) for p in pts) else "drop"
     cols = [c for c in ("number", "label", x, y, "drop", "feasible", "pareto", "params") if any(c in p for p in pts)]
     best = report.get("best")

@@ -49,11 +49,14 @@ def test_search_metric_accepts_a_function(files, tmp_path, capsys):
     m, data, metric = files
     out = tmp_path / "best.onnx"
     code, stdout, err = call(["search", m, "-o", out, "--calib", data, "--eval", data, "--metric", f"{metric}:neg_l1",
-                              "--max-drop", "10", "--trials", "1", "--objective", "size", "--json", "--no-progress"], capsys)
+                              "--max-drop", "10", "--trials", "2", "--objective", "size", "--json", "--no-progress",
+                              "--report", tmp_path / "search.html"], capsys)
     assert code == 0, err
     rep = json.loads(stdout)
     assert rep["baseline"]["value"] == 0.0  # the input scored against itself: mean |A - A| = 0
     assert out.exists()
+    page = (tmp_path / "search.html").read_text()
+    assert "<h2>Search</h2>" in page and page.count("<circle") >= 1  # the Pareto plot of the trials
     code, _, err = call(["search", m, "-o", out, "--eval", data, "--metric", "max_abs", "--trials", "1"], capsys)
     assert code == 2 and "the search constrains accuracy, top1, cosine" in err
 
