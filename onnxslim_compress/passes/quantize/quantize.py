@@ -338,7 +338,14 @@ class Quantize(Pass):
         target = ctx.target if kind == ctx.target.kind == "cpu" else Target(kind="cpu", opt_level="all" if kind == "cpu" else "basic")
         feeds = list(cal.take(data, 16))
         ref = qs.run_outputs(model, feeds, target)
-        sens = qs.layer_sensitivity(lambda s: build(s, model), units, feeds[:4], ref[:4], target)
+        done = [0]
+
+        def one_unit(s: list[qp.Unit]) -> onnx.ModelProto:  # one model per unit: say how far it got
+            done[0] += 1
+            ctx.tick("sensitivity (one unit quantized at a time)", done[0], len(units))
+            return build(s, model)
+
+        sens = qs.layer_sensitivity(one_unit, units, feeds[:4], ref[:4], target)
         ranked = [u for u, _ in sorted(sens, key=lambda r: -r[1])]
         k, fid, tried = qs.keep_float_until(lambda s: build(s, model), ranked, feeds, ref, goal, target)
         kept = {u.node for u in ranked[:k]}
