@@ -28,8 +28,10 @@ LAYERS = {"errors": 0, "version": 0, "files": 0, "graph": 1, "data": 2, "runtime
 EXEMPT_FROM_LAYERS = {PACKAGE, f"{PACKAGE}.__main__", f"{PACKAGE}.search.__main__"}
 #: optional or slow-to-import third-party packages that may be imported lazily inside a function
 #: (measured with python -X importtime: onnxslim 2.4 s, optuna 0.53 s, matplotlib 0.47 s,
-#: onnxruntime 0.26 s; tqdm, 0.08 s, is imported at the top); each lazy import says why in a comment
-LAZY_OK = {"optuna", "matplotlib", "torch", "scipy", "sqlalchemy", "PIL", "onnxslim", "onnxruntime"}
+#: onnxruntime 0.26 s; tqdm, 0.08 s, is imported at the top); each lazy import says why in a comment.
+#: onnx_graphsurgeon / onnx_ir: optional, imported only to convert a model given in their form (graph/convert.py)
+LAZY_OK = {"optuna", "matplotlib", "torch", "scipy", "sqlalchemy", "PIL", "onnxslim", "onnxruntime",
+           "onnx_graphsurgeon", "onnx_ir"}
 
 
 @dataclass(frozen=True)
