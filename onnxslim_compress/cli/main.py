@@ -133,7 +133,7 @@ class ProfileCommand(Command):
             b = load_model(self.model.path_b)
             ab = compare(model, b, feeds, target, warmup=warmup, runs=runs)
             out["ab"] = ab.as_dict()
-            text = ab.summary()
+            text = f"A = {self.model.path}, B = {self.model.path_b}\n{ab.summary()}"
         else:
             st = measure(make_session(model, target, timing=True), feeds, warmup=warmup, runs=runs)
             out["latency_ms"] = {"median": st.median, "p90": st.p90, "p95": st.p95, "mean": st.mean, "min": st.min, "runs": st.n}
@@ -217,7 +217,8 @@ class CompareCommand(Command):
                 d["assertions"] = [{"assert": str(x), "ok": x.failure(rep) is None} for x in asserts]
             self.out.print_json(d)
         else:
-            print(rep.table())
+            print(f"B ({self.model.path_b}) against A ({self.model.path}):")
+            print(rep.table(names=(Path(self.model.path).name, Path(self.model.path_b).name)))
             if spec is not None and not spec.custom:
                 print(f"{spec.name}: {spec.value(rep):.6g}")
             for x in asserts:

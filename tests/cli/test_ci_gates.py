@@ -55,6 +55,7 @@ def test_compare_assert_fails_with_exit_3_and_one_line(pair, capsys):
     assert "max_abs<=0.001 failed: max_abs 0.5" in lines[0] and "output logits" in lines[0]
     assert "cosine" not in lines[0]  # the one that held is not named
     assert "assert cosine>=0.5: ok" in out
+    assert f"B ({pb}) against A ({pa}):" in out  # which is which
 
 
 def test_compare_assert_passes_exit_0(pair, capsys):
