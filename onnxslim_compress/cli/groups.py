@@ -161,6 +161,7 @@ class DataArgs(ArgGroup):
 
     image: ImageOptions
     limit: int | None = None
+    drop_nonfinite: bool = False
 
     def __init__(self, *flags: DataFlags):
         self.flags = flags
@@ -177,10 +178,13 @@ class DataArgs(ArgGroup):
         g.add_argument("--image-mean", metavar="M[,M,M]", help="subtract per channel, after scaling")
         g.add_argument("--image-std", metavar="S[,S,S]", help="divide per channel, after the mean")
         p.add_argument("--num-samples", type=int, default=None, help="use at most this many samples of each data set")
+        p.add_argument("--drop-nonfinite", action="store_true",
+                       help="leave out samples holding NaN/Inf (with a warning) instead of refusing the data")
 
     def parse(self, ns: argparse.Namespace) -> None:
         self.paths = {f.dest: getattr(ns, f.dest) for f in self.flags}
         self.limit = ns.num_samples
+        self.drop_nonfinite = ns.drop_nonfinite
         size = None
         if ns.image_size:
             try:
@@ -200,7 +204,8 @@ class DataArgs(ArgGroup):
 
     def open(self, dest: str, model: Any, shapes: dict[str, list[int]], *, seed: int = 0) -> Any:
         """The data set of --`dest` (generated from the model's signature when the flag is absent)."""
-        return open_data(self.paths.get(dest), model, input_shapes=shapes, limit=self.limit, seed=seed, image=self.image)
+        return open_data(self.paths.get(dest), model, input_shapes=shapes, limit=self.limit, seed=seed, image=self.image,
+                         drop_nonfinite=self.drop_nonfinite)
 
 
 class OutputArgs(ArgGroup):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
 import textwrap
+import threading
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,7 +38,8 @@ from onnxslim_compress.cli.groups import (
     dedent,
 )
 from onnxslim_compress.cli.search_commands import SearchCommand, WorkerCommand
-from onnxslim_compress.errors import AccuracyGateError, BadInputError, CompressError
+from onnxslim_compress.errors import AccuracyGateError, BadInputError, CompressError, as_bad_input
+from onnxslim_compress.files import write_atomic
 from onnxslim_compress.graph.costs import count_costs, format_table
 from onnxslim_compress.graph.io import check_output_path, load_model, normalize
 from onnxslim_compress.graph.shapes import bind_input_shapes
@@ -332,7 +335,7 @@ class CompressCommand(Command):
                 self.out.print_json(e.report)
             raise
         if ns.report:
-            html.write(res.report, ns.report)
+            write_atomic(ns.report, html.page(res.report))
         if self.out.json:
             self.out.print_json(res.report)
         else:
@@ -486,33 +489,81 @@ def build_parser(registry: Mapping[str, type[Pass]] | None = None, prog: str = P
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` (workspace, temp files) runs on the way out."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+class _Signals:
+    """SIGTERM raises Terminated; SIGINT raises KeyboardInterrupt as usual but is also recorded:
+    a Ctrl-C that lands inside a C extension's import comes out as ImportError("initialization
+    failed"), which is an interruption too, not an internal error. Only default handlers are
+    replaced (an embedding application's own stay), and only in the main thread."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self.previous: list[tuple[int, Any]] = []
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt()
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+            for sig, handler in ((signal.SIGTERM, _on_sigterm), (signal.SIGINT, self._on_sigint)):
+                if signal.getsignal(sig) is not defaults[sig]:
+                    continue
+                self.previous.append((sig, signal.signal(sig, handler)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous:
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     """The one entry point and error handler of every subcommand."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    try:
-        warn = cpu_runtime_conflict()
-        if warn:
-            print(f"{PROG}: warning: {warn}", file=sys.stderr)
-        parser = build_parser(prog=prog)
-        ns = parser.parse_args(argv)
-        if not ns.command:
-            parser.print_help()
-            return 2
-        return ns._command(ns)
-    except CompressError as e:
-        if debug:
-            traceback.print_exc()
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; no output was written", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - last resort: one line, exit 1, traceback with --debug
-        if debug:
-            traceback.print_exc()
-        msg = str(e).splitlines()[0] if str(e) else ""
-        print(f"{PROG}: internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
+    with _Signals() as signals:
+        try:
+            warn = cpu_runtime_conflict()
+            if warn:
+                print(f"{PROG}: warning: {warn}", file=sys.stderr)
+            parser = build_parser(prog=prog)
+            ns = parser.parse_args(argv)
+            if not ns.command:
+                parser.print_help()
+                return 2
+            return ns._command(ns)
+        except Terminated:
+            print(f"{PROG}: terminated; no output was written", file=sys.stderr)
+            return 143
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted; no output was written", file=sys.stderr)
+            return 130
+        except CompressError as e:
+            if debug:
+                traceback.print_exc()
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return e.exit_code
+        except Exception as e:  # noqa: BLE001 - last resort: one line, exit 1, traceback with --debug
+            if debug:
+                traceback.print_exc()
+            if signals.interrupted:
+                print(f"{PROG}: interrupted; no output was written", file=sys.stderr)
+                return 130
+            bad = as_bad_input(e)  # a full disk: the environment, exit 2
+            if bad is not None:
+                print(f"{PROG}: error: {bad}", file=sys.stderr)
+                return bad.exit_code
+            msg = str(e).splitlines()[0] if str(e) else ""
+            print(f"{PROG}: internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
+                  file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

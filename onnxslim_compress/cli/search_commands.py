@@ -31,6 +31,7 @@ from onnxslim_compress.cli.groups import (
     TimingArgs,
 )
 from onnxslim_compress.errors import AccuracyGateError, BadInputError
+from onnxslim_compress.files import write_atomic
 from onnxslim_compress.graph.io import load_model
 from onnxslim_compress.report import html
 from onnxslim_compress.runtime.metrics import MetricSpec, OutputsMetricEvaluate
@@ -130,6 +131,8 @@ class SearchCommand(Command):
             SearchSpace.from_recipe(data)  # validate before printing
             print(yaml.safe_dump(data, sort_keys=False), end="")
             return 0
+        if self.data.drop_nonfinite:  # the study's workers re-open the data from its settings
+            raise BadInputError("--drop-nonfinite is not supported by search: remove the NaN/Inf samples from the data")
         _quiet_optuna(self.common.debug)
         as_json = self.out.json
         try:
@@ -146,12 +149,12 @@ class SearchCommand(Command):
             )
         except AccuracyGateError as e:
             if ns.report and hasattr(e, "report"):
-                html.write(e.report, ns.report)
+                write_atomic(ns.report, html.page(e.report))
             if as_json and hasattr(e, "report"):
                 _print_json(self.out, e.report)
             raise
         if ns.report:
-            html.write(res.report, ns.report)
+            write_atomic(ns.report, html.page(res.report))
         if as_json:
             _print_json(self.out, res.report)
         else:

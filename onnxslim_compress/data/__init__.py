@@ -31,20 +31,35 @@ labels (load_labels). This package re-exports the public names.
 from __future__ import annotations
 
 from onnxslim_compress.data.arrays import ARRAY_SUFFIXES, ArrayFolderSource, NpzSource
-from onnxslim_compress.data.generated import DEFAULT_GENERATED_SAMPLES, GeneratedSource, GenRule
+from onnxslim_compress.data.generated import (
+    DEFAULT_GENERATED_SAMPLES,
+    MAX_GENERATED_BYTES,
+    GeneratedSource,
+    GenRule,
+    check_generated_size,
+)
 from onnxslim_compress.data.images import IMAGE_SUFFIXES, ImageFolderSource, ImageOptions, preprocess_image
 from onnxslim_compress.data.labels import load_labels
 from onnxslim_compress.data.open import open_data
-from onnxslim_compress.data.source import DataSource, ListSource
+from onnxslim_compress.data.source import (
+    DataSource,
+    FiniteSource,
+    ListSource,
+    drop_nonfinite_samples,
+    nonfinite_input,
+    refuse_nonfinite,
+)
 from onnxslim_compress.data.spec import Feed, InputSpec, input_specs
 
 __all__ = [
     "ARRAY_SUFFIXES",
     "DEFAULT_GENERATED_SAMPLES",
     "IMAGE_SUFFIXES",
+    "MAX_GENERATED_BYTES",
     "ArrayFolderSource",
     "DataSource",
     "Feed",
+    "FiniteSource",
     "GenRule",
     "GeneratedSource",
     "ImageFolderSource",
@@ -52,8 +67,12 @@ __all__ = [
     "InputSpec",
     "ListSource",
     "NpzSource",
+    "check_generated_size",
+    "drop_nonfinite_samples",
     "input_specs",
     "load_labels",
+    "nonfinite_input",
     "open_data",
     "preprocess_image",
+    "refuse_nonfinite",
 ]

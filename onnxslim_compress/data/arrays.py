@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxslim_compress.data.source import DataSource, limited
+from onnxslim_compress.data.source import DataSource, limited, refuse_nonfinite
 from onnxslim_compress.data.spec import (
     Feed,
     InputSpec,
@@ -199,11 +199,18 @@ class NpzSource(DataSource):
             for s in self.specs:
                 a = arrays[s.name]
                 x = a[i : i + 1] if self.modes[s.name] == "rows" else a[i]
+                if not isinstance(x, np.ndarray):  # a rank-0 input's a[i] is a numpy scalar: ORT refuses it
+                    x = np.asarray(x)
                 x = cast_to(s, x, self.casts[s.name], f" in {self.path.name} (sample {i})")
                 if not x.flags.c_contiguous:
                     x = np.ascontiguousarray(x)
                 feed[s.name] = x
+            if not self.allow_nonfinite:
+                refuse_nonfinite(feed, self, i)
             yield feed
+
+    def where(self, i: int) -> str:
+        return f"{self.path.name} (sample {i})"
 
     def describe(self) -> str:
         mapped = sum(self.memory_mapped.values())
@@ -250,9 +257,15 @@ class ArrayFolderSource(DataSource):
         return limited(len(self.files), self.limit)
 
     def __iter__(self) -> Iterator[Feed]:
-        for path in self.files[: len(self)]:
+        for i, path in enumerate(self.files[: len(self)]):
             raw = self._read(path)
-            yield {s.name: conform(s, raw[s.name], f" in {path.name}") for s in self.specs}
+            feed = {s.name: conform(s, raw[s.name], f" in {path.name}") for s in self.specs}
+            if not self.allow_nonfinite:
+                refuse_nonfinite(feed, self, i)
+            yield feed
+
+    def where(self, i: int) -> str:
+        return f"{self.files[i].name} (sample {i})"
 
     def describe(self) -> str:
         kinds = "/".join(sorted({f.suffix.lower() for f in self.files}))

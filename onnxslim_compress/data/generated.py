@@ -6,7 +6,7 @@ It exercises the graph but carries none of the real data's statistics; how each 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -114,6 +114,23 @@ def _input_rules(model: onnx.ModelProto, specs: list[InputSpec]) -> dict[str, Ge
     return rules
 
 
+#: the largest sample generated for one input; a bigger declared shape is refused, not allocated
+MAX_GENERATED_BYTES = 1 << 31
+
+
+def check_generated_size(name: str, shape: Sequence[int], dtype: np.dtype | type) -> None:
+    """A declared dim of 200000 (or a typo'd one) must fail with one line, not a MemoryError."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    size = n * np.dtype(dtype).itemsize
+    if size > MAX_GENERATED_BYTES:
+        raise BadInputError(
+            f"input {name!r} declares shape {list(shape)} ({size / 1e9:.3g} GB per sample): too big to "
+            "generate; bind its dims with --input-shape or give data"
+        )
+
+
 class GeneratedSource(DataSource):
     """Inputs made up from the model signature: a weak fallback when no data is given.
 
@@ -128,6 +145,8 @@ class GeneratedSource(DataSource):
         self.seed = seed
         bound = bind_input_shapes(model, input_shapes)
         self.shapes = {n: tuple(bound.inputs[n]) for n in self.names}
+        for s in specs:
+            check_generated_size(s.name, self.shapes[s.name], s.dtype)
         self.assumed = list(bound.assumed)
         self.rules = _input_rules(model, specs)
 

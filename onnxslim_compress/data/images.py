@@ -191,7 +191,7 @@ class ImageFolderSource(DataSource):
                 if im.size != (w, h):
                     im = im.resize((w, h), Image.Resampling.BILINEAR)
                 return np.asarray(im)
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
             raise BadInputError(f"{path}: cannot read image ({e})") from e
 
     def __len__(self) -> int:

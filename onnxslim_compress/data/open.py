@@ -12,7 +12,7 @@ import onnx
 from onnxslim_compress.data.arrays import ARRAY_SUFFIXES, ArrayFolderSource, NpzSource, natural_key
 from onnxslim_compress.data.generated import DEFAULT_GENERATED_SAMPLES, GeneratedSource
 from onnxslim_compress.data.images import IMAGE_SUFFIXES, ImageFolderSource, ImageOptions
-from onnxslim_compress.data.source import DataSource, LimitedSource, ListSource
+from onnxslim_compress.data.source import DataSource, LimitedSource, ListSource, drop_nonfinite_samples
 from onnxslim_compress.data.spec import InputSpec, input_specs
 from onnxslim_compress.errors import BadInputError
 from onnxslim_compress.graph.io import load_model
@@ -35,13 +35,31 @@ def open_data(
     limit: int | None = None,
     seed: int = 0,
     image: ImageOptions | None = None,
+    drop_nonfinite: bool = False,
 ) -> DataSource:
     """Open `spec` as a DataSource checked against `model`'s inputs (see the module doc for layouts).
 
     `limit` keeps the first samples (deterministic, and streaming: no need to know the whole set);
     it is also the number of generated samples when spec is None (default 8). `seed` only drives
-    generation. `image` applies only to folders of images.
+    generation. `image` applies only to folders of images. Arrays read from files or given in
+    memory are checked for NaN/Inf as they are read (refuse_nonfinite); with `drop_nonfinite`
+    such samples are left out instead, with a warning.
     """
+    src = _open_data(spec, model, input_shapes=input_shapes, limit=limit, seed=seed, image=image)
+    if drop_nonfinite and isinstance(src, (NpzSource, ArrayFolderSource, ListSource)):
+        return drop_nonfinite_samples(src)
+    return src
+
+
+def _open_data(
+    spec: str | os.PathLike | DataSource | Iterable[Mapping[str, np.ndarray]] | None,
+    model: onnx.ModelProto | str | os.PathLike,
+    *,
+    input_shapes: ShapeMap | None,
+    limit: int | None,
+    seed: int,
+    image: ImageOptions | None,
+) -> DataSource:
     if limit is not None and limit < 1:
         raise BadInputError(f"number of samples must be >= 1, got {limit}")
     m = _as_model(model)

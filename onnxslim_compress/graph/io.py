@@ -8,9 +8,12 @@ limit. Every pass and command goes through these functions so those cases are ha
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
+import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +22,8 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, version_converter
 
-from onnxslim_compress.errors import BadInputError, CompressError
+from onnxslim_compress import files
+from onnxslim_compress.errors import NO_SPACE_ERRNOS, BadInputError, CompressError
 from onnxslim_compress.graph import weights
 from onnxslim_compress.graph.index import UniqueNames
 from onnxslim_compress.graph.weights import Workspace
@@ -35,6 +39,8 @@ def load_model(
 ) -> onnx.ModelProto:
     """Load an ONNX file, turning every way it can be broken into one BadInputError line.
 
+    External data must lie inside the model's folder (check_external_locations), also when only
+    the graph is loaded: the graph-only proto is what later loads the weights.
     With `offload_to`, weights are not read: external data is linked into the workspace and big
     in-proto tensors are written there (weights.py), so the returned proto is graph-only."""
     p = Path(path)
@@ -52,9 +58,32 @@ def load_model(
         not model.graph.node and not model.graph.output
     ):
         raise BadInputError(f"{p}: not a valid ONNX model (no graph or opset)")
+    check_external_locations(model, p)
     if load_external_data or offload_to is not None:
         load_weights(model, p, offload_to=offload_to)
     return model
+
+
+def check_external_locations(model: onnx.ModelProto, path: str | os.PathLike) -> list[Path]:
+    """The real paths of a model's external data files; BadInputError for any outside its folder.
+
+    Why: `location` is attacker-controlled. onnx refuses `..` and absolute paths itself, but the
+    offload workspace links files directly, and a symlink inside the folder can point anywhere."""
+    p = Path(path)
+    found: dict[str, Path] = {}
+    for t in weights.all_tensors(model.graph):
+        if not weights.is_external(t):
+            continue
+        loc = _external_location(t)
+        if loc in found:
+            continue
+        real = weights.inside(p.parent, loc)
+        if real is None:
+            raise BadInputError(
+                f"{p}: external data of tensor {t.name!r} ({loc!r}) lies outside the model's folder; refused"
+            )
+        found[loc] = real
+    return list(found.values())
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
@@ -65,6 +94,7 @@ def load_weights(model: onnx.ModelProto, path: str | os.PathLike, *, offload_to:
     """In place: the external data of a model loaded graph-only from `path`, read into the proto or,
     with `offload_to`, left in files the workspace points at (one clear error if missing/truncated)."""
     p = Path(path)
+    check_external_locations(model, p)
     missing = sorted(
         {
             _external_location(t)
@@ -78,7 +108,13 @@ def load_weights(model: onnx.ModelProto, path: str | os.PathLike, *, offload_to:
     if offload_to is not None:
         try:
             offload_to.adopt(model, p.parent)
-        except (OSError, ValueError) as e:
+        except OSError as e:
+            if e.errno in NO_SPACE_ERRNOS:
+                raise BadInputError(
+                    f"cannot write the weights workspace {offload_to.path}: {os.strerror(e.errno)}"
+                ) from e
+            raise BadInputError(f"{p}: cannot read external data ({e})") from e
+        except ValueError as e:
             raise BadInputError(f"{p}: cannot read external data ({e})") from e
         _check_external_lengths(model, p)
         return
@@ -195,19 +231,22 @@ class NormalizeReport:
 
 
 def normalize(model: onnx.ModelProto) -> NormalizeReport:
-    """In place: drop graph inputs that are initializers (old exporters, IR < 4) and clamp IR.
+    """In place: drop graph inputs that are initializers in IR < 4 models, dedupe node names, clamp IR.
 
-    Such inputs make ORT treat weights as overridable, which blocks constant folding and makes every
-    weight look like a runtime input to the analysis.
+    Below IR 4 every initializer had to be listed as an input, so such inputs are weights, and
+    keeping them would make ORT treat the weights as overridable (blocking constant folding).
+    From IR 4 on, an initializer named like an input is that input's *default value*: the input
+    is real (a temperature, a threshold) and stays; the initializer is kept as its default.
     """
     rep = NormalizeReport()
-    inits = {t.name for t in model.graph.initializer}
-    keep = [i for i in model.graph.input if i.name not in inits]
-    if len(keep) != len(model.graph.input):
-        rep.initializers_removed_from_inputs = [i.name for i in model.graph.input if i.name in inits]
-        del model.graph.input[:]
-        model.graph.input.extend(keep)
-        model.ir_version = max(model.ir_version, 4)
+    if model.ir_version < 4:
+        inits = {t.name for t in model.graph.initializer}
+        keep = [i for i in model.graph.input if i.name not in inits]
+        if len(keep) != len(model.graph.input):
+            rep.initializers_removed_from_inputs = [i.name for i in model.graph.input if i.name in inits]
+            del model.graph.input[:]
+            model.graph.input.extend(keep)
+            model.ir_version = 4
     rep.nodes_renamed = _dedupe_node_names(model.graph)
     before = model.ir_version
     clamp_ir_version(model)
@@ -229,35 +268,92 @@ def _dedupe_node_names(graph: onnx.GraphProto) -> int:
     return renamed
 
 
+def input_files(path: str | os.PathLike) -> list[Path]:
+    """Real paths of a model file and of the external data files it references (best effort: a
+    file that does not parse has no data files we could harm)."""
+    p = Path(path)
+    out = [Path(os.path.realpath(p))]
+    if p.suffix.lower() != ".onnx" or not p.is_file():
+        return out
+    try:
+        m = onnx.load(str(p), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a model (data, labels, recipe): only the file itself
+        return out
+    for t in weights.all_tensors(m.graph):
+        if weights.is_external(t):
+            real = weights.inside(p.parent, _external_location(t))
+            if real is not None:
+                out.append(real)
+    return out
+
+
+def _data_name_pattern(out: Path) -> re.Pattern:
+    """Data files of `out` that save_model names (and so may delete): `o.onnx.data`, `o.onnx.3.data`."""
+    return re.compile(re.escape(out.name) + r"(?:\.\d+)?\.data")
+
+
+def _own_data_files(out: Path) -> list[Path]:
+    """Data files the existing `out` references that save_model itself named (only those are ever
+    removed when `out` is rewritten; a file the user named stays)."""
+    if not out.is_file():
+        return []
+    try:
+        m = onnx.load(str(out), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable old output has nothing to clean
+        return []
+    pat = _data_name_pattern(out)
+    names = {_external_location(t) for t in weights.all_tensors(m.graph) if weights.is_external(t)}
+    return [out.parent / n for n in sorted(names) if pat.fullmatch(n)]
+
+
 def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike]) -> Path:
-    """Refuse an output that equals an input or sits in a folder we cannot write, before any work."""
+    """Refuse, before any work, an output we must not write: one that is (or resolves to) an input
+    or one of its data files, whose data file would be one, that exists but is not a regular file
+    (a device, a FIFO: replacing /dev/null breaks the system), or in a folder we cannot write.
+    Also removes what killed runs left in the output folder (files.remove_stale)."""
     o = Path(out)
+    protected: dict[Path, str] = {}
     for i in inputs:
-        ip = Path(i)
-        same = o.absolute() == ip.absolute() or (ip.exists() and o.exists() and o.resolve() == ip.resolve())
-        if same:
-            raise BadInputError(f"output {o} is the input file; choose another path")
+        for f in input_files(i):
+            protected.setdefault(f, str(i))
+    written = [o, o.parent / f"{o.name}.data", *_own_data_files(o)]
+    if o.parent.is_dir():
+        pat = _data_name_pattern(o)
+        written += [o.parent / n for n in os.listdir(o.parent) if pat.fullmatch(n)]
+    for w in written:
+        real = Path(os.path.realpath(w))
+        if real in protected:
+            what = "the input file" if real == Path(os.path.realpath(protected[real])) else f"a data file of the input {protected[real]}"
+            subject = f"output {o}" if w == o else f"output {o} would write {w.name}, which"
+            raise BadInputError(f"{subject} is {what}; choose another path")
     parent = o.absolute().parent
     if not parent.is_dir():
         raise BadInputError(f"output folder {parent} does not exist")
+    if o.is_dir():
+        raise BadInputError(f"output {o} is a directory")
+    with contextlib.suppress(FileNotFoundError):
+        mode = os.lstat(o).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)) or (o.exists() and not o.is_file()):
+            raise BadInputError(f"output {o} exists and is not a regular file (a device or pipe); choose another path")
     try:  # a real probe: os.access says yes to root even where the filesystem refuses
-        fd, probe = tempfile.mkstemp(prefix=f".{o.name}.probe.", dir=parent)
+        fd, probe = tempfile.mkstemp(prefix=files.temp_prefix(o.name), suffix=".probe", dir=parent)
         os.close(fd)
         os.remove(probe)
     except OSError:
         raise BadInputError(f"output folder {parent} is not writable") from None
-    if o.is_dir():
-        raise BadInputError(f"output {o} is a directory")
+    files.remove_stale(parent)
+    files.remove_stale(tempfile.gettempdir())  # temp models (temp_model_file) and profiles of killed runs
     return o
 
 
 def save_model(
     model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None, check: bool = True
 ) -> Path:
-    """Write atomically: into a temp folder beside the target, then rename into place.
+    """Write atomically: into a fresh temp folder beside the target, then rename into place.
 
     A crash or Ctrl-C therefore never leaves a half-written model. Models above
-    EXTERNAL_DATA_THRESHOLD (or with external_data=True) keep weights in `<name>.data`.
+    EXTERNAL_DATA_THRESHOLD (or with external_data=True) keep weights in `<name>.data` (or
+    `<name>.N.data` when that name is taken: see _install).
     """
     out = Path(path)
     clamp_ir_version(model)
@@ -268,11 +364,14 @@ def save_model(
     if check:
         _check(model, big)
     parent = out.absolute().parent
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=files.temp_prefix(out.name), dir=parent))
+    except OSError as e:
+        raise BadInputError(f"cannot write {out}: {e.strerror or e}") from e
     try:
         tmp_model = tmpdir / out.name
-        data_name = out.name + ".data"
-        if use_ext:
+        data_name = _fresh_data_name(out) if use_ext else None
+        if data_name is not None:
             onnx.save_model(
                 model,
                 str(tmp_model),
@@ -281,12 +380,12 @@ def save_model(
                 location=data_name,
                 size_threshold=1024,
             )
-            os.replace(tmpdir / data_name, parent / data_name)
-            # saving with external data strips raw_data from the caller's proto; put the weights back
-            onnx.load_external_data_for_model(model, str(parent))
         else:
             onnx.save_model(model, str(tmp_model))
-        os.replace(tmp_model, out)
+        _install(tmpdir, out, data_name)
+        if data_name is not None:
+            # saving with external data strips raw_data from the caller's proto; put the weights back
+            onnx.load_external_data_for_model(model, str(parent))
     except OSError as e:
         raise BadInputError(f"cannot write {out}: {e.strerror or e}") from e
     finally:
@@ -294,21 +393,73 @@ def save_model(
     return out
 
 
+def _fresh_data_name(out: Path) -> str:
+    """A data file name beside `out` that nothing uses yet: the old pair keeps its own file until
+    the new `.onnx` has replaced the old one."""
+    taken = {p.name for p in _own_data_files(out)}
+    for k in range(10_000):
+        name = f"{out.name}.data" if k == 0 else f"{out.name}.{k}.data"
+        if name not in taken and not os.path.lexists(out.parent / name):
+            return name
+    raise BadInputError(f"cannot write {out}: too many {out.name}.N.data files beside it")
+
+
+def _install(tmpdir: Path, out: Path, data_name: str | None) -> None:
+    """Move a written model (and its data file) from `tmpdir` into place so that a kill at any
+    moment leaves the old pair or the new pair, never a mix.
+
+    The new data file goes in under a name nothing uses (a hard link fails if the name exists, so
+    a racing writer cannot be overwritten either); the `.onnx` rename is the commit point; the
+    old pair's data file is removed only after it."""
+    parent = out.absolute().parent
+    old_data = _own_data_files(out)
+    placed: Path | None = None
+    try:
+        if data_name is not None:
+            placed = parent / data_name
+            try:
+                os.link(tmpdir / data_name, placed)
+                os.unlink(tmpdir / data_name)  # one link left: onnx refuses multiply-linked data files
+            except FileExistsError:
+                placed = None
+                raise
+            except OSError as e:  # no hard links on this filesystem: a rename to a name we checked is free
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    placed = None
+                    raise
+                if os.path.lexists(placed):
+                    placed = None
+                    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(parent / data_name)) from e
+                os.rename(tmpdir / data_name, placed)
+        os.replace(tmpdir / out.name, out)
+    except BaseException:
+        if placed is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(placed)
+        raise
+    for f in old_data:
+        if f.name != data_name:
+            with contextlib.suppress(OSError):
+                os.unlink(f)
+
+
 def _save_offloaded(model: onnx.ModelProto, out: Path, *, check: bool) -> Path:
     """Stream the weights of an offloaded model into `<name>.data`, one tensor at a time, then point
     the caller's proto at the written file (so it stays usable once the workspace is gone)."""
     parent = out.absolute().parent
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-    data_name = out.name + ".data"
     try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=files.temp_prefix(out.name), dir=parent))
+    except OSError as e:
+        raise BadInputError(f"cannot write {out}: {e.strerror or e}") from e
+    try:
+        data_name = _fresh_data_name(out)
         written = weights.write_external(model, tmpdir / out.name, data_name)
         if check:
             try:
                 onnx.checker.check_model(str(tmpdir / out.name))
             except onnx.checker.ValidationError as e:
                 raise CompressError(f"output model fails onnx.checker: {str(e).splitlines()[0]}") from e
-        os.replace(tmpdir / data_name, parent / data_name)
-        os.replace(tmpdir / out.name, out)
+        _install(tmpdir, out, data_name)
     except OSError as e:
         raise BadInputError(f"cannot write {out}: {e.strerror or e}") from e
     finally:
@@ -318,6 +469,32 @@ def _save_offloaded(model: onnx.ModelProto, out: Path, *, check: bool) -> Path:
             info = weights.external_info(w)
             weights.set_external(t, str(parent / data_name), int(info["offset"]), int(info["length"]))
     return out
+
+
+def graph_problem(model: onnx.ModelProto) -> str | None:
+    """What onnx.checker finds wrong with a model's graph (weights checked as inputs, so this is
+    cheap and works above 2 GB), or None. Used to blame a failure on an invalid input model."""
+    hidden = onnx.ModelProto()
+    hidden.CopyFrom(model)
+    try:
+        onnx.checker.check_model(_strip(hidden))
+    except onnx.checker.ValidationError as e:
+        return str(e).splitlines()[0]
+    except Exception:  # noqa: BLE001 - the checker cannot tell; do not guess
+        return None
+    return None
+
+
+def _strip(model: onnx.ModelProto) -> onnx.ModelProto:
+    """In place: main-graph initializers become inputs of the same type and shape, so the checker
+    reads no weight (offloaded ones would be refused for their absolute location)."""
+    inits = list(model.graph.initializer)
+    del model.graph.initializer[:]
+    have = {i.name for i in model.graph.input}
+    model.graph.input.extend(
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits if t.name not in have
+    )
+    return model
 
 
 def _check(model: onnx.ModelProto, big: bool) -> None:
@@ -336,7 +513,7 @@ def temp_model_file(model: onnx.ModelProto):
         with weights.session_file(model) as p:
             yield p
         return
-    d = Path(tempfile.mkdtemp(prefix="osc-"))
+    d = Path(tempfile.mkdtemp(prefix=f"osc-{files.owner_tag()}-"))
     try:
         p = d / "model.onnx"
         save_model(model, p, check=False)

@@ -26,6 +26,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxslim_compress import files
+
 #: tensors smaller than this stay inside the proto (shapes, scales, biases: read often, cost nothing)
 OFFLOAD_MIN_BYTES = 64 * 1024
 #: offsets in the files we write are aligned so ORT can map each tensor on its own pages
@@ -134,7 +136,9 @@ class Workspace:
 
     @classmethod
     def create(cls, parent: str | os.PathLike | None = None) -> Workspace:
-        return cls(tempfile.mkdtemp(prefix="osc-weights-", dir=parent), owned=True)
+        if parent is not None:
+            files.remove_stale(parent)  # workspaces of killed runs (their PID is in the name)
+        return cls(tempfile.mkdtemp(prefix=files.workspace_prefix(), dir=parent), owned=True)
 
     @classmethod
     def of(cls, model_or_graph: onnx.ModelProto | onnx.GraphProto) -> Workspace | None:
@@ -196,7 +200,10 @@ class Workspace:
                 info = external_info(t)
                 rel = info.get("location", "")
                 if rel not in linked:
-                    linked[rel] = self._bring(Path(base_dir) / rel, rel)
+                    src = inside(base_dir, rel)
+                    if src is None:
+                        raise ValueError(f"external data of {t.name!r} ({rel}) lies outside the model's folder")
+                    linked[rel] = self._bring(src, rel)
                 set_external(t, str(linked[rel]), int(info.get("offset", 0)), int(info["length"]) if "length" in info else os.path.getsize(linked[rel]))
                 count += 1
             elif t.HasField("raw_data") and len(t.raw_data) >= OFFLOAD_MIN_BYTES:
@@ -214,6 +221,22 @@ class Workspace:
         except OSError:
             shutil.copyfile(src, dst)
         return dst
+
+
+def inside(base_dir: str | os.PathLike, location: str) -> Path | None:
+    """The real path of external data `location` if it lies inside `base_dir`, else None.
+
+    Why: a model file is untrusted input. Its `location` may be absolute, climb out with `..`, or
+    name a symlink pointing elsewhere; following it would copy any readable file (/etc/passwd, a
+    key) into the workspace and from there into the output. Real paths are compared, so symlinks
+    inside the folder are fine as long as they stay inside it."""
+    if not location or os.path.isabs(location) or "\0" in location:
+        return None
+    base = os.path.realpath(base_dir)
+    target = os.path.realpath(os.path.join(base, location))
+    if os.path.commonpath([base, target]) != base or target == base:
+        return None
+    return Path(target)
 
 
 def set_external(t: TensorProto, location: str, offset: int, length: int) -> None:

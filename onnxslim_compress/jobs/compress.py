@@ -19,12 +19,13 @@ import onnx
 from tqdm import tqdm
 
 from onnxslim_compress.data import open_data
-from onnxslim_compress.errors import AccuracyGateError, BadInputError
+from onnxslim_compress.errors import AccuracyGateError, BadInputError, CompressError, PassFailure
 from onnxslim_compress.graph import weights
 from onnxslim_compress.graph.convert import as_model
 from onnxslim_compress.graph.costs import count_costs
 from onnxslim_compress.graph.io import (
     check_output_path,
+    graph_problem,
     load_model,
     load_weights,
     model_bytes,
@@ -169,7 +170,10 @@ def _compress(
     if verify is not None:
         verifier = Verifier(verify, eval_data if eval_data is not None else calib)
     try:
-        res = pipeline.run(work, ctx, progress=bar.start if bar else None, verifier=verifier, copy_input=False)
+        try:
+            res = pipeline.run(work, ctx, progress=bar.start if bar else None, verifier=verifier, copy_input=False)
+        except PassFailure as e:
+            raise _blame_input(e, work, model) from e
         del work
     finally:
         if bar is not None:
@@ -290,6 +294,18 @@ class PassBar:
         if self.current:
             self.bar.update(1)
         self.bar.close()
+
+
+def _blame_input(e: PassFailure, work: onnx.ModelProto, model: Any) -> CompressError:
+    """A pass failing on an input that onnx.checker refuses is the input's fault (exit 2), not a
+    bug in the pass. Passes never mutate their input, so `work` is still the normalized input."""
+    if e.exit_code != 1:
+        return e
+    problem = graph_problem(work)
+    if problem is None:
+        return e
+    name = str(model) if isinstance(model, (str, os.PathLike)) else "the input model"  # or a gs.Graph / onnx-ir model
+    return BadInputError(f"{name}: invalid model ({problem})")
 
 
 def subgraph_bodies(model: onnx.ModelProto) -> list[dict[str, Any]]:

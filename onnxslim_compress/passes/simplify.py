@@ -50,12 +50,15 @@ class Simplify(Pass):
         if not p.constant_folding:
             kwargs["skip_optimizations"] = ["constant_folding"]
         outputs = [o.name for o in model.graph.output]
-        work, hidden = _hide_offloaded(model)
+        work, defaults = _hide_defaults(model)
+        work, hidden = _hide_offloaded(work)
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 out = onnxslim.slim(work, **kwargs)
             if out is not None and hidden:
                 _restore_hidden(out, hidden)
+            if out is not None and defaults:
+                _restore_defaults(out, defaults)
         except Exception as e:  # noqa: BLE001 - onnxslim raises anything; the model stays as it was
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             return PassResult(model, False, {"skipped": [{"node": "<graph>", "reason": f"onnxslim failed: {reason}"}]})
@@ -68,6 +71,28 @@ class Simplify(Pass):
         delta = {k: v for k, v in delta.items() if v}
         n0, n1 = sum(before.values()), sum(after.values())
         return PassResult(out, n1 != n0 or bool(delta), {"nodes_before": n0, "nodes_after": n1, "op_delta": delta})
+
+
+def _hide_defaults(model: ModelProto) -> tuple[ModelProto, dict[str, onnx.TensorProto]]:
+    """(copy for onnxslim, defaults): initializers named like a graph input (IR >= 4: the input's
+    default value) are taken out, so onnxslim sees a plain input. Left in, it folds them as
+    constants and drops the input: the model then ignores a value the caller feeds."""
+    names = {i.name for i in model.graph.input}
+    defaults = {t.name: t for t in model.graph.initializer if t.name in names}
+    if not defaults:
+        return model, {}
+    m = ModelProto()
+    m.CopyFrom(model)
+    keep = [t for t in m.graph.initializer if t.name not in defaults]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    return m, defaults
+
+
+def _restore_defaults(out: ModelProto, defaults: dict[str, onnx.TensorProto]) -> None:
+    """In place: the default values go back beside the inputs that are still there."""
+    names = {i.name for i in out.graph.input}
+    out.graph.initializer.extend(t for name, t in defaults.items() if name in names)
 
 
 def _hide_offloaded(model: ModelProto) -> tuple[ModelProto, dict[str, onnx.TensorProto]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -428,10 +427,9 @@ def render(report: dict[str, Any], title: str = "onnxslim-compress report") -> s
             f"<style>{CSS}</style></head><body><main>{''.join(body)}</main></body></html>")
 
 
-def write(report: dict[str, Any], path: str | os.PathLike, title: str | None = None) -> Path:
-    """Write atomically (temp + rename), like the models."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(render(report, title or f"onnxslim-compress: {Path(str(report.get('input') or 'model')).name}"))
-    os.replace(tmp, p)
-    return p
+def page(report: dict[str, Any], title: str | None = None) -> str:
+    """The page of `report`, titled after its input model unless `title` is given.
+
+    Writing it is the caller's job (files.write_atomic: a fresh temp name, then a rename, so a
+    symlink planted at a temp name is never followed): report/ imports nothing of the package."""
+    return render(report, title or f"onnxslim-compress: {Path(str(report.get('input') or 'model')).name}")

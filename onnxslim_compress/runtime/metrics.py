@@ -439,6 +439,26 @@ def feed_for(sess, feed: Mapping[str, np.ndarray], which: str) -> dict[str, np.n
     return out
 
 
+def check_same_inputs(sess_a, sess_b) -> None:
+    """B must take the inputs A takes (the data is A's): same names, same kind of values (B may use
+    another float width, e.g. fp16), same rank and the same static dims. A mismatch is the user's
+    pair of models, so BadInputError here, before ORT fails on the first sample."""
+    a = {i.name: i for i in sess_a.get_inputs()}
+    for ib in sess_b.get_inputs():
+        ia = a.get(ib.name)
+        if ia is None:
+            raise BadInputError(f"model B has input {ib.name!r}, which model A lacks (A has {sorted(a)}); inputs must match")
+        ka, kb = (np.dtype(_ORT_NP[i.type]).kind if i.type in _ORT_NP else i.type for i in (ia, ib))
+        if ka != kb:
+            raise BadInputError(f"input {ib.name!r} is {ia.type} in model A but {ib.type} in model B; inputs must match")
+        sa, sb = list(ia.shape or []), list(ib.shape or [])
+        fixed = len(sa) == len(sb) and all(
+            not (isinstance(x, int) and isinstance(y, int)) or x == y for x, y in zip(sa, sb, strict=True)
+        )
+        if not fixed:
+            raise BadInputError(f"input {ib.name!r} has shape {sa} in model A but {sb} in model B; inputs must match")
+
+
 def compare_models(
     model_a: onnx.ModelProto | str | os.PathLike,
     model_b: onnx.ModelProto | str | os.PathLike,
@@ -464,6 +484,7 @@ def compare_models(
     target = target or Target()
     proto_a, sess_a = _session(model_a, target)
     _, sess_b = _session(model_b, target)
+    check_same_inputs(sess_a, sess_b)
     if isinstance(data, DataSource) or data is None or isinstance(data, (str, os.PathLike)):
         data = open_data(data, proto_a, input_shapes=input_shapes, limit=limit, seed=seed)
     elif not isinstance(data, Iterable):

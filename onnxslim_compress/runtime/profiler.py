@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxslim_compress import files
 from onnxslim_compress.data import open_data
 from onnxslim_compress.errors import BadInputError, ProviderError
 from onnxslim_compress.runtime.session import Target, make_session
@@ -424,15 +425,19 @@ def op_type_profile(
     """
     target = target or Target()
     feed = first_feed(feeds)
-    tmp = tempfile.mkdtemp(prefix="osc_prof_")
+    tmp = tempfile.mkdtemp(prefix=f"osc-{files.owner_tag()}-prof-")
     try:
         sess = make_session(model, target, profile_prefix=str(Path(tmp) / "ort"), timing=True)
         f = _feeds_for(sess, feed)
         for _ in range(max(warmup, 0) + max(runs, 1)):
             sess.run(None, f)
         path = sess.end_profiling()
-        with open(path, encoding="utf-8") as fh:
-            events = json.load(fh)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                events = json.load(fh)
+        except (OSError, ValueError) as e:  # a truncated profile: TMPDIR is full
+            files.raise_if_full(tmp, 16 << 20, e)
+            raise
         os.remove(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

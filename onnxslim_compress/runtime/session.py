@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslim_compress.errors import BadInputError, ProviderError
+from onnxslim_compress.errors import BadInputError, InvalidModelError, ProviderError
 from onnxslim_compress.graph import io as model_io
 from onnxslim_compress.graph import weights
 from onnxslim_compress.graph.shapes import ShapeMap
@@ -135,6 +135,9 @@ def make_session(
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if target.kind != "cpu" and any(s in msg for s in ("CUDA", "cuda", "TensorRT", "libcu", "libnv")):
             raise ProviderError(f"target {target.kind}: {target.provider} failed to load: {msg}") from e
+        problem = model_io.graph_problem(model) if isinstance(model, onnx.ModelProto) else None
+        if problem is not None:
+            raise InvalidModelError(f"invalid model ({problem})") from e
         raise
     got = sess.get_providers()
     if target.provider not in got:

@@ -25,6 +25,7 @@ import yaml
 
 from onnxslim_compress.data import ImageOptions, open_data
 from onnxslim_compress.errors import AccuracyGateError, BadInputError, RecipeError
+from onnxslim_compress.files import write_atomic
 from onnxslim_compress.graph.io import check_output_path, load_model, normalize, save_model
 from onnxslim_compress.jobs.compress import json_default, set_report
 from onnxslim_compress.passes.context import Context
@@ -445,9 +446,7 @@ def _trial_params(study, rec: TrialRecord) -> dict[str, Any]:
 
 def _write_json(path: Path, obj: Any) -> None:
     """Write `obj` as JSON next to `path`, then move it in place (a reader never sees half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_safe(obj), indent=2, default=json_default))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(json_safe(obj), indent=2, default=json_default))
 
 
 def run_worker(

@@ -7,6 +7,7 @@ extra) and is skipped with a note when it is missing, never an error.
 
 from __future__ import annotations
 
+import io
 import math
 import sys
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from typing import Any, TextIO
 
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
+
+from onnxslim_compress.files import write_atomic
 
 
 def _num(v: Any) -> float | None:
@@ -152,10 +155,10 @@ def pareto_plot(records: list[TrialRecord], path: str | Path, *, objective: str,
     ax.grid(alpha=0.3)
     fig.tight_layout()
     out = Path(path)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    tmp.replace(out)
+    write_atomic(out, buf.getvalue())  # a fresh temp name: a symlink planted at one is not followed
     return None
 
 

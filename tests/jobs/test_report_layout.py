@@ -9,8 +9,9 @@ import subprocess
 import pytest
 from builders import random_input, resnet_like
 
+from onnxslim_compress.files import write_atomic
 from onnxslim_compress.jobs.compress import compress, flags_pipeline
-from onnxslim_compress.report.html import layer_rows, render, write
+from onnxslim_compress.report.html import layer_rows, page, render
 
 LONG = "backbone/stage_one/block_zero/" * 8 + "conv"
 
@@ -52,7 +53,7 @@ def test_page_has_charts_and_no_raw_json(report):
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is installed by .ci/run")
 @pytest.mark.parametrize("width", [1200, 760])
 def test_layout_in_headless_chromium(report, tmp_path, width):
-    page = write(report, tmp_path / "report.html")
+    out = write_atomic(tmp_path / "report.html", page(report))
     probe = tmp_path / "probe.html"
     js = ("<script>window.addEventListener('load',()=>{document.title=JSON.stringify({"
           "sw:document.documentElement.scrollWidth,iw:window.innerWidth,"
@@ -60,7 +61,7 @@ def test_layout_in_headless_chromium(report, tmp_path, width):
           "bars:document.querySelectorAll('svg.bar').length,"
           "wide:[...document.querySelectorAll('main *')].filter(e=>e.getBoundingClientRect().right>window.innerWidth+1"
           "&&!e.closest('.scroll')).length})})</script>")
-    probe.write_text(page.read_text().replace("</body>", js + "</body>"))
+    probe.write_text(out.read_text().replace("</body>", js + "</body>"))
     cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},900",
            "--virtual-time-budget=3000", "--dump-dom", probe.as_uri()]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
@@ -72,5 +73,5 @@ def test_layout_in_headless_chromium(report, tmp_path, width):
     assert m["charts"] == 2 and m["bars"] >= len(layer_rows(report)), m
     shot = tmp_path / "shot.png"
     subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                    f"--window-size={width},1400", page.as_uri()], capture_output=True, timeout=120)
+                    f"--window-size={width},1400", out.as_uri()], capture_output=True, timeout=120)
     assert shot.stat().st_size > 20_000

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from builders import GraphBuilder, random_input
 
+from onnxslim_compress.files import write_atomic
 from onnxslim_compress.graph.index import GraphIndex
 from onnxslim_compress.jobs.compress import compress
 from onnxslim_compress.jobs.verify import VerifySpec, touched_nodes
 from onnxslim_compress.passes.base import Pass, PassResult, Pipeline
-from onnxslim_compress.report.html import render, write
+from onnxslim_compress.report.html import page as html_page
+from onnxslim_compress.report.html import render
 
 
 @dataclass
@@ -99,7 +101,7 @@ def test_html_report_renders_in_headless_chromium(tmp_path):
         {"label": "t0", "latency_ratio": 0.9, "metric": 0.99, "feasible": True, "pareto": True},
         {"label": "t1", "latency_ratio": 0.6, "metric": 0.95, "feasible": False, "pareto": True},
     ]
-    page = write(rep, tmp_path / "report.html")
+    page = write_atomic(tmp_path / "report.html", html_page(rep))
     cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
     assert "Before / after" in dom and f"{rep['before']['macs']:,}" in dom

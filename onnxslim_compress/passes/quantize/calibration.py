@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
+from onnxslim_compress.data import check_generated_size
 from onnxslim_compress.graph.shapes import elem_type_to_numpy, graph_inputs
 from onnxslim_compress.runtime.activations import iterate_tensors
 from onnxslim_compress.runtime.session import Target
@@ -239,6 +240,7 @@ def synthetic_feeds(model: onnx.ModelProto, shapes: dict[str, list[int]], n: int
         for vi in graph_inputs(model):
             dt = elem_type_to_numpy(vi.type.tensor_type.elem_type)
             shape = shapes.get(vi.name, [1])
+            check_generated_size(vi.name, shape, np.float64 if np.issubdtype(dt, np.floating) else dt)
             if np.issubdtype(dt, np.floating):
                 feed[vi.name] = rng.standard_normal(shape).astype(dt)
             elif dt == np.bool_:

@@ -19,7 +19,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from onnxslim_compress import files
 from onnxslim_compress.errors import AccuracyGateError, BadInputError
+from onnxslim_compress.graph import io as model_io
 from onnxslim_compress.graph import weights
 from onnxslim_compress.graph.index import drop_unused_initializers
 from onnxslim_compress.graph.io import main_opset, upgrade_opset
@@ -156,8 +158,12 @@ def count_integer_kernels(model: onnx.ModelProto, threads: int = 1) -> dict[str,
         if weights.has_offloaded(model):  # ORT would otherwise embed every weight in the optimized file
             config = {"session.optimized_model_external_initializers_file_name": "opt.onnx.data",
                       "session.optimized_model_external_initializers_min_size_in_bytes": "1024"}
-        make_session(model, Target(kind="cpu", threads=threads, opt_level="all"), optimized_model_path=p, config=config)
-        opt = onnx.load(p, load_external_data=False)
+        try:
+            make_session(model, Target(kind="cpu", threads=threads, opt_level="all"), optimized_model_path=p, config=config)
+            opt = onnx.load(p, load_external_data=False)
+        except Exception as e:  # ORT says "Protobuf serialization failed" when TMPDIR is full
+            files.raise_if_full(d, model_io.model_bytes(model) * 2, e)
+            raise
     counts: dict[str, int] = {}
     for n in opt.graph.node:
         if n.op_type in INTEGER_KERNELS:
