@@ -413,7 +413,7 @@ def test_disk_full_in_the_workspace_exits_2_and_says_so(tmp_path, capsys, monkey
     line = one_line_exit_2(["compress", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx", "--no-progress"], capsys,
                            "No space left on device")
     assert "cannot read" not in line
-    assert [p.name for p in tmp_path.iterdir()] == sorted(["m.onnx", "m.data"]) or set(os.listdir(tmp_path)) == {"m.onnx", "m.data"}
+    assert set(os.listdir(tmp_path)) == {"m.onnx", "m.data"}  # no output, no workspace left
 
 
 def test_disk_full_during_a_pass_exits_2(tmp_path, capsys, monkeypatch):
