@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim_compress.cli.main import main
 from onnxslim_compress.data import open_data
-from onnxslim_compress.errors import CompressError
+from onnxslim_compress.errors import BadInputError, CompressError
 from onnxslim_compress.files import HOST_TAG, LEGACY_AGE_S
 from onnxslim_compress.graph import io as model_io
 from onnxslim_compress.graph import weights
@@ -204,6 +204,19 @@ def test_nan_in_a_folder_sample_is_refused(digits, capsys):
 
 def test_nan_compare_data_is_refused(digits, capsys):
     one_line_exit_2(["compare", digits / "m.onnx", digits / "m.onnx", "--data", digits / "nan.npz"], capsys, "sample 3")
+
+
+def test_drop_nonfinite_in_a_folder_whose_first_sample_is_nan(digits, capsys):
+    d = digits / "first_bad"
+    d.mkdir()
+    x = np.load(digits / "nan.npz")["input"]
+    for i in (3, 0, 1):  # natural order: a.npy (the NaN one), b.npy, c.npy
+        np.save(d / f"{'abc'[[3, 0, 1].index(i)]}.npy", x[i])
+    with pytest.raises(BadInputError, match=r"input 'input' in a.npy \(sample 0\)"):
+        list(open_data(d, digits / "m.onnx"))
+    src = open_data(d, digits / "m.onnx", drop_nonfinite=True)
+    assert len(src) == 2 and [f["input"].tolist() for f in src] == [x[0].tolist(), x[1].tolist()]
+    assert "dropped 1 of 3" in capsys.readouterr().err
 
 
 def test_drop_nonfinite_drops_the_sample_with_a_warning(digits, capsys):

@@ -238,8 +238,11 @@ class ArrayFolderSource(DataSource):
                 f"{folder}: .npy files feed a single input; the model has inputs {self.names} "
                 "(use .npz files with one array per input name)"
             )
-        # Fail before any expensive work if the first sample does not fit.
+        # Fail before any expensive work if the first sample does not fit. Its values are checked
+        # when iterated (a NaN there may be dropped: open_data(drop_nonfinite=True)).
+        self.allow_nonfinite = True
         next(iter(self))
+        del self.allow_nonfinite
 
     def _read(self, path: Path) -> dict[str, np.ndarray]:
         try:
