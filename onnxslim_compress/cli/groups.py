@@ -314,6 +314,8 @@ def _flag_kwargs(spec: ParamSpec, flag: Flag) -> dict[str, Any]:
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     kw: dict[str, Any] = {"metavar": flag.metavar, "default": None}
     if flag.parse is not None:
+        if flag.repeatable:
+            kw["action"] = "append"  # the pass's parser reads the list of texts
         return kw  # the pass's parser reads the text
     if origin in (list, tuple):
         hint = args[0] if args else str

@@ -432,8 +432,11 @@ def print_compress_summary(r: dict[str, Any], written: str | None = None) -> Non
         print(f"  {ln}")
     for ln in kept_float_lines(r):
         print(f"  {ln}")
-    for sg in r.get("subgraphs_untouched", []):
-        print(f"  left as is: {sg['op']} {sg['node']} ({sg['body_nodes']} nodes in its bodies; {sg['reason']})")
+    untouched = r.get("subgraphs_untouched", [])
+    for sg in untouched[:5]:  # one row per body: a model with nested Ifs has dozens
+        print(f"  left as is: {sg['op']} body {sg.get('body', sg['node'])} ({sg['body_nodes']} nodes; {sg['reason']})")
+    if len(untouched) > 5:
+        print(f"  left as is: {len(untouched) - 5} more bodies (see --json)")
     lat = r.get("latency")
     if lat:
         print(f"  latency: original {lat['a']['median']:.3f} ms, compressed {lat['b']['median']:.3f} ms (medians); "

@@ -324,3 +324,111 @@ def patches(x: np.ndarray, kernel: list[int], strides: list[int], dilations: lis
         return np.moveaxis(sel, 2, 1).reshape(n * len(positions), c * int(np.prod(kernel)))
     order = [0] + list(range(2, 2 + nd)) + [1] + list(range(2 + nd, 2 + 2 * nd))
     return v.transpose(order).reshape(n * int(np.prod(out)), c * int(np.prod(kernel)))
+
+
+# ------------------------------------------------------------------------------------------------
+# control-flow bodies (If / Loop / Scan): walking them, the names they define, renaming inside them
+
+
+def node_bodies(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+    """(attribute name, graph) of every subgraph attribute of `node` (GRAPHS lists get `name[k]`)."""
+    out: list[tuple[str, onnx.GraphProto]] = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.append((a.name, a.g))
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            out += [(f"{a.name}[{k}]", g) for k, g in enumerate(a.graphs)]
+    return out
+
+
+def iter_bodies(graph: onnx.GraphProto, prefix: str = "") -> list[tuple[str, onnx.NodeProto, onnx.GraphProto, onnx.GraphProto]]:
+    """Every body below `graph`, outer before inner: (path, owning node, body, parent graph).
+
+    The path ("If_0/then_branch/Loop_3/body") names a body in reports; it is stable across passes
+    that keep node names.
+    """
+    out = []
+    for node in graph.node:
+        for attr_name, body in node_bodies(node):
+            path = f"{prefix}{node.name or node.output[0]}/{attr_name}"
+            out.append((path, node, body, graph))
+            out += iter_bodies(body, path + "/")
+    return out
+
+
+def graph_defs(graph: onnx.GraphProto) -> list[str]:
+    """Names `graph` itself defines: its inputs, initializers and node outputs (not its bodies')."""
+    names = [i.name for i in graph.input] + [t.name for t in graph.initializer]
+    names += [o for n in graph.node for o in n.output if o]
+    return names
+
+
+def rename_tensors(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
+    """In place: rename tensors in `graph` and in the bodies below it (defs and every reference).
+
+    A body that defines a name itself shadows the outer one there, so the mapping stops at it.
+    """
+    if not mapping:
+        return
+    for coll in (graph.input, graph.output, graph.value_info):
+        for vi in coll:
+            if vi.name in mapping:
+                vi.name = mapping[vi.name]
+    for t in graph.initializer:
+        if t.name in mapping:
+            t.name = mapping[t.name]
+    for n in graph.node:
+        for k, i in enumerate(n.input):
+            if i in mapping:
+                n.input[k] = mapping[i]
+        for k, o in enumerate(n.output):
+            if o in mapping:
+                n.output[k] = mapping[o]
+        for _, body in node_bodies(n):
+            local = set(graph_defs(body))
+            rename_tensors(body, {k: v for k, v in mapping.items() if k not in local})
+
+
+def all_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name defined or read anywhere in `graph` and its bodies."""
+    names = set(graph_defs(graph)) | {o.name for o in graph.output}
+    names |= {i for n in graph.node for i in n.input if i}
+    for _, _, body, _ in iter_bodies(graph):
+        names |= set(graph_defs(body)) | {o.name for o in body.output}
+        names |= {i for n in body.node for i in n.input if i}
+    return names
+
+
+def uniquify_body_names(graph: onnx.GraphProto) -> int:
+    """In place: rename every body-defined tensor whose name is defined elsewhere too (the parent,
+    a sibling branch, a body visited earlier), so each name in the model means one tensor.
+
+    Why: inlining a branch, lifting body tensors out for calibration and merging a rewritten body
+    back all key tensors by name; two branches that both define `x` would clash. Returns the count.
+    """
+    taken = all_names(graph)
+    seen = set(graph_defs(graph))
+    renamed = 0
+
+    def fresh(base: str) -> str:
+        k = 1
+        while f"{base}__{k}" in taken:
+            k += 1
+        taken.add(f"{base}__{k}")
+        return f"{base}__{k}"
+
+    def visit(g: onnx.GraphProto) -> None:
+        nonlocal renamed
+        for n in g.node:
+            for _, body in node_bodies(n):
+                mapping = {}
+                for name in graph_defs(body):
+                    if name in seen and name not in mapping:
+                        mapping[name] = fresh(name)
+                    seen.add(mapping.get(name, name))
+                rename_tensors(body, mapping)
+                renamed += len(mapping)
+                visit(body)
+
+    visit(graph)
+    return renamed

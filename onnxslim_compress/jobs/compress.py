@@ -36,8 +36,10 @@ from onnxslim_compress.graph.io import (
 from onnxslim_compress.graph.weights import Workspace
 from onnxslim_compress.jobs.verify import Verifier
 from onnxslim_compress.passes.base import Pipeline, PipelineResult
+from onnxslim_compress.passes.bodies import untouched_rows
 from onnxslim_compress.passes.context import Context
 from onnxslim_compress.passes.recipe import canonical_pipeline
+from onnxslim_compress.passes.specialize import Specialize, with_fixed
 from onnxslim_compress.runtime.metrics import FidelityReport, compare_models
 from onnxslim_compress.runtime.profiler import compare, first_feed, op_type_profile
 from onnxslim_compress.runtime.session import Target, shapes_from_run
@@ -88,6 +90,7 @@ def compress(
     measure_latency: bool = False,
     offload: bool | None = None,
     max_drop: dict[str, float] | None = None,
+    fix_inputs: dict[str, Any] | None = None,
 ) -> CompressResult:
     """Run `pipeline` (default: the lossless passes) and optionally save to `output`.
 
@@ -108,10 +111,16 @@ def compress(
     `open_data` source. `max_drop` ({metric: largest drop}, see parse_max_drop) is a CI gate on the fidelity measured
     on `eval_data`: when a drop is larger, nothing is written and AccuracyGateError (exit 3) is
     raised with the report attached as `.report`.
+
+    `fix_inputs` ({input name: scalar or list}) binds those inputs to constants and inlines the
+    Ifs they decide (the `specialize` pass, run first; the same as `--fix-input`); fidelity is
+    then measured against the input model fed the same fixed values.
     """
     if max_drop and eval_data is None:
         raise BadInputError("--max-drop needs --eval data (the drop is measured on it against the input)")
     model = as_model(model)
+    if fix_inputs:
+        pipeline = with_fixed_inputs(pipeline or lossless_pipeline(), fix_inputs)
     if output is not None:
         check_output_path(output, [model] if not isinstance(model, onnx.ModelProto) else [])
     # parsed once, graph-only: whether to offload depends on it, and then the weights are attached
@@ -186,7 +195,7 @@ def _compress(
         "seed": seed,
         "target": ctx.target.kind,
         "normalize": norm.as_dict(),
-        "subgraphs_untouched": subgraph_bodies(res.model),
+        "subgraphs_untouched": subgraph_bodies(res.model, res.steps),
         "passes": [
             {"name": s.name, "params": s.params, "modified": s.modified, "seconds": round(s.seconds, 3), "stats": s.stats}
             for s in res.steps
@@ -197,7 +206,8 @@ def _compress(
         "after": _costs(res.model, ctx.input_shapes),
     }
     if eval_data is not None:
-        report["fidelity"] = compare_models(src, res.model, eval_data, target=Target(kind="cpu"), labels=eval_labels).as_dict()
+        report["fidelity"] = compare_models(src, res.model, _with_fixed_values(eval_data, res), target=Target(kind="cpu"),
+                                            labels=eval_labels).as_dict()
     if measure_latency:
         feeds = eval_data if eval_data is not None else calib
         if feeds is None:
@@ -308,19 +318,28 @@ def _blame_input(e: PassFailure, work: onnx.ModelProto, model: Any) -> CompressE
     return BadInputError(f"{name}: invalid model ({problem})")
 
 
-def subgraph_bodies(model: onnx.ModelProto) -> list[dict[str, Any]]:
-    """If/Loop/Scan nodes of the main graph and the size of their bodies: no pass compresses inside
-    a body (weights there are read per iteration or per branch, and the channel/rank analysis
-    covers one graph), so the report lists what was left as it was."""
-    out = []
-    for n in model.graph.node:
-        bodies = [a.g for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
-        bodies += [g for a in n.attribute if a.type == onnx.AttributeProto.GRAPHS for g in a.graphs]
-        if bodies:
-            out.append({"node": n.name or n.output[0], "op": n.op_type, "body_nodes": sum(len(g.node) for g in bodies),
-                        "body_weights": sum(len(g.initializer) for g in bodies),
-                        "reason": "passes do not compress inside control-flow bodies"})
-    return out
+def subgraph_bodies(model: onnx.ModelProto, steps: list[Any] = ()) -> list[dict[str, Any]]:
+    """Every If/Loop/Scan body (nested ones included) that no pass changed, with the reasons the
+    passes gave (passes/bodies.py `untouched_rows`): quantize and low_rank work inside bodies,
+    specialize removes the Ifs a fixed input decides; what is listed here stayed as it was."""
+    return untouched_rows(model, list(steps))
+
+
+def with_fixed_inputs(pipeline: Pipeline, fix_inputs: dict[str, Any]) -> Pipeline:
+    """`pipeline` with a specialize pass binding `fix_inputs` first (BadInputError if it has one)."""
+    if any(isinstance(p, Specialize) for p in pipeline.passes):
+        raise BadInputError("fix_inputs: the pipeline already has a specialize pass; give the inputs there")
+    return Pipeline([Specialize(fix_inputs=dict(fix_inputs)), *pipeline.passes])
+
+
+def _with_fixed_values(data: Any, res: PipelineResult) -> Any:
+    """Eval feeds for the input model: the inputs a specialize step fixed carry the fixed values."""
+    fixed = {}
+    for s in res.steps:
+        if s.name == Specialize.name:
+            for k, v in s.stats.get("fixed", {}).items():
+                fixed[k] = np.asarray(v["value"], dtype=v["dtype"]).reshape(v["shape"])
+    return with_fixed(data, fixed) if fixed else data
 
 
 #: an absolute path inside a string (POSIX, ~, or a Windows drive): what a shipped model must not carry

@@ -3,7 +3,7 @@
 The registry is an explicit table (not a decorator side effect), so what a recipe can name is visible
 in one place and import order cannot change it. Its order is the canonical pipeline order: the
 pipeline `compress` builds from flags and the default search recipe list passes in this order
-(simplify, prune before fold_batchnorm so bn_scale can read BN, low rank, clean up, QDQ last).
+(specialize on fixed inputs first, simplify, prune before fold_batchnorm so bn_scale can read BN, low rank, clean up, QDQ last).
 
 fp16 is not a pass of its own: it is `quantize`'s `mode: fp16` (to_fp16.py holds the conversion),
 because on the CUDA EP fp16 is what "quantize" means and quantize already switches to it there.
@@ -18,10 +18,12 @@ from onnxslim_compress.passes.low_rank.low_rank import LowRank
 from onnxslim_compress.passes.prune.prune_channels import PruneChannels
 from onnxslim_compress.passes.quantize.quantize import Quantize
 from onnxslim_compress.passes.simplify import Simplify
+from onnxslim_compress.passes.specialize import Specialize
 
 REGISTRY: dict[str, type[Pass]] = {
     cls.name: cls
     for cls in (
+        Specialize,
         Simplify,
         PruneChannels,
         FoldBatchNorm,
@@ -31,4 +33,4 @@ REGISTRY: dict[str, type[Pass]] = {
     )
 }
 
-__all__ = ["REGISTRY", "EliminateDead", "FoldBatchNorm", "Quantize", "Simplify"]
+__all__ = ["REGISTRY", "EliminateDead", "FoldBatchNorm", "Quantize", "Simplify", "Specialize"]

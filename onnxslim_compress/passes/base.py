@@ -60,15 +60,18 @@ class Flag:
     `aliases`: other spellings of the same flag (the old name after a rename to the spelling ORT
     and ModelOpt users know, e.g. `--calibration` for `--calibrate-method`). `const`: the value when
     the flag is given without one (`--smoothquant` = `--smoothquant 0.5`).
+    `repeatable` with `parse`: the flag may be given several times and `parse` gets the list of
+    values (`--fix-input sr=16000 --fix-input h=0`).
     """
 
     spelling: str
     metavar: str | None = None
     enables: bool = False
     help: str | None = None
-    parse: Callable[[str], dict[str, Any]] | None = None
+    parse: Callable[[Any], dict[str, Any]] | None = None
     aliases: tuple[str, ...] = ()
     const: Any = None
+    repeatable: bool = False
 
 
 @dataclass(frozen=True)

@@ -451,6 +451,8 @@ def default_recipe(target_kind: str = "cpu", registry: Registry | None = None, f
     entries: list[Any] = []
     for name, cls in reg.items():
         entry = pass_search_entry(cls, target_kind, fidelity_goal)
+        if entry is None and not cls.lossless:
+            continue  # nothing to search and not part of every pipeline (specialize needs the user's inputs)
         entries.append(name if entry is None else {name: entry})
     if not any(isinstance(e, dict) for e in entries):
         raise RecipeError("no compression pass (prune_channels, low_rank, quantize) is installed: nothing to search")

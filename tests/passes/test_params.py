@@ -147,7 +147,7 @@ def test_registry_lists_every_pass_class_in_pipeline_order_and_fp16_is_a_quantiz
             if issubclass(obj, Pass) and obj is not Pass and obj.__module__ == m.__name__:
                 found[obj.name] = obj
     assert found == REGISTRY
-    assert list(REGISTRY) == ["simplify", "prune_channels", "fold_batchnorm", "low_rank", "eliminate_dead", "quantize"]
+    assert list(REGISTRY) == ["specialize", "simplify", "prune_channels", "fold_batchnorm", "low_rank", "eliminate_dead", "quantize"]
     assert REGISTRY["quantize"](mode="fp16").params.mode == "fp16"
     with pytest.raises(RecipeError, match="unknown pass 'to_fp16'"):
         pipeline_from_dict({"passes": ["to_fp16"]})

@@ -10,6 +10,7 @@ of the output energy rather than of the weight energy. Formulas: decompose.py.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,8 +30,9 @@ from onnxslim_compress.graph.index import (
 )
 from onnxslim_compress.graph.io import main_opset
 from onnxslim_compress.graph.shapes import infer_shapes
+from onnxslim_compress.passes import bodies as bd
 from onnxslim_compress.passes.base import Flag, Pass, PassResult, Pinned, Range, param
-from onnxslim_compress.passes.context import fingerprint
+from onnxslim_compress.passes.context import Context, fingerprint
 from onnxslim_compress.passes.low_rank import decompose as lm
 from onnxslim_compress.runtime.activations import Moments, accumulate
 from onnxslim_compress.runtime.session import shapes_from_run
@@ -284,10 +286,32 @@ class LowRank(Pass):
         stats = self._stats(rows, skipped, cands, data_aware, alds_info)
         stats["not_whitened"] = not_whitened
         stats["macs_at_assumed_dims"] = bound.assumed  # dynamic dims counted as 1 unless the user gave shapes
-        if not replace:
-            return PassResult(model, False, stats)
-        rewrite(model, replace, removed)
-        return PassResult(model, True, stats)
+        if replace:
+            rewrite(model, replace, removed)
+        body_changed = False
+        if bd.has_bodies(model):
+            stats["bodies"] = self._bodies(model, ctx)
+            body_changed = any(r["changed"] for r in stats["bodies"])
+        return PassResult(model, bool(replace) or body_changed, stats)
+
+    def _bodies(self, model: onnx.ModelProto, ctx: Any) -> list[dict]:
+        """In place: factorize Gemm/MatMul/Conv inside If/Loop/Scan bodies (passes/bodies.py).
+
+        Plain SVD there: whitening needs the input Gram of each layer over the calibration data,
+        which the body rows of one run do not give per layer yet.
+        """
+        inner = LowRank(dataclasses.replace(self.params, data_aware=False))
+        body_ctx = Context(target=ctx.target, seed=ctx.seed)
+
+        def one(v: bd.View) -> tuple[onnx.ModelProto | None, dict]:
+            res = inner.run(v.model, body_ctx)
+            st = {k: res.stats[k] for k in ("factorized", "candidates", "params_before", "params_after", "layers", "skipped")}
+            st["data_aware"] = False
+            if not res.modified:
+                st["reason"] = "no layer worth factorizing" if not st["skipped"] else st["skipped"][0]["reason"]
+            return (res.model if res.modified else None), st
+
+        return bd.apply_to_bodies(model, one)
 
     @staticmethod
     def _decide(cands: list, p: LowRankParams, seed: int) -> tuple[list[tuple[int, int | None]], dict | None]:

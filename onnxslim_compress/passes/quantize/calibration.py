@@ -224,7 +224,7 @@ def collect_histograms(
         for n, v in values.items():
             if n in hists:
                 hists[n].update(v)
-            if n in axes and v.ndim:
+            if n in axes and v.ndim and v.size:  # empty: an If branch that did not run (bodies.expose)
                 x = np.moveaxis(v.astype(np.float64), axes[n], -1).reshape(-1, v.shape[axes[n]])
                 sums[n] = sums.get(n, 0) + x.sum(0)
                 rows[n] = rows.get(n, 0) + x.shape[0]

@@ -23,9 +23,10 @@ from onnxslim_compress import files
 from onnxslim_compress.errors import AccuracyGateError, BadInputError
 from onnxslim_compress.graph import io as model_io
 from onnxslim_compress.graph import weights
-from onnxslim_compress.graph.index import drop_unused_initializers
+from onnxslim_compress.graph.index import drop_unused_initializers, iter_bodies, uniquify_body_names
 from onnxslim_compress.graph.io import main_opset, upgrade_opset
 from onnxslim_compress.graph.shapes import bind_input_shapes
+from onnxslim_compress.passes import bodies as bd
 from onnxslim_compress.passes.base import (
     FIDELITY_GOAL,
     Choices,
@@ -146,7 +147,9 @@ def cpu_has_vnni() -> bool:
 
 
 def already_quantized(model: onnx.ModelProto) -> str | None:
-    ops = sorted({n.op_type for n in model.graph.node} & QUANTIZED_OPS)
+    """Why the model must not be quantized again: it holds quantized ops (bodies included)."""
+    graphs = [model.graph] + [b for _, _, b, _ in iter_bodies(model.graph)]
+    ops = sorted({n.op_type for g in graphs for n in g.node} & QUANTIZED_OPS)
     return f"model is already quantized (contains {', '.join(ops)})" if ops else None
 
 
@@ -165,7 +168,7 @@ def count_integer_kernels(model: onnx.ModelProto, threads: int = 1) -> dict[str,
             files.raise_if_full(d, model_io.model_bytes(model) * 2, e)
             raise
     counts: dict[str, int] = {}
-    for n in opt.graph.node:
+    for n in [n for g in [opt.graph] + [b for _, _, b, _ in iter_bodies(opt.graph)] for n in g.node]:  # bodies too
         if n.op_type in INTEGER_KERNELS:
             counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return counts
@@ -191,6 +194,8 @@ class Quantize(Pass):
         if mode == "fp16":
             out, st = convert_fp16(model, keep_io_fp32=True)
             stats.update(st)
+            if bd.has_bodies(out):
+                stats["bodies"] = bd.apply_to_bodies(out, _fp16_body)
             return PassResult(out, True, stats)
         # int8 on CPU: 14, for the HardSwish fusion (PP-OCR); ORT needs >= 13 for per-axis DQ
         need = {"int8": 14 if kind == "cpu" else 13, "fp8": 19, "int4-weight": 21}[mode]
@@ -199,8 +204,145 @@ class Quantize(Pass):
         if mode == "int4-weight":
             out, rows, skipped = qp.int4_weight_only(model, p.block_size, self._exclusions(model))
             stats.update(layers=rows, skipped=skipped, quantized=len(rows))
-            return PassResult(out, bool(rows) or up, stats)
+            changed = False
+            if bd.has_bodies(out):
+                stats["bodies"] = bd.apply_to_bodies(out, lambda v: _int4_body(v, p.block_size, p.exclude))
+                changed = any(r["changed"] for r in stats["bodies"])
+            return PassResult(out, bool(rows) or up or changed, stats)
+        if not bd.has_bodies(model):
+            return self._static(model, ctx, kind, mode, stats)
+        model = _copy(model)
+        self._static_bodies(model, ctx, kind, mode, stats)
         return self._static(model, ctx, kind, mode, stats)
+
+    def _plan_body(self, model: onnx.ModelProto, path: str, node: onnx.NodeProto, body: onnx.GraphProto,
+                   consts: dict, types: dict[str, int], kind: str, mode: str, is_float: set[str],
+                   ) -> tuple[list[qp.Unit], list[dict], dict[str, str], dict[str, int]]:
+        """One body as a flat graph: its units, skipped nodes, scale groups and bias-correction axes."""
+        p: QuantizeParams = self.params
+        vm = bd.make_view(model, path, node, body, consts, types).model
+        qp.constants_to_initializers(vm)
+        inits = {t.name: weights.info(t) for t in vm.graph.initializer}
+        units, skipped = qp.build_units(vm, kind, is_float, inits)
+        skipped += [{"node": u.node, "reason": "excluded"} for u in units if any(re.search(rx, u.node) for rx in p.exclude)]
+        units = [u for u in units if not any(re.search(rx, u.node) for rx in p.exclude)]
+        if kind == "cpu":  # as in the main graph: a QLinearConcat of LSTM states alone only loses accuracy
+            units, isolated = qp.prune_isolated(vm, units)
+            skipped += isolated
+        if not p.per_channel:
+            for u in units:
+                u.weights = dict.fromkeys(u.weights)
+        _, groups = qp.choose_tensors(vm, units, kind, is_float)
+        axes = {}
+        if p.bias_correction and mode == "int8":
+            axes = {vm.graph.node[i].input[0]: (1 if u.op == "Conv" else -1) for i, u in _weighted(vm, units)}
+        return units, skipped, groups, axes
+
+    def _calibrate_bodies(self, model: onnx.ModelProto, wanted: list[str], axes: dict[str, int], types: dict[str, int],
+                          data) -> tuple[dict[str, cal.Histogram], dict[str, np.ndarray], dict[str, str], str]:
+        """Histograms (and bias-correction means) of body tensors, carried out by bodies.expose.
+
+        If the rewritten model cannot run (an If inside a Loop whose branch changes between
+        iterations: its stand-in outputs cannot be stacked), the tensors of such Ifs are left out
+        and the run retried; if that fails too, nothing is calibrated and the reason is returned,
+        so those bodies stay float instead of the pass failing.
+        """
+        p: QuantizeParams = self.params
+        failure = ""
+        for ifs_in_loops in (True, False):
+            exposed, carried, depth = bd.expose(model, sorted(set(wanted) | set(axes)), types, ifs_in_loops=ifs_in_loops)
+            top_axes = {carried[t]: (a + depth[t] if a >= 0 else a) for t, a in axes.items() if t in carried}
+            try:
+                hists, top_means = cal.collect_histograms(exposed, sorted({carried[t] for t in wanted if t in carried}), data,
+                                                          limit=p.calib_samples, channel_axes=top_axes or None)
+            except Exception as e:  # noqa: BLE001 - ORT refuses the rewritten model: retry narrower, then give up
+                failure = f"the calibration run of body tensors failed: {str(e).splitlines()[0][:200]}"
+                continue
+            means = {t: top_means[carried[t]] for t in axes if t in carried and carried[t] in top_means}
+            if not ifs_in_loops:
+                failure = "tensors of Ifs inside Loop/Scan bodies were not calibrated (" + failure + ")"
+            else:
+                failure = ""
+            return hists, means, carried, failure
+        return {}, {}, {}, failure
+
+    def _format(self, kind: str, mode: str, stats: dict) -> qp.Format:
+        """The integer format of the target: TensorRT symmetric int8/fp8, else U8S8 (7-bit weights without VNNI)."""
+        p: QuantizeParams = self.params
+        if kind == "tensorrt":
+            fp8 = mode == "fp8"
+            et = TensorProto.FLOAT8E4M3FN if fp8 else TensorProto.INT8
+            return qp.Format(act_type=et, act_symmetric=True, weight_type=et, weight_qmax=448.0 if fp8 else 127, int32_bias=False)
+        reduce = p.reduce_range if p.reduce_range is not None else not cpu_has_vnni()
+        stats["weight_bits"] = 7 if reduce else 8
+        return qp.Format(weight_qmax=63 if reduce else 127)
+
+    def _static_bodies(self, model: onnx.ModelProto, ctx, kind: str, mode: str, stats: dict) -> None:
+        """In place: QDQ inside If/Loop/Scan bodies (passes/bodies.py), calibrated on body tensors.
+
+        Each body is planned as a flat graph (its units and chosen tensors), every chosen body
+        tensor is carried out of its body in one rewritten copy and calibrated in one streamed
+        pass, then each body gets its Q/DQ. A unit whose tensors no calibration sample reached (a
+        branch never taken on the data) stays float, reported.
+        """
+        p: QuantizeParams = self.params
+        if mode == "fp8" and kind != "tensorrt":
+            return  # _static raises the error for the whole model
+        fmt = self._format(kind, mode, {})
+        snap = bd.snapshot(model)
+        bd.prepare(model)
+        types = bd.tensor_types(model)
+        consts = bd.model_constants(model)
+        is_float = {t for t, e in types.items() if e == TensorProto.FLOAT}
+        todo, _ = bd.bodies_to_process(model)
+        plan: dict[str, tuple[list[qp.Unit], list[dict]]] = {}
+        groups: dict[str, str] = {}
+        axes: dict[str, int] = {}  # input of a weighted unit -> its channel axis (bias correction means)
+        for path, node, body in todo:
+            try:
+                units, skipped, g, ax = self._plan_body(model, path, node, body, consts, types, kind, mode, is_float)
+            except Exception as e:  # noqa: BLE001 - a body the placement rules cannot read stays float, said so
+                units, skipped, g, ax = [], [{"node": "*", "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}], {}, {}
+            plan[path] = (units, skipped)
+            groups.update(g)
+            axes.update(ax)
+        wanted = sorted({t for path, _, _ in todo for u in plan[path][0] for t in u.acts} | set(groups))
+        data = ctx.calib
+        if data is None:
+            bound = bind_input_shapes(model, ctx.input_shapes)
+            data = cal.synthetic_feeds(model, bound.inputs, min(p.calib_samples, 16), ctx.seed)
+        hists, means, carried, failure = self._calibrate_bodies(model, wanted, axes, types, data)
+        if failure:
+            stats["body_calibration"] = failure
+        seen = {t: hists[carried[t]] for t in carried if hists[carried[t]].max >= hists[carried[t]].min}
+        act_q = self._act_params(seen, groups, fmt)
+
+        def quantize_view(v: bd.View) -> tuple[onnx.ModelProto | None, dict]:
+            units, skipped = plan[v.path]
+            vm = v.model
+            qp.constants_to_initializers(vm)
+            ok = [u for u in units if all(a in act_q for a in u.acts)]
+            skipped = skipped + [{"node": u.node, "reason": "no calibration sample reached it (branch or body never run on the "
+                                  "data)" if not failure else f"its tensors were not calibrated ({failure})"}
+                                 for u in units if u not in ok]
+            if not ok:
+                return None, {"quantized_units": 0, "skipped": skipped,
+                              "reason": next((s["reason"] for s in skipped if s["node"] == "*"), None)
+                              or ("nothing to quantize" if not units else skipped[-1]["reason"])}
+            chosen, _ = qp.choose_tensors(vm, ok, kind, is_float)
+            corrected = 0
+            if means:  # bias correction, as in the main graph (a borrowed outer bias becomes a body copy)
+                delta = qs.weight_bias_shift(vm, ok, means, fmt.weight_qmax)
+                qp.apply_float_bias_delta(vm, delta, qs.bias_inputs(vm, ok))
+                corrected = len(delta)
+            out = qp.insert_qdq(vm, ok, chosen, act_q, fmt)
+            layers = [{"node": u.node, "op": u.op, "precision": "fp8" if mode == "fp8" else "int8"} for u in ok]
+            return out, {"quantized_units": len(ok), "bias_corrected": corrected, "layers": layers, "skipped": skipped}
+
+        rows = bd.apply_to_bodies(model, quantize_view, snap)
+        stats["bodies"] = rows
+        stats["body_quantized_units"] = sum(r.get("quantized_units", 0) for r in rows)
+        stats["body_tensors_calibrated"] = len(seen)
 
     def _static(self, model: onnx.ModelProto, ctx, kind: str, mode: str, stats: dict) -> PassResult:
         p: QuantizeParams = self.params
@@ -238,15 +380,7 @@ class Quantize(Pass):
         if p.smoothquant is not None:
             model, n_smooth = qs.smoothquant(model, units, list(cal.take(data, min(p.calib_samples, 32))), p.smoothquant)
             stats["smoothquant_activations"] = n_smooth
-        fmt = qp.Format()
-        if kind == "tensorrt":
-            fp8 = mode == "fp8"
-            et = TensorProto.FLOAT8E4M3FN if fp8 else TensorProto.INT8
-            fmt = qp.Format(act_type=et, act_symmetric=True, weight_type=et, weight_qmax=448.0 if fp8 else 127, int32_bias=False)
-        else:
-            reduce = p.reduce_range if p.reduce_range is not None else not cpu_has_vnni()
-            fmt = qp.Format(weight_qmax=63 if reduce else 127)
-            stats["weight_bits"] = 7 if reduce else 8
+        fmt = self._format(kind, mode, stats)
         if kind != "tensorrt" and mode == "fp8":
             raise BadInputError("quantize: fp8 is a TensorRT format (--target tensorrt); ORT's CPU EP has no fp8 kernels")
         all_chosen, groups = qp.choose_tensors(model, units, kind, is_float)
@@ -256,9 +390,14 @@ class Quantize(Pass):
                                               progress=ctx.ticker("calibration samples", _total(data, p.calib_samples)))
         act_q = self._act_params(hists, groups, fmt)
 
+        bodies = bd.has_bodies(model)
+
         def build(subset: list[qp.Unit], base: onnx.ModelProto = model) -> onnx.ModelProto:
             chosen, _ = qp.choose_tensors(base, subset, kind, is_float)
-            return qp.insert_qdq(base, subset, chosen, act_q, fmt)
+            out = qp.insert_qdq(base, subset, chosen, act_q, fmt)
+            if bodies:  # main-graph Q/DQ names (x__q) may repeat a body's for the same captured x: SSA
+                uniquify_body_names(out.graph)
+            return out
 
         qmodel = build(units)
         if p.bias_correction and units and mode == "int8":
@@ -361,6 +500,18 @@ class Quantize(Pass):
         if fid < goal.value:
             raise AccuracyGateError(f"quantize: {goal.metric}={fid:.4f} < {goal.value} even with every unit float")
         return build(ranked[k:], model)
+
+
+def _fp16_body(v: bd.View) -> tuple[onnx.ModelProto | None, dict]:
+    """fp16 inside one body: its inputs and outputs (and the outer tensors it reads) stay fp32."""
+    out, st = convert_fp16(v.model, keep_io_fp32=True)
+    return (out if st["fp16_nodes"] else None), {"fp16_nodes": st["fp16_nodes"], "casts": st["casts"]}
+
+
+def _int4_body(v: bd.View, block: int, exclude: list[str]) -> tuple[onnx.ModelProto | None, dict]:
+    out, rows, skipped = qp.int4_weight_only(v.model, block, exclude)
+    return (out if rows else None), {"quantized": len(rows), "layers": rows, "skipped": skipped,
+                                      **({} if rows else {"reason": "no MatMul/Gemm with a constant 2-D weight"})}
 
 
 def _weighted(model: onnx.ModelProto, units: list[qp.Unit]) -> list[tuple[int, qp.Unit]]:
