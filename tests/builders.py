@@ -107,6 +107,20 @@ def resnet_like(seed: int = 0, batch: int | str = 1, opset: int = 13) -> onnx.Mo
     return b.model([("input", [batch, 3, 16, 16])], [("logits", [batch, 10])], opset=opset)
 
 
+def lstm_net(hidden: int = 8, seq: int = 6) -> onnx.ModelProto:
+    """x [seq, 1, 5] -> LSTM -> Squeeze -> MatMul: out [seq, 1, 3] (the speech models of issue 14)."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder(0)
+    w = b.init("W", (rng.standard_normal((1, 4 * hidden, 5)) * 0.3).astype(np.float32))
+    r = b.init("R", (rng.standard_normal((1, 4 * hidden, hidden)) * 0.3).astype(np.float32))
+    bias = b.init("Bb", (rng.standard_normal((1, 8 * hidden)) * 0.1).astype(np.float32))
+    y, _, _ = b.node("LSTM", ["x", w, r, bias], n_out=3, hidden_size=hidden)
+    sq = b.node("Squeeze", [y, b.init("ax", np.array([1], np.int64))])
+    b.node("MatMul", [sq, b.init("P", (rng.standard_normal((hidden, 3)) * 0.5).astype(np.float32))])
+    b.nodes[-1].output[0] = "out"
+    return b.model([("x", [seq, 1, 5])], [("out", [seq, 1, 3])], opset=13)
+
+
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     from onnxslim_compress.runtime.session import Target, make_session
 

@@ -115,7 +115,8 @@ class ModelArgs(ArgGroup):
             "--input-shape",
             action="append",
             metavar="NAME:DIMS",
-            help="bind an input's dynamic dims, e.g. images:1x3x320x320 (repeatable); unbound dims count as 1",
+            help="bind an input's dynamic dims, e.g. images:1x3x320x320 (repeatable); without it they come from the "
+            "data, else the model's metadata (imgsz), else count as 1 (noted on stderr)",
         )
 
     def parse(self, ns: argparse.Namespace) -> None:

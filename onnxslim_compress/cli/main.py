@@ -10,6 +10,7 @@ interrupted run leaves nothing half-written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import signal
 import sys
@@ -38,6 +39,7 @@ from onnxslim_compress.cli.groups import (
     dedent,
 )
 from onnxslim_compress.cli.search_commands import SearchCommand, WorkerCommand
+from onnxslim_compress.data import generated_failure
 from onnxslim_compress.errors import AccuracyGateError, BadInputError, CompressError, as_bad_input
 from onnxslim_compress.files import write_atomic
 from onnxslim_compress.graph.costs import count_costs, format_table
@@ -61,6 +63,21 @@ from onnxslim_compress.runtime.metrics import (
 from onnxslim_compress.runtime.profiler import compare, measure, op_type_profile
 from onnxslim_compress.runtime.session import cpu_runtime_conflict, make_session, shapes_from_run
 from onnxslim_compress.version import __version__
+
+
+@contextlib.contextmanager
+def generated_inputs_named(data: Any, what: str):
+    """A run on generated inputs that fails while a dynamic dim was guessed exits 2 naming the dim
+    and --input-shape (the guess is the likely cause, and the flag the fix)."""
+    try:
+        yield
+    except CompressError:
+        raise
+    except Exception as e:  # noqa: BLE001 - ORT raises several types
+        bad = generated_failure(data, e, what)
+        if bad is None:
+            raise
+        raise bad from e
 
 
 class InspectCommand(Command):
@@ -128,9 +145,13 @@ class ProfileCommand(Command):
         p.add_argument("--ops", action="store_true", help="per-op-type time summary")
 
     def run(self, ns: argparse.Namespace) -> int:
-        target, warmup, runs = self.target.target, self.timing.warmup, self.timing.runs
         model = load_model(self.model.path)
-        feeds = next(iter(self.data.open("data", model, self.model.shapes, seed=self.common.seed)))
+        data = self.data.open("data", model, self.model.shapes, seed=self.common.seed)
+        with generated_inputs_named(data, "profile"):
+            return self._run(ns, model, next(iter(data)))
+
+    def _run(self, ns: argparse.Namespace, model: Any, feeds: dict) -> int:
+        target, warmup, runs = self.target.target, self.timing.warmup, self.timing.runs
         out: dict[str, Any] = {"tool": PROG, "version": __version__, "target": target.kind, "threads": target.threads}
         if self.model.path_b:
             b = load_model(self.model.path_b)
@@ -207,9 +228,10 @@ class CompareCommand(Command):
         labels = self.labels.load()
         if spec is not None and spec.name == "accuracy" and labels is None:
             raise BadInputError("--metric accuracy needs --labels")
-        rep = compare_models(a, b, data, target=self.target.target, labels=labels,
-                             metric=spec.name if spec is not None and spec.custom else None,
-                             progress=self.common.progress(self.out.json))
+        with generated_inputs_named(data, "compare"):
+            rep = compare_models(a, b, data, target=self.target.target, labels=labels,
+                                 metric=spec.name if spec is not None and spec.custom else None,
+                                 progress=self.common.progress(self.out.json))
         fails = assertion_failures(rep, asserts)
         if self.out.json:
             d = rep.as_dict()
@@ -315,6 +337,11 @@ class CompressCommand(Command):
         if shapes:  # a wrong --input-shape fails here, before any work (not midway, nor silently)
             bind_input_shapes(model, shapes)
         seed = self.common.seed
+        values = self.passes.values
+        if (values.get("--quantize") in ("int8", "fp8") and not self.data.paths["calib"]
+                and not values.get("--synthetic-calib") and self.target.target.kind != "cuda"):
+            raise BadInputError(f"--quantize {values['--quantize']} needs calibration data: give --calib DATA (real "
+                                "inputs), or --synthetic-calib to calibrate on generated inputs (weak)")
         calib = self.data.open("calib", model, shapes, seed=seed) if self.data.paths["calib"] else None
         eval_data = self.data.open("eval", model, shapes, seed=seed) if self.data.paths["eval"] else None
         verify = None
@@ -349,6 +376,7 @@ class CompressCommand(Command):
             input_shapes=self.model.shapes, seed=self.common.seed, progress=self.common.progress(self.out.json), verify=verify,
             measure_latency=ns.measure, eval_labels=self.labels.load(),
             offload={"auto": None, "on": True, "off": False}[ns.offload], max_drop=max_drop,
+            min_fidelity=self.passes.values.get("--min-fidelity"),
         )
 
 
@@ -432,6 +460,17 @@ def print_compress_summary(r: dict[str, Any], written: str | None = None) -> Non
         print(f"  {ln}")
     for ln in kept_float_lines(r):
         print(f"  {ln}")
+    nh = r.get("no_harm") or {}
+    if nh.get("measured"):
+        figures = " ".join(f"{k} {v:.4g}" for k, v in nh["measured"].items())
+        floor = f", floor {nh['floor']}" if nh.get("floor") else ""
+        print(f"  checked    {figures} against the input on {nh['samples']} samples{floor}")
+    for a_ in nh.get("attempts", []):
+        if a_.get("backed_off"):
+            print(f"  backed off {'; '.join(a_['backed_off'])} ({a_['shortfalls'][0]})")
+    for key in ("kept_input", "not_checked"):
+        if nh.get(key):
+            print(f"  {key.replace('_', ' '):<10} {nh[key]}")
     untouched = r.get("subgraphs_untouched", [])
     for sg in untouched[:5]:  # one row per body: a model with nested Ifs has dozens
         print(f"  left as is: {sg['op']} body {sg.get('body', sg['node'])} ({sg['body_nodes']} nodes; {sg['reason']})")

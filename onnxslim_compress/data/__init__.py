@@ -37,6 +37,7 @@ from onnxslim_compress.data.generated import (
     GeneratedSource,
     GenRule,
     check_generated_size,
+    generated_failure,
 )
 from onnxslim_compress.data.images import IMAGE_SUFFIXES, ImageFolderSource, ImageOptions, preprocess_image
 from onnxslim_compress.data.labels import load_labels
@@ -70,6 +71,7 @@ __all__ = [
     "check_generated_size",
     "drop_nonfinite_samples",
     "input_specs",
+    "generated_failure",
     "load_labels",
     "nonfinite_input",
     "open_data",

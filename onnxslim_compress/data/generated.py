@@ -148,6 +148,7 @@ class GeneratedSource(DataSource):
         for s in specs:
             check_generated_size(s.name, self.shapes[s.name], s.dtype)
         self.assumed = list(bound.assumed)
+        self.from_metadata = list(bound.from_metadata)
         self.rules = _input_rules(model, specs)
 
     def __len__(self) -> int:
@@ -174,4 +175,24 @@ class GeneratedSource(DataSource):
             f"{s.name} {s.dtype} {list(self.shapes[s.name])} {self.rules[s.name].reason}" for s in self.specs
         ]
         dyn = f"; dynamic dims assumed: {', '.join(self.assumed)}" if self.assumed else ""
+        if self.from_metadata:
+            dyn += f"; dynamic dims from the model's metadata: {', '.join(self.from_metadata)}"
         return f"{self.count} generated samples (weak fallback, seed {self.seed}): " + "; ".join(parts) + dyn
+
+
+def generated_failure(data: object, exc: BaseException, what: str) -> BadInputError | None:
+    """The one-line exit-2 error for a run on generated inputs that failed while some dynamic dim
+    was only guessed (YOLOv8n at H=W=1 fails inside Concat, a VAD model in a reflect Pad): the
+    cause is the guess, and the fix is a flag. None when the data was not generated or no dim was
+    guessed (then the failure is the model's or ours, not the user's)."""
+    if not isinstance(data, GeneratedSource) or not data.assumed:
+        return None
+    dim = data.assumed[0]
+    name = dim.split("[", 1)[0]
+    spec = next((s for s in data.specs if s.name == name), None)
+    dims = "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in (spec.dims or [] if spec else []))
+    cause = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else type(exc).__name__
+    return BadInputError(
+        f"{what} failed on generated inputs where dynamic dim {dim} was guessed ({cause}); "
+        f"bind it with --input-shape {name}:{dims or 'DIMS'} or give real data"
+    )

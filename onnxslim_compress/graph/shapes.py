@@ -10,6 +10,8 @@ layer does not import the runtime, so callers that may run the model pass it in)
 from __future__ import annotations
 
 import copy
+import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +24,10 @@ from onnxslim_compress.errors import BadInputError
 ShapeMap = dict[str, list[int]]
 #: (model with static inputs, input shapes, tensor names) -> the shapes of those tensors, read off a run
 ShapeRunner = Callable[[onnx.ModelProto, ShapeMap, list[str]], ShapeMap]
+
+log = logging.getLogger("onnxslim_compress")
+#: notes already written this process: each unbound-dims note is said once, not per pass
+_SAID: set[str] = set()
 
 
 def parse_input_shapes(specs: list[str] | None) -> ShapeMap:
@@ -59,17 +65,93 @@ class BoundShapes:
     """Result of binding: concrete input shapes plus notes on what was assumed."""
 
     inputs: ShapeMap
+    #: dims no evidence bound, counted as default_dim: "name[k] (symbol) = 1"
     assumed: list[str] = field(default_factory=list)
+    #: dims bound from the model's metadata (e.g. ultralytics `imgsz`)
+    from_metadata: list[str] = field(default_factory=list)
 
 
-def bind_input_shapes(model: onnx.ModelProto, given: ShapeMap | None = None, default_dim: int = 1) -> BoundShapes:
-    """Concrete shapes for every graph input: user-given, else static, else dynamic dims -> default_dim."""
+def _is_static(d: int | str) -> bool:
+    return isinstance(d, int) and d > 0
+
+
+def shapes_from_metadata(model: onnx.ModelProto) -> ShapeMap:
+    """Input shapes the model's own metadata states: ultralytics exports write `imgsz` ("[640, 640]")
+    and leave H/W dynamic, so an image input [N, C, H, W] (or NHWC) with dynamic H/W takes it, batch
+    1. Only dynamic dims are filled; a model without such metadata gives {}."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    raw = meta.get("imgsz")
+    if not raw:
+        return {}
+    nums = [int(v) for v in re.findall(r"\d+", raw)]
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) <= 0:
+        return {}
+    h, w = nums
+    out: ShapeMap = {}
+    for vi in graph_inputs(model):
+        dims = dims_of(vi)
+        if len(dims) != 4:
+            continue
+        if _is_static(dims[1]) and dims[1] in (1, 3, 4):
+            spatial = (2, 3)
+        elif _is_static(dims[3]) and dims[3] in (1, 3, 4):
+            spatial = (1, 2)
+        else:
+            continue
+        if all(_is_static(dims[k]) for k in spatial):
+            continue
+        shape = [d if _is_static(d) else 1 for d in dims]
+        for k, v in zip(spatial, (h, w), strict=True):
+            if not _is_static(dims[k]):
+                shape[k] = v
+        out[vi.name] = shape
+    return out
+
+
+def shapes_from_feed(model: onnx.ModelProto, feed: dict[str, np.ndarray] | None) -> ShapeMap:
+    """Shapes of the inputs with dynamic dims, read off one sample of real data (calibration/eval):
+    the best evidence of the sizes the model will run at."""
+    out: ShapeMap = {}
+    if not feed:
+        return out
+    for vi in graph_inputs(model):
+        dims = dims_of(vi)
+        if vi.name not in feed or all(_is_static(d) for d in dims):
+            continue
+        shape = list(np.shape(feed[vi.name]))
+        if dims and len(shape) == len(dims):
+            out[vi.name] = [int(v) for v in shape]
+    return out
+
+
+def _example(name: str, dims: list[int | str]) -> str:
+    """`name:1x3xHxW`: static dims as they are, a short symbol upper-cased, anything else N."""
+
+    def one(d: int | str) -> str:
+        if _is_static(d):
+            return str(d)
+        return d.upper() if isinstance(d, str) and d.isidentifier() and len(d) <= 8 else "N"
+
+    return f"{name}:" + "x".join(one(d) for d in dims)
+
+
+def bind_input_shapes(
+    model: onnx.ModelProto, given: ShapeMap | None = None, default_dim: int = 1, *, metadata: bool = True,
+    quiet: bool = False,
+) -> BoundShapes:
+    """Concrete shapes for every graph input: user-given (or bound from data by the caller), else
+    static, else the model's metadata (`imgsz`), else dynamic dims -> default_dim. The last case is
+    a guess that changes MAC counts and pruning groups, so it is said once on stderr unless quiet."""
     given = dict(given or {})
     names = {i.name for i in graph_inputs(model)}
     unknown = sorted(set(given) - names)
     if unknown:
         raise BadInputError(f"--input-shape names {unknown[0]!r}, which is not a model input (inputs: {sorted(names)})")
+    meta = shapes_from_metadata(model) if metadata else {}
     res = BoundShapes(inputs={})
+    hints = []
     for vi in graph_inputs(model):
         dims = dims_of(vi)
         if vi.name in given:
@@ -87,11 +169,27 @@ def bind_input_shapes(model: onnx.ModelProto, given: ShapeMap | None = None, def
         for k, d in enumerate(dims):
             if isinstance(d, int) and d > 0:
                 shape.append(d)
+            elif vi.name in meta:
+                shape.append(meta[vi.name][k])
+                res.from_metadata.append(f"{vi.name}[{k}] ({d}) = {meta[vi.name][k]}")
             else:
                 shape.append(default_dim)
                 res.assumed.append(f"{vi.name}[{k}] ({d}) = {default_dim}")
+        if any(a.startswith(f"{vi.name}[") for a in res.assumed):
+            hints.append(_example(vi.name, dims))
         res.inputs[vi.name] = shape
+    if res.assumed and not quiet:
+        say_once(f"dynamic dims not bound by data, metadata or --input-shape count as {default_dim}: "
+                 f"{', '.join(res.assumed)}; bind them with --input-shape {' --input-shape '.join(hints)}")
     return res
+
+
+def say_once(msg: str) -> None:
+    """A note on stderr (the package logger), at most once per process per message."""
+    if msg in _SAID:
+        return
+    _SAID.add(msg)
+    log.warning("onnxslim-compress: note: %s", msg)
 
 
 def with_static_inputs(model: onnx.ModelProto, shapes: ShapeMap) -> onnx.ModelProto:

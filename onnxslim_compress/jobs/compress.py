@@ -18,12 +18,13 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from onnxslim_compress.data import open_data
+from onnxslim_compress.data import generated_failure, open_data
 from onnxslim_compress.errors import AccuracyGateError, BadInputError, CompressError, PassFailure
 from onnxslim_compress.graph import weights
 from onnxslim_compress.graph.convert import as_model
 from onnxslim_compress.graph.costs import count_costs
 from onnxslim_compress.graph.io import (
+    EXTERNAL_DATA_THRESHOLD,
     check_output_path,
     graph_problem,
     load_model,
@@ -33,7 +34,9 @@ from onnxslim_compress.graph.io import (
     save_model,
     uses_external_data,
 )
+from onnxslim_compress.graph.shapes import bind_input_shapes, shapes_from_feed
 from onnxslim_compress.graph.weights import Workspace
+from onnxslim_compress.jobs import guard
 from onnxslim_compress.jobs.verify import Verifier
 from onnxslim_compress.passes.base import Pipeline, PipelineResult
 from onnxslim_compress.passes.bodies import untouched_rows
@@ -42,7 +45,7 @@ from onnxslim_compress.passes.recipe import canonical_pipeline
 from onnxslim_compress.passes.specialize import Specialize, with_fixed
 from onnxslim_compress.runtime.metrics import FidelityReport, compare_models
 from onnxslim_compress.runtime.profiler import compare, first_feed, op_type_profile
-from onnxslim_compress.runtime.session import Target, shapes_from_run
+from onnxslim_compress.runtime.session import Target, load_in_child, make_session, shapes_from_run
 from onnxslim_compress.version import __version__
 
 REPORT_KEY = "onnxslim_compress"
@@ -91,6 +94,7 @@ def compress(
     offload: bool | None = None,
     max_drop: dict[str, float] | None = None,
     fix_inputs: dict[str, Any] | None = None,
+    min_fidelity: str | None = None,
 ) -> CompressResult:
     """Run `pipeline` (default: the lossless passes) and optionally save to `output`.
 
@@ -115,6 +119,13 @@ def compress(
     `fix_inputs` ({input name: scalar or list}) binds those inputs to constants and inlines the
     Ifs they decide (the `specialize` pass, run first; the same as `--fix-input`); fidelity is
     then measured against the input model fed the same fixed values.
+
+    Do no harm (jobs/guard.py): dynamic input dims are bound from the data, else the model's
+    metadata, else `input_shapes`; the result is opened in ORT in a child process and run against
+    the input on the calibration (else eval, else generated) data before anything is written. A
+    lossless pipeline whose outputs differ (shape or value) writes the input graph instead, saying
+    why; a lossy one below `min_fidelity` (guard.DEFAULT_MIN_FIDELITY; "none" opts out) backs off
+    and raises AccuracyGateError (exit 3) if that does not reach the floor.
     """
     if max_drop and eval_data is None:
         raise BadInputError("--max-drop needs --eval data (the drop is measured on it against the input)")
@@ -142,10 +153,32 @@ def compress(
         return _compress(model, src, output, ws, pipeline=pipeline, calib=calib, eval_data=eval_data,
                          eval_labels=eval_labels, target=target, input_shapes=input_shapes, seed=seed,
                          progress=progress, verify=verify, measure_latency=measure_latency,
-                         max_drop=max_drop)
+                         max_drop=max_drop, floor=guard.FidelityFloor.parse(min_fidelity))
     finally:
         if ws is not None:
             ws.close()
+
+
+def resolve_input_shapes(model: onnx.ModelProto, given: dict[str, list[int]] | None, *data: Any) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Shapes for every input with dynamic dims, from evidence: the user's --input-shape, else
+    the first sample of the data, else the model's metadata (`imgsz`); what is left counts as 1
+    (said once on stderr by bind_input_shapes) and is left out of the result. Returns (shapes of
+    the inputs with evidence, source per input)."""
+    shapes = {k: list(v) for k, v in (given or {}).items()}
+    source = dict.fromkeys(shapes, "--input-shape")
+    for d in data:
+        if d is None or isinstance(d, (str, os.PathLike)):
+            continue
+        first = next(iter(d), None)
+        for name, shape in shapes_from_feed(model, first).items():
+            if name not in shapes:
+                shapes[name], source[name] = shape, "data"
+    bound = bind_input_shapes(model, shapes)
+    guessed = {a.split("[", 1)[0] for a in bound.assumed}
+    for a in bound.from_metadata:
+        source.setdefault(a.split("[", 1)[0], "metadata")
+    # guessed dims stay unbound here, so generated data and the passes still know they are guesses
+    return {k: v for k, v in bound.inputs.items() if k in source and k not in guessed}, source
 
 
 def _compress(
@@ -154,39 +187,109 @@ def _compress(
     pipeline: Pipeline | None, calib: Any, eval_data: Any, eval_labels: Any, target: Target | None,
     input_shapes: dict[str, list[int]] | None, seed: int, progress: bool, verify: Any, measure_latency: bool,
     max_drop: dict[str, float] | None = None,
+    floor: guard.FidelityFloor | None,
 ) -> CompressResult:
     inputs = [model] if not isinstance(model, onnx.ModelProto) else []
-    ctx = Context(target=target or Target(), calib=calib, input_shapes=dict(input_shapes or {}), seed=seed, progress=progress)
+    shapes, shape_source = resolve_input_shapes(src, input_shapes, calib, eval_data)
+    ctx = Context(target=target or Target(), calib=calib, input_shapes=shapes, seed=seed, progress=progress)
     before = _costs(src, ctx.input_shapes)
-    # Memory: the input is needed after the run only to measure fidelity or latency against it. A
-    # model we loaded ourselves is otherwise handed to the pipeline as is (no copy), so a 2 GB model
-    # costs one copy of its weights here instead of three (BENCHMARKS.md "Robustness").
+    # Memory: a model we loaded ourselves is handed to the pipeline as is (no copy); the checks
+    # keep only the input's outputs on the check data, computed before the pipeline runs, and a
+    # back-off reloads the file, so a 2 GB model costs one copy of its weights here instead of three
+    # (BENCHMARKS.md "Robustness"). Eval fidelity and latency need the input itself: kept then.
     keep_src = isinstance(model, onnx.ModelProto) or eval_data is not None or measure_latency or ws is not None
-    if keep_src:
-        work = onnx.ModelProto()
-        work.CopyFrom(src)
-    else:
-        work, src = src, None
+    # the checks' data: the calibration data (what the floor is defined on), else eval, else generated
+    check_data = calib if calib is not None else eval_data
+    check_kind = "calibration" if calib is not None else "eval" if eval_data is not None else "generated"
+    if check_data is None:
+        check_data = open_data(None, src, input_shapes=ctx.input_shapes, limit=2, seed=seed)
+    check_feeds = guard.take(check_data)
+    data_desc = check_data.describe() if hasattr(check_data, "describe") else f"{len(check_feeds)} given samples"
+    check_target = Target(kind="cpu", threads=ctx.target.threads)
+
+    def fresh() -> onnx.ModelProto:
+        """A new working copy of the input (the first run may have consumed it)."""
+        if src is not None:
+            m = onnx.ModelProto()
+            m.CopyFrom(src)
+        else:
+            m = load_model(model, load_external_data=False)
+            load_weights(m, model, offload_to=ws)
+        return m
+
+    work = fresh() if keep_src else src
+    if not keep_src:
+        src = None
     norm = normalize(work)
     pipeline = pipeline or lossless_pipeline()
+    lossless = guard.is_lossless(pipeline)
+    # the reference is the normalized input (unique names, clamped IR), run before the pipeline
+    # consumes it: no second copy of the weights is kept for the checks
+    ref_out, not_checked = _reference_outputs(work, check_feeds, check_target, check_data)
+    in_bytes = _proto_bytes(work)
     t0 = time.perf_counter()
-    bar = None
-    if progress:
-        bar = PassBar(tqdm(total=len(pipeline), desc="compress", unit="pass", leave=False))
-        ctx.on_progress = bar.stage
-
-    verifier = None
-    if verify is not None:
-        verifier = Verifier(verify, eval_data if eval_data is not None else calib)
-    try:
-        try:
-            res = pipeline.run(work, ctx, progress=bar.start if bar else None, verifier=verifier, copy_input=False)
-        except PassFailure as e:
-            raise _blame_input(e, work, model) from e
+    attempts: list[dict[str, Any]] = []
+    no_harm: dict[str, Any] = {"checked_on": data_desc, "samples": len(check_feeds), "lossless": lossless,
+                               "input_shapes": {k: {"shape": v, "source": shape_source[k]}
+                                                for k, v in ctx.input_shapes.items()}}
+    if not_checked:
+        no_harm["not_checked"] = not_checked
+    while True:
+        res = _run_pipeline(pipeline, work, ctx, progress, verify, eval_data, calib, model)
         del work
-    finally:
-        if bar is not None:
-            bar.close()
+        # inputs a specialize step fixed: the input model is compared fed the same fixed values
+        run_feeds, ref = check_feeds, ref_out
+        fixed = _with_fixed_values(check_feeds, res)
+        if fixed is not check_feeds and ref_out is not None:
+            run_feeds = list(fixed)
+            base = fresh()
+            normalize(base)
+            ref, _ = _reference_outputs(base, run_feeds, check_target, check_data)
+            del base
+        # in a child first: a result that crashes ORT must not take this process (and the report) down
+        why = load_in_child(res.model, check_target, run_feeds[0]) if ref is not None else None
+        if why and not lossless:
+            raise CompressError(f"the compressed model failed in a child onnxruntime session ({why}); nothing was written")
+        verdict = guard.Verdict(failure=f"it failed in a child onnxruntime session ({why})") if why else \
+            _check(res.model, ref, run_feeds, check_target, data_desc, check_data)
+        if lossless:
+            problems = verdict.lossless_problems()
+            if problems:
+                # keep the input graph: a lossless result that is not equal is a bug, never an output
+                no_harm["kept_input"] = f"the lossless result was not equal to the input ({'; '.join(problems)})"
+                kept = fresh()
+                normalize(kept)
+                res = PipelineResult(kept, False, res.steps)
+            elif not _no_bigger(res, in_bytes, no_harm):
+                no_harm["kept_input"] = "the lossless result was larger than the input"
+                kept = fresh()
+                normalize(kept)
+                res = PipelineResult(kept, False, res.steps)
+            break
+        if verdict.failure or verdict.shape_changes:
+            what = verdict.failure or "; ".join(verdict.shape_changes)
+            raise CompressError(f"the compressed model does not match the input's outputs ({what}); nothing was written")
+        short = floor.shortfalls(verdict.report) if floor is not None and verdict.report is not None else []
+        attempts.append({"passes": [p.describe() for p in pipeline.passes if not p.lossless], "shortfalls": short,
+                         "worst": _worst(verdict)})
+        if not short:
+            break
+        nxt = guard.backed_off(pipeline, floor, len(attempts)) if len(attempts) <= guard.MAX_BACKOFFS else None
+        if nxt is None:
+            raise AccuracyGateError(
+                f"fidelity floor {floor.spec()} not met after {len(attempts) - 1} back-off(s): {short[0]} on {len(check_feeds)} "
+                f"samples of the {check_kind} data; compress less or pass --min-fidelity none"
+            )
+        pipeline, changes = nxt
+        attempts[-1]["backed_off"] = changes
+        work = fresh()
+        normalize(work)
+    if floor is not None and not lossless:
+        no_harm["floor"] = floor.spec()
+    no_harm["attempts"] = attempts
+    if verdict.report is not None:
+        no_harm["measured"] = _worst(verdict)
+    guard.measured_stats(res.steps, verdict)
     report: dict[str, Any] = {
         "tool": "onnxslim-compress",
         "version": __version__,
@@ -204,15 +307,13 @@ def _compress(
         "seconds": round(time.perf_counter() - t0, 3),
         "before": before,
         "after": _costs(res.model, ctx.input_shapes),
+        "no_harm": no_harm,
     }
     if eval_data is not None:
         report["fidelity"] = compare_models(src, res.model, _with_fixed_values(eval_data, res), target=Target(kind="cpu"),
                                             labels=eval_labels).as_dict()
     if measure_latency:
-        feeds = eval_data if eval_data is not None else calib
-        if feeds is None:
-            feeds = open_data(None, src, input_shapes=ctx.input_shapes, seed=seed)
-        feed = first_feed(feeds)
+        feed = first_feed(check_data)
         report["latency"] = compare(src, res.model, feed, ctx.target).as_dict()
         # where the time went, per op type, before and after (the report's bar chart)
         report["latency"]["ops"] = {
@@ -340,6 +441,84 @@ def _with_fixed_values(data: Any, res: PipelineResult) -> Any:
             for k, v in s.stats.get("fixed", {}).items():
                 fixed[k] = np.asarray(v["value"], dtype=v["dtype"]).reshape(v["shape"])
     return with_fixed(data, fixed) if fixed else data
+
+
+def _run_pipeline(pipeline: Pipeline, work: onnx.ModelProto, ctx: Context, progress: bool, verify: Any,
+                  eval_data: Any, calib: Any, model: Any) -> PipelineResult:
+    bar = None
+    if progress:
+        bar = PassBar(tqdm(total=len(pipeline), desc="compress", unit="pass", leave=False))
+        ctx.on_progress = bar.stage
+    verifier = Verifier(verify, eval_data if eval_data is not None else calib) if verify is not None else None
+    try:
+        try:
+            return pipeline.run(work, ctx, progress=bar.start if bar else None, verifier=verifier, copy_input=False)
+        except PassFailure as e:
+            raise _blame_input(e, work, model) from e
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _reference_outputs(reference: onnx.ModelProto, feeds: list, target: Target, data: Any) -> tuple[list | None, str | None]:
+    """(the input model's outputs on the check data, why not). An input ORT cannot load (a custom
+    op) cannot be compared: (None, reason), and the report says so. An input that loads but fails
+    on the data is a data problem (exit 2), named after the guessed dim when the data is generated."""
+    if not feeds:
+        return None, "no check data"
+    try:
+        sess = make_session(reference, target)
+    except CompressError:
+        raise
+    except Exception as e:  # noqa: BLE001 - ORT raises several types
+        return None, f"the input does not load in onnxruntime ({_last_line(e)})"
+    try:
+        return guard.run_session(sess, feeds), None
+    except Exception as e:  # noqa: BLE001
+        bad = generated_failure(data, e, "running the input model")
+        if bad is not None:
+            raise bad from e
+        raise BadInputError(f"the input model fails on the check data: {_last_line(e)}") from e
+
+
+def _last_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+
+
+def _check(model: onnx.ModelProto, ref_out: list | None, feeds: list, target: Target, desc: str, data: Any) -> guard.Verdict:
+    if ref_out is None:
+        return guard.Verdict()
+    try:
+        got = guard.run_all(model, feeds, target)
+    except Exception as e:  # noqa: BLE001 - the result failing where the input runs is the finding
+        return guard.Verdict(failure=f"the result fails where the input runs: {_last_line(e)}")
+    return guard.compare_outputs(ref_out, got, desc)
+
+
+def _proto_bytes(model: onnx.ModelProto) -> int | None:
+    """Serialized size of an in-memory model under 2 GB (None otherwise: not measured)."""
+    if weights.has_offloaded(model) or model_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+        return None
+    return model.ByteSize()
+
+
+def _no_bigger(res: PipelineResult, in_bytes: int | None, no_harm: dict[str, Any]) -> bool:
+    """Whether the lossless result is no bigger than the input, once onnxslim's shape annotations
+    (value_info) are dropped where they made it bigger (PP-OCRv4 det: +45 kB with them)."""
+    if in_bytes is None or res.model.ByteSize() <= in_bytes:
+        return True
+    n = len(res.model.graph.value_info)
+    del res.model.graph.value_info[:]
+    no_harm["value_info_dropped"] = f"{n} shape annotations dropped: with them the lossless result was larger than the input"
+    return res.model.ByteSize() <= in_bytes
+
+
+def _worst(verdict: guard.Verdict) -> dict[str, float]:
+    rep = verdict.report
+    if rep is None or not rep.per_output:
+        return {}
+    return {m: rep.worst(m) for m in ("pearson", "rel_l2", "cosine")
+            if any(m in v and v.get("exact") is None for v in rep.per_output.values())}
 
 
 #: an absolute path inside a string (POSIX, ~, or a Windows drive): what a shipped model must not carry

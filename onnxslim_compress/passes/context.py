@@ -62,7 +62,8 @@ class Context:
     target: Target = field(default_factory=Target)
     #: calibration data: an iterable of feed dicts (see onnxslim_compress.data), or None
     calib: Any = None
-    #: user-bound input shapes (name -> dims); dynamic dims not given count as 1 for analysis
+    #: bound input shapes (name -> dims): compress fills them from --input-shape, the data or the
+    #: model's metadata; dynamic dims still unbound count as 1 for analysis (and are noted)
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     seed: int = 0
     cache: Cache = field(default_factory=Cache)

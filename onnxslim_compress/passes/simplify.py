@@ -9,6 +9,14 @@ reason reported: simplification is an optimisation, never a reason to fail the r
 On an offloaded model (weights.py) onnxslim sees the offloaded weights as graph inputs of the same
 type and shape, so it never reads them (it would load every weight, several times); they become
 initializers again afterwards. Folding that would need a big weight's values is then not done.
+
+Two onnxslim habits break "lossless" on real models, so they are fenced off here:
+- it trusts the declared output shapes: an OCR model whose output was declared [1, T*C] while
+  the graph computes [T, 1, C] had its final Reshape folded to the declared shape. The declared
+  output shapes are cleared before onnxslim runs (it then writes what the graph computes);
+- it folds `Cast(fp16 weight -> fp32)`, storing every weight of an fp16-weight model as fp32 (3.5
+  -> 7.0 MB). Such fp16 weights are hidden from it like offloaded ones, and a result whose
+  weights grew is not used.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import contextlib
 import io
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 from onnx import ModelProto
 
@@ -50,8 +59,14 @@ class Simplify(Pass):
         if not p.constant_folding:
             kwargs["skip_optimizations"] = ["constant_folding"]
         outputs = [o.name for o in model.graph.output]
+        declared = {o.name: onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in model.graph.output}
         work, defaults = _hide_defaults(model)
         work, hidden = _hide_offloaded(work)
+        work, hidden16 = _hide_cast_weights(work)
+        hidden = {**hidden, **hidden16}
+        for o in work.graph.output:  # declared shapes are claims; onnxslim must infer, not trust them
+            o.type.tensor_type.ClearField("shape")
+        out = None
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 out = onnxslim.slim(work, **kwargs)
@@ -62,8 +77,17 @@ class Simplify(Pass):
         except Exception as e:  # noqa: BLE001 - onnxslim raises anything; the model stays as it was
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             return PassResult(model, False, {"skipped": [{"node": "<graph>", "reason": f"onnxslim failed: {reason}"}]})
+        finally:
+            if work is model and out is not model:  # no copy was made: the input gets its declared outputs back
+                for o in model.graph.output:
+                    o.CopyFrom(declared[o.name])
         if out is None or [o.name for o in out.graph.output] != outputs:
             return PassResult(model, False, {"skipped": [{"node": "<graph>", "reason": "onnxslim changed the outputs"}]})
+        for o in out.graph.output:  # onnxslim could infer no shape: the declared one is all there is
+            if not o.type.tensor_type.HasField("shape") and declared[o.name].type.tensor_type.HasField("shape"):
+                o.type.tensor_type.shape.CopyFrom(declared[o.name].type.tensor_type.shape)
+        if _grew(_weight_bytes(model), _weight_bytes(out)):
+            return PassResult(model, False, {"skipped": [{"node": "<graph>", "reason": "onnxslim grew the weights"}]})
         clamp_ir_version(out)
         _dedupe_value_info(out)
         after = op_counts(out)
@@ -100,6 +124,50 @@ def _hide_offloaded(model: ModelProto) -> tuple[ModelProto, dict[str, onnx.Tenso
     if not any(weights.is_offloaded(t) for t in model.graph.initializer):
         return model, {}
     return weights.as_inputs(model, subgraphs=False)
+
+
+def _hide_cast_weights(model: ModelProto) -> tuple[ModelProto, dict[str, onnx.TensorProto]]:
+    """(model for onnxslim, hidden initializers): fp16/bf16 main-graph weights read only through a
+    Cast become graph inputs, so onnxslim cannot fold them to fp32 copies."""
+    g = model.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for t in n.input:
+            readers.setdefault(t, []).append(n)
+    low = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    names = [t.name for t in g.initializer if t.data_type in low and readers.get(t.name)
+             and all(n.op_type == "Cast" for n in readers[t.name])]
+    if not names:
+        return model, {}
+    m = ModelProto()
+    m.CopyFrom(model)
+    keep = set(names)
+    hidden = {t.name: t for t in m.graph.initializer if t.name in keep}
+    rest = [t for t in m.graph.initializer if t.name not in keep]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(rest)
+    m.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in hidden.values())
+    return m, hidden
+
+
+def _weight_bytes(model: ModelProto) -> int:
+    """Bytes of the main graph's weights, initializers and Constant nodes alike (Paddle exports
+    keep every weight in a Constant, which onnxslim turns into an initializer); offloaded ones by
+    their recorded size."""
+    tensors = list(model.graph.initializer)
+    tensors += [n.attribute[0].t for n in model.graph.node
+                if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"]
+    total = 0
+    for t in tensors:
+        ti = weights.info(t)
+        total += int(np.prod(ti.shape, dtype=np.int64)) * ti.dtype.itemsize
+    return total
+
+
+def _grew(before: int, after: int) -> bool:
+    """Whether simplification really grew the weights: folding shape subgraphs adds small int64
+    constants (MiniLM: +8 kB of 69 MB), folding fp16->fp32 Casts doubles them."""
+    return after > before * 1.01 + 65536
 
 
 def _restore_hidden(out: ModelProto, hidden: dict[str, onnx.TensorProto]) -> None:

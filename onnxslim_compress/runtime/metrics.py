@@ -2,13 +2,15 @@
 
 The accuracy constraint of the search and the `compare` command both ask "how far did B move from A
 on real inputs?". Labels are often missing, so the main signals are label-free: max/mean abs error,
-relative L2, cosine, SNR and top-1 agreement. They are aggregated GLOBALLY over the data set (sums
+relative L2, cosine, centred (Pearson) correlation, SNR and top-1 agreement. Cosine alone hides
+destruction on an output with a large mean (a heatmap offset by a constant keeps cosine 0.98 while
+its Pearson correlation is 0.02), so the fidelity floor of `compress` reads pearson and rel_l2. They are aggregated GLOBALLY over the data set (sums
 of squares and products, not a mean of per-sample ratios): one sample with a tiny norm must not
 dominate the average, and the global figures equal the one-shot computation on the concatenated
 outputs, which is what the numbers claim to be.
 
 Metric directions (used by `FidelityReport.worst`): max_abs, mean_abs, rel_l2 and nonfinite are
-worse when higher; cosine, snr_db, top1 and exact are worse when lower.
+worse when higher; cosine, pearson, snr_db, top1 and exact are worse when lower.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ HIGHER_IS_WORSE: dict[str, bool] = {
     "rel_l2": True,
     "nonfinite": True,
     "cosine": False,
+    "pearson": False,
     "snr_db": False,
     "top1": False,
     "exact": False,
@@ -59,6 +62,8 @@ class _OutputStats:
         self.sum_bb = 0.0
         self.sum_ab = 0.0
         self.sum_dd = 0.0
+        self.sum_a = 0.0
+        self.sum_b = 0.0
         self.sum_abs = 0.0
         self.max_abs = 0.0
         self.nonfinite = 0
@@ -82,6 +87,8 @@ class _OutputStats:
         self.sum_bb += float(b64 @ b64)
         self.sum_ab += float(a64 @ b64)
         self.sum_dd += float(d @ d)
+        self.sum_a += float(a64.sum())
+        self.sum_b += float(b64.sum())
         if d.size:
             ad = np.abs(d)
             self.sum_abs += float(ad.sum())
@@ -109,13 +116,15 @@ class _OutputStats:
             snr = -math.inf
         else:
             snr = 10.0 * math.log10(aa / dd)
+        pearson = _pearson(self.count, self.sum_a, self.sum_b, aa, bb, ab)
         if any(math.isnan(v) for v in (aa, bb, ab, dd)):
-            rel = cos = snr = math.nan
+            rel = cos = snr = pearson = math.nan
         out = {
             "max_abs": self.max_abs,
             "mean_abs": self.sum_abs / self.count if self.count else 0.0,
             "rel_l2": rel,
             "cosine": cos,
+            "pearson": pearson,
             "snr_db": snr,
             "nonfinite": float(self.nonfinite),
         }
@@ -124,6 +133,21 @@ class _OutputStats:
         if self.float_output is False:
             out["exact"] = self.exact_match / self.count if self.count else 1.0
         return out
+
+
+def _pearson(n: int, sa: float, sb: float, aa: float, bb: float, ab: float) -> float:
+    """Centred correlation from running sums. Constant outputs have no variance: equal constants
+    count as 1, a constant against a varying output (or another constant) as 0."""
+    if n == 0:
+        return 1.0
+    va, vb = aa - sa * sa / n, bb - sb * sb / n
+    cov = ab - sa * sb / n
+    # sums of squares lose their low digits to a large mean: treat a variance at rounding level as none
+    tiny_a, tiny_b = 1e-12 * max(aa, 1e-300), 1e-12 * max(bb, 1e-300)
+    if va <= tiny_a or vb <= tiny_b:
+        same = va <= tiny_a and vb <= tiny_b and abs(sa - sb) <= 1e-9 * max(abs(sa), abs(sb), 1e-30)
+        return 1.0 if same else 0.0
+    return max(-1.0, min(1.0, cov / math.sqrt(va * vb)))
 
 
 class FidelityAccumulator:
@@ -161,8 +185,9 @@ def fidelity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 
 def mean_fidelity(ref: list[list[np.ndarray]], got: list[list[np.ndarray]], metric: str) -> float:
-    """Mean over samples of the cosine of all float outputs concatenated, or (metric "top1") of the
-    top-1 agreement of output 0: `ref` and `got` hold each sample's outputs in session order."""
+    """Mean over samples of the cosine (metric "pearson": centred cosine) of all float outputs
+    concatenated, or (metric "top1") of the top-1 agreement of output 0: `ref` and `got` hold each
+    sample's outputs in session order."""
     vals = []
     for r, q in zip(ref, got, strict=True):
         if metric == "top1":
@@ -171,6 +196,8 @@ def mean_fidelity(ref: list[list[np.ndarray]], got: list[list[np.ndarray]], metr
             continue
         fa = np.concatenate([np.asarray(x, np.float64).ravel() for x in r if np.issubdtype(np.asarray(x).dtype, np.floating)])
         fb = np.concatenate([np.asarray(x, np.float64).ravel() for x in q if np.issubdtype(np.asarray(x).dtype, np.floating)])
+        if metric == "pearson":
+            fa, fb = fa - fa.mean(), fb - fb.mean()
         na, nb = np.linalg.norm(fa), np.linalg.norm(fb)
         vals.append(1.0 if na == nb == 0 else float(fa @ fb / max(na * nb, 1e-30)))
     return float(np.mean(vals)) if vals else 1.0

@@ -11,6 +11,10 @@ import contextlib
 import copy
 import importlib.metadata
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -183,6 +187,56 @@ _ORT_TYPES = {
 def _ort_np_dtype(ort_type: str):
     return _ORT_TYPES.get(ort_type, np.float32)
 
+
+#: run by load_in_child: build a session the way the caller will, then run one sample if given
+CHILD_CODE = """
+import sys
+import numpy as np
+import onnxruntime as ort
+path, level, threads, feed = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+so = ort.SessionOptions()
+so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+so.log_severity_level = 3
+if threads:
+    so.intra_op_num_threads = threads
+sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+if feed:
+    with np.load(feed) as f:
+        data = {k: f[k] for k in f.files}
+    sess.run(None, {i.name: data[i.name] for i in sess.get_inputs() if i.name in data})
+"""
+
+
+def load_in_child(
+    model: onnx.ModelProto, target: Target | None = None, feed: dict[str, Any] | None = None, timeout: float = 300.0,
+) -> str | None:
+    """Why `model` cannot be used, or None: a session is built (and `feed` run) in a child process.
+
+    ORT segfaults on some graphs it accepts (an LSTM in fp16 at ORT_ENABLE_ALL was seen), which in
+    this process would kill the run without a word and, worse, after a model was written. In a child
+    a crash is a return code. The child uses the CPU EP at the target's optimization level: the
+    graph optimizers are where the crashes were."""
+    target = target or Target()
+    with model_io.temp_model_file(model) as path, tempfile.TemporaryDirectory(prefix="osc-child-") as d:
+        feed_path = ""
+        if feed:
+            feed_path = str(Path(d) / "feed.npz")
+            np.savez(feed_path, **{k: np.asarray(v) for k, v in feed.items()})
+        cmd = [sys.executable, "-c", CHILD_CODE, str(path), _LEVELS[target.opt_level], str(target.threads), feed_path]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return f"onnxruntime did not build a session within {timeout:.0f} s"
+    if proc.returncode == 0:
+        return None
+    if proc.returncode < 0:
+        try:
+            sig = signal.Signals(-proc.returncode).name
+        except ValueError:
+            sig = str(-proc.returncode)
+        return f"onnxruntime crashed ({sig}) building a session or running it"
+    lines = [ln.strip() for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    return f"onnxruntime refused it: {lines[-1][:300] if lines else f'exit {proc.returncode}'}"
 
 
 def cpu_runtime_conflict() -> str | None:

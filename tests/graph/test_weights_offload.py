@@ -170,9 +170,11 @@ MODELS = ["opset13", "opset7", "nhwc", "dynamic", "control_flow", "fp16", "share
 @pytest.mark.parametrize("name", MODELS)
 def test_offloaded_run_equals_in_memory_run(tmp_path, small_threshold, name, pipe):
     cm = BUILDERS[name]()
-    mem = compress(cm.model, pipeline=_pipelines()[pipe], calib=cm.feeds, offload=False)
+    # offloading must not change the result; fidelity is not the question (random weights are below
+    # the default floor at alds=0.6): floor off
+    mem = compress(cm.model, pipeline=_pipelines()[pipe], calib=cm.feeds, offload=False, min_fidelity="none")
     out = tmp_path / "out.onnx"
-    off = compress(cm.model, out, pipeline=_pipelines()[pipe], calib=cm.feeds, offload=True)
+    off = compress(cm.model, out, pipeline=_pipelines()[pipe], calib=cm.feeds, offload=True, min_fidelity="none")
     assert off.report.get("offloaded") is True
     assert [s["modified"] for s in off.report["passes"]] == [s["modified"] for s in mem.report["passes"]]
     assert off.report["after"] == mem.report["after"]

@@ -286,3 +286,19 @@ def test_bundled_digits_compare_with_labels():
     r = compare_models(model, model, data, labels=labels)
     assert r.worst("snr_db") == math.inf and r.worst("top1") == 1.0
     assert r.accuracy_a == r.accuracy_b and r.accuracy_a > 0.9
+
+
+def test_pearson_sees_destruction_that_cosine_hides_on_a_large_mean():
+    rng = np.random.default_rng(0)
+    heat = rng.random((4, 32, 32)).astype(np.float32)
+    a = 10.0 + heat  # a heatmap on a large offset
+    b = 10.0 + rng.random((4, 32, 32)).astype(np.float32)  # same offset, unrelated pattern
+    m = fidelity(a, b)
+    assert m["cosine"] > 0.99
+    assert abs(m["pearson"]) < 0.05
+    ref = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+    assert m["pearson"] == pytest.approx(ref, abs=1e-6)
+    same = fidelity(a, a * 2 + 1)  # affine: perfectly correlated
+    assert same["pearson"] == pytest.approx(1.0, abs=1e-9)
+    const = fidelity(np.full(8, 3.0), np.full(8, 3.0))
+    assert const["pearson"] == 1.0 and fidelity(np.full(8, 3.0), np.arange(8.0))["pearson"] == 0.0

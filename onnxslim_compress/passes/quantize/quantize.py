@@ -91,8 +91,11 @@ class QuantizeParams:
     )
     #: with the search's fidelity goal, the search decides per candidate whether to keep layers float
     min_fidelity: str | None = param(
-        None, help="e.g. cosine=0.995 or top1=0.99: keep the most sensitive layers float until this holds",
-        flag=Flag("--min-fidelity", metavar="M=V", help="e.g. cosine=0.995 or top1=0.99: keep sensitive layers float"),
+        None, help="e.g. cosine=0.995, pearson=0.99 or top1=0.99: keep the most sensitive layers float until this holds",
+        flag=Flag("--min-fidelity", metavar="M=V[,M=V]", parse=qs.quantize_goal_flag,
+                  help="fidelity floor of the output against the input on --calib data (pearson, rel_l2, cosine, "
+                  "top1; default pearson=0.99,rel_l2=0.15; none: no floor): below it the lossy passes back off, "
+                  "else exit 3; its cosine/pearson/top1 bound also keeps sensitive quantized layers float"),
         search=When("mode", ("int8",), Choices((None, FIDELITY_GOAL))),
     )
     bias_correction: bool = param(True, help="correct the bias for the mean error the weight quantization adds")
@@ -109,6 +112,12 @@ class QuantizeParams:
         None, help="7-bit weights for the CPU EP; None = auto: on when the CPU lacks VNNI, where ORT's U8S8 "
         "kernels (vpmaddubsw) saturate int16 pair sums and give wrong results",
         flag=Flag("--reduce-range", help="7-bit weights (--no-reduce-range: 8-bit); unset: on when the CPU lacks VNNI"),
+    )
+    #: a voice-activity model failed inside calibration on made-up data, and exited 0 before that
+    synthetic_calib: bool = param(
+        False, help="calibrate int8/fp8 on generated inputs when no calibration data is given (weak); off: "
+        "no calibration data is an error that says so",
+        flag=Flag("--synthetic-calib", help="quantize int8/fp8 on generated inputs when no --calib is given (weak)"),
     )
     quantize_embeddings: bool = param(
         True, help="CPU int8: store large embedding tables (Gather) as uint8; ORT runs a uint8 Gather (MiniLM: 53 -> 17.5 MB)",
@@ -357,6 +366,11 @@ class Quantize(Pass):
         qp.ensure_node_names(model)
         data = ctx.calib
         if data is None:
+            if not p.synthetic_calib:
+                raise BadInputError(
+                    f"quantize {mode}: no calibration data; give --calib DATA (real inputs), or --synthetic-calib "
+                    "to calibrate on generated inputs (weak)"
+                )
             bound = bind_input_shapes(model, ctx.input_shapes)
             data = cal.synthetic_feeds(model, bound.inputs, min(p.calib_samples, 16), ctx.seed)
             stats["calibration_data"] = "synthetic (no --calib given: weak fallback)"

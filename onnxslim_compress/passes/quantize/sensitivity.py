@@ -30,16 +30,16 @@ Feed = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class FidelityTarget:
-    metric: str  # "cosine" | "top1"
+    metric: str  # "cosine" | "pearson" | "top1"
     value: float
 
 
 def parse_min_fidelity(spec: str) -> FidelityTarget:
-    """'cosine=0.995' or 'top1=0.99' -> FidelityTarget; anything else is a bad argument."""
+    """'cosine=0.995', 'pearson=0.99' or 'top1=0.99' -> FidelityTarget; anything else is a bad argument."""
     name, sep, val = spec.partition("=")
     name = name.strip().lower()
-    if not sep or name not in ("cosine", "top1"):
-        raise BadInputError(f"--min-fidelity {spec!r}: expected cosine=0.995 or top1=0.99")
+    if not sep or name not in ("cosine", "pearson", "top1"):
+        raise BadInputError(f"--min-fidelity {spec!r}: expected cosine=0.995, pearson=0.99 or top1=0.99")
     try:
         v = float(val)
     except ValueError:
@@ -47,6 +47,19 @@ def parse_min_fidelity(spec: str) -> FidelityTarget:
     if not 0.0 < v <= 1.0:
         raise BadInputError(f"--min-fidelity {spec!r}: value must be in (0, 1]")
     return FidelityTarget(name, v)
+
+
+def quantize_goal_flag(spec: str) -> dict[str, str | None]:
+    """--min-fidelity as the quantize pass's mixed-precision goal. The flag is also the run's
+    fidelity floor (jobs/guard.py, which validates the whole spec): 'none' or a floor without a
+    cosine/pearson/top1 bound sets no goal (compress backs the pass off when the floor fails);
+    otherwise its first such bound is the goal."""
+    for part in spec.split(","):
+        name = part.partition("=")[0].strip().lower()
+        if name in ("cosine", "pearson", "top1"):
+            parse_min_fidelity(part.strip())
+            return {"min_fidelity": part.strip()}
+    return {"min_fidelity": None}
 
 
 def run_outputs(model: onnx.ModelProto, feeds: list[Feed], target: Target) -> list[list[np.ndarray]]:
