@@ -82,7 +82,9 @@ def test_compress_max_drop_gate(tmp_path, capsys):
     data = tmp_path / "e.npz"
     np.savez(data, input=np.stack([random_input((1, 3, 16, 16), seed=s) for s in range(8)]))
     out = tmp_path / "o.onnx"
-    code, _, err = call(["compress", m, "-o", out, "--prune", "0.5", "--eval", data, "--max-drop", "cosine=0"], capsys)
+    # the fidelity floor would back the prune off first (issue 14); off, the gate sees the 0.5 prune
+    code, _, err = call(["compress", m, "-o", out, "--prune", "0.5", "--eval", data, "--max-drop", "cosine=0",
+                         "--min-fidelity", "none"], capsys)
     assert code == 3, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "--max-drop cosine=0 failed: cosine 0." in lines[0] and "output logits" in lines[0]
