@@ -65,6 +65,15 @@ from onnxslim_compress.runtime.session import cpu_runtime_conflict, make_session
 from onnxslim_compress.version import __version__
 
 
+def floor_spec(spec: str | None) -> str | None:
+    """The run's fidelity floor from --min-fidelity. One cosine or top1 bound keeps its documented
+    meaning, the quantize pass's mixed-precision goal (the pass meets it its own way, per sample),
+    and the default floor stays; pearson/rel_l2 bounds, several bounds or `none` set the floor."""
+    if spec is None or "," in spec:
+        return spec
+    return None if spec.partition("=")[0].strip().lower() in ("cosine", "top1") else spec
+
+
 @contextlib.contextmanager
 def generated_inputs_named(data: Any, what: str):
     """A run on generated inputs that fails while a dynamic dim was guessed exits 2 naming the dim
@@ -376,7 +385,7 @@ class CompressCommand(Command):
             input_shapes=self.model.shapes, seed=self.common.seed, progress=self.common.progress(self.out.json), verify=verify,
             measure_latency=ns.measure, eval_labels=self.labels.load(),
             offload={"auto": None, "on": True, "off": False}[ns.offload], max_drop=max_drop,
-            min_fidelity=self.passes.values.get("--min-fidelity"),
+            min_fidelity=floor_spec(self.passes.values.get("--min-fidelity")),
         )
 
 

@@ -102,10 +102,10 @@ class FidelityFloor:
         for metric, v in self.bounds:
             if metric in ("pearson", "cosine", "top1"):
                 goal = 1.0 - (1.0 - v) / (2 ** tighten)
-                return f"{metric}={goal:.6g}"
+                return f"{metric}={goal:.10g}"
         for metric, v in self.bounds:  # rel_l2 r of a centred output is about pearson 1 - r^2/2
             if metric == "rel_l2" and v < 1.0:
-                return f"pearson={1.0 - v * v / 2 / (2 ** tighten):.6g}"
+                return f"pearson={1.0 - v * v / 2 / (2 ** tighten):.10g}"
         return None
 
 

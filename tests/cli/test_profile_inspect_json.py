@@ -13,7 +13,7 @@ def test_profile_ops_of_both_models_and_json_tool_version(tmp_path, capsys):
     a = tmp_path / "a.onnx"
     onnx.save(resnet_like(), str(a))
     b = tmp_path / "b.onnx"
-    code = main(["compress", str(a), "-o", str(b), "--quantize", "--json"])
+    code = main(["compress", str(a), "-o", str(b), "--quantize", "--synthetic-calib", "--json"])  # no --calib: opt in
     capsys.readouterr()
     assert code == 0
     code = main(["profile", str(a), str(b), "--ops", "--runs", "5", "--warmup", "1", "--json"])
