@@ -241,7 +241,8 @@ def test_control_flow_bodies_left_untouched_are_reported():
     """low_rank works inside the If branches and the Scan body (their Conv / MatMul factorized);
     the Loop body has no weight: it alone is listed as untouched, byte for byte as it was."""
     cm = corpus("control_flow")
-    res = compress(cm.model, pipeline=_pipelines()["low_rank"][0], calib=cm.feeds)
+    # floor off: on random weights it would back low rank off (issue 14); bodies are the question here
+    res = compress(cm.model, pipeline=_pipelines()["low_rank"][0], calib=cm.feeds, min_fidelity="none")
     got = [(s["body"], s["op"], s["body_nodes"]) for s in res.report["subgraphs_untouched"]]
     assert got == [("loop0/body", "Loop", 3)]
     assert "low_rank: no layer worth factorizing" in res.report["subgraphs_untouched"][0]["reason"]
