@@ -84,7 +84,9 @@ def session_options(target: Target, *, optimized_model_path: str | None = None, 
     if target.threads:
         so.intra_op_num_threads = target.threads
         so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    # fatal only: a failing run raises, and the CLI reports it in one line (ARCHITECTURE.md,
+    # "Contracts"); ORT's own error log would print the same failure again, several lines long
+    so.log_severity_level = 4
     if optimized_model_path:
         so.optimized_model_filepath = optimized_model_path
     if profile_prefix:

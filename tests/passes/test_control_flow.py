@@ -247,6 +247,33 @@ def test_compress_api_fix_inputs_reports_fixed_and_dropped_and_fidelity():
     assert [i.name for i in res.model.graph.input] == ["x"]
 
 
+def if_else_fails_at_run_time() -> onnx.ModelProto:
+    """y = If(sr == 16000): relu(x) ; Reshape(x, [3]) — the else branch cannot run on x [2, D], as a
+    real model's branch for another sample rate cannot run on this rate's window length."""
+    then = _branch("then", [helper.make_node("Relu", ["x"], ["t_out"], name="t_relu")], "t_out")
+    els = _branch("else", [helper.make_node("Reshape", ["x", "bad_shape"], ["e_out"], name="e_reshape")], "e_out")
+    nodes = [helper.make_node("Equal", ["sr", "k16000"], ["cond"], name="eq"),
+             helper.make_node("If", ["cond"], ["y"], name="if0", then_branch=then, else_branch=els)]
+    inits = [numpy_helper.from_array(np.array(16000, np.int64), "k16000"),
+             numpy_helper.from_array(np.array([3], np.int64), "bad_shape")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, D]),
+                          helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, D])], inits)
+
+
+def test_fix_input_checks_the_input_fed_the_fixed_value_not_the_generated_one():
+    """Regression (silero VAD): with no data the generated `sr` picks the else branch, which fails;
+    the input model must be checked fed sr=16000, so the run succeeds and equals relu(x)."""
+    m = if_else_fails_at_run_time()
+    with pytest.raises(BadInputError):  # without the fix the generated sample rate cannot run
+        compress(m)
+    res = compress(m, fix_inputs={"sr": 16000})
+    check(res.model)
+    assert res.report["no_harm"]["samples"] >= 1 and "not_checked" not in res.report["no_harm"]
+    x = np.random.default_rng(3).standard_normal((2, D)).astype(np.float32)
+    np.testing.assert_allclose(run(res.model, {"x": x})[0], np.maximum(x, 0), atol=1e-6)
+
+
 def test_cli_fix_input_flag(tmp_path):
     src, dst = tmp_path / "m.onnx", tmp_path / "o.onnx"
     onnx.save(nested_if3(), src)
