@@ -1,4 +1,4 @@
-"""Exceptions that map onto the CLI's exit codes (DESIGN.md: 2 bad input, 3 gate not met, 1 internal).
+"""Exceptions that map onto the CLI's exit codes (docs/ARCHITECTURE.md "Contracts": 2 bad input, 3 gate not met, 1 internal).
 
 Raising one of these instead of a bare ValueError lets the CLI print exactly one line and pick the
 right exit code without guessing from the message.

@@ -1,4 +1,4 @@
-"""Command line: inspect, profile, compare, compress, search, worker (DESIGN.md "CLI shape").
+"""Command line: inspect, profile, compare, compress, search, worker (docs/ARCHITECTURE.md "Data flow").
 
 Every subcommand is a Command built from the argument groups of cli/groups.py. `main()` is the one
 entry point (also behind `python -m onnxslim_compress` and `python -m onnxslim_compress.search`) and

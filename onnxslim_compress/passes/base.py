@@ -1,4 +1,4 @@
-"""The pass contract (DESIGN.md), after onnx-ir's pass infrastructure.
+"""The pass contract (docs/ARCHITECTURE.md "Pass contract"), after onnx-ir's pass infrastructure.
 
 A pass has typed parameters (a dataclass validated on construction, so a recipe typo fails before
 any work), a registry name, pre/post-conditions, and returns a PassResult instead of mutating its

@@ -1,4 +1,4 @@
-"""fp16 conversion for the CUDA EP, which does not run QDQ as int8 (runtime.md).
+"""fp16 conversion for the CUDA EP, which does not run QDQ as int8 (docs/ARCHITECTURE.md "Runtime facts").
 
 Not a pass of its own: this is `quantize`'s `mode: fp16` (`--quantize fp16`), and what quantize
 switches to for int8/fp8 on the CUDA EP; REGISTRY therefore has no `to_fp16`.

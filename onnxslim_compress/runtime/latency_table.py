@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxslim_compress.runtime.profiler import measure
 from onnxslim_compress.runtime.session import Target, make_session
 
-#: default channel alignment per target and precision; see shared notes (runtime.md)
+#: default channel alignment per target and precision; see docs/ARCHITECTURE.md "Runtime facts"
 ALIGNMENT = {("cpu", "fp32"): 1, ("cpu", "int8"): 1, ("cuda", "fp32"): 8, ("cuda", "fp16"): 8,
              ("tensorrt", "fp16"): 8, ("tensorrt", "fp32"): 8, ("tensorrt", "int8"): 32, ("cuda", "int8"): 16}
 

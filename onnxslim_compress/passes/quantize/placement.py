@@ -3,7 +3,7 @@
 Placement decides speed: ONNX Runtime's CPU EP only gains when a whole node unit (DQ on every input,
 Q on the output where its kernel needs one) matches one of its integer kernels; TensorRT wants Q/DQ
 on the inputs of weighted ops, the identity branch of residual Adds and one scale across a Concat,
-and no quantized outputs. Both rule sets are explicit op tables (runtime.md), never name matching.
+and no quantized outputs. Both rule sets are explicit op tables (docs/ARCHITECTURE.md "Runtime facts"), never name matching.
 
 A `Unit` is one node that will run quantized: the activation tensors it wants as Q->DQ, and the
 constant inputs it wants stored as integers. The rewrite is tensor-centric: each chosen tensor gets
