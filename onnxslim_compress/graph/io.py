@@ -363,11 +363,7 @@ def save_model(
     use_ext = big if external_data is None else external_data
     if check:
         _check(model, big)
-    parent = out.absolute().parent
-    try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=files.temp_prefix(out.name), dir=parent))
-    except OSError as e:
-        raise BadInputError(f"cannot write {out}: {e.strerror or e}") from e
+    tmpdir = _temp_dir_beside(out)
     try:
         tmp_model = tmpdir / out.name
         data_name = _fresh_data_name(out) if use_ext else None
@@ -385,7 +381,7 @@ def save_model(
         _install(tmpdir, out, data_name)
         if data_name is not None:
             # saving with external data strips raw_data from the caller's proto; put the weights back
-            onnx.load_external_data_for_model(model, str(parent))
+            onnx.load_external_data_for_model(model, str(out.absolute().parent))
     except OSError as e:
         raise BadInputError(f"cannot write {out}: {e.strerror or e}") from e
     finally:
@@ -443,14 +439,19 @@ def _install(tmpdir: Path, out: Path, data_name: str | None) -> None:
                 os.unlink(f)
 
 
+def _temp_dir_beside(out: Path) -> Path:
+    """A fresh temp folder in the output's folder (same filesystem, so the final rename is atomic),
+    named with this process's marker so a stale one can be cleaned after a kill."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=files.temp_prefix(out.name), dir=out.absolute().parent))
+    except OSError as e:
+        raise BadInputError(f"cannot write {out}: {e.strerror or e}") from e
+
+
 def _save_offloaded(model: onnx.ModelProto, out: Path, *, check: bool) -> Path:
     """Stream the weights of an offloaded model into `<name>.data`, one tensor at a time, then point
     the caller's proto at the written file (so it stays usable once the workspace is gone)."""
-    parent = out.absolute().parent
-    try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=files.temp_prefix(out.name), dir=parent))
-    except OSError as e:
-        raise BadInputError(f"cannot write {out}: {e.strerror or e}") from e
+    tmpdir = _temp_dir_beside(out)
     try:
         data_name = _fresh_data_name(out)
         written = weights.write_external(model, tmpdir / out.name, data_name)
@@ -467,7 +468,7 @@ def _save_offloaded(model: onnx.ModelProto, out: Path, *, check: bool) -> Path:
     for t, w in zip(weights.all_tensors(model.graph), weights.all_tensors(written.graph), strict=True):
         if weights.is_offloaded(t):
             info = weights.external_info(w)
-            weights.set_external(t, str(parent / data_name), int(info["offset"]), int(info["length"]))
+            weights.set_external(t, str(out.absolute().parent / data_name), int(info["offset"]), int(info["length"]))
     return out
 
 
