@@ -64,7 +64,7 @@ class SearchCommand(Command):
         The default recipe searches every installed compression pass over the ranges its parameters
         declare (see --print-recipe).
         One numeric knob: bracketing + bisection on the constraint (<= 10 trials). Several knobs:
-        Optuna's GP sampler (or TPE) with the constraint; --pareto: latency and drop both minimized.
+        Optuna's TPE sampler (or GP) with the constraint; --pareto: latency and drop both minimized.
         The study lives in OUT's folder as <OUT stem>.search.db (re-running the command resumes it);
         --storage postgresql://... --study NAME shares it with `worker` processes on other machines.
         Writes OUT (the fastest candidate meeting the constraint), <stem>.search.json (every trial)
@@ -104,7 +104,8 @@ class SearchCommand(Command):
         s.add_argument("--timeout", type=float, metavar="S", help="stop starting new trials after S seconds")
         s.add_argument("--objective", choices=["latency", "macs", "size"], default="latency",
                        help="what to minimize (default: latency measured on --target, interleaved with the input model)")
-        s.add_argument("--sampler", choices=["gp", "tpe", "random"], default="gp", help="Optuna sampler for joint knobs (default gp)")
+        s.add_argument("--sampler", choices=["gp", "tpe", "random"], default="tpe",
+                       help="Optuna sampler for joint knobs (default tpe; gp needs torch and scipy, else falls back to tpe)")
         s.add_argument("--strategy", choices=["auto", "bisect", "optuna"], default="auto",
                        help="auto: bisection for one numeric knob, the sampler otherwise")
         s.add_argument("--pareto", action="store_true", help="multi-objective: minimize cost and drop, report the Pareto front")
@@ -113,6 +114,9 @@ class SearchCommand(Command):
         s.add_argument("--wait-for-workers", action="store_true",
                        help="run no trials here: create/resume the study, wait for `worker`s to finish it, write the result")
         s.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report (Pareto plot, trials)")
+        s.add_argument("--worker-idle", type=float, default=600.0, metavar="S",
+                       help="with --wait-for-workers: stop waiting after S s in which no trial ran (default 600)")
+        _heartbeat_arg(s)
         s.add_argument("--no-cache", action="store_true", help="do not reuse work between trials (for benchmarking the cache)")
 
     def run(self, ns: argparse.Namespace) -> int:
@@ -145,7 +149,7 @@ class SearchCommand(Command):
                 runs=self.timing.runs, warmup=self.timing.warmup, input_shapes=self.model.shapes,
                 num_samples=self.data.limit, image=self.data.image, reuse=not ns.no_cache,
                 progress=self.common.progress(as_json), table=self.common.table(as_json), debug=self.common.debug,
-                run_trials=not ns.wait_for_workers,
+                run_trials=not ns.wait_for_workers, heartbeat=ns.heartbeat, worker_idle=ns.worker_idle,
             )
         except AccuracyGateError as e:
             if ns.report and hasattr(e, "report"):
@@ -169,6 +173,12 @@ class SearchCommand(Command):
         which = "eval" if self.data.paths["eval"] else "calib"
         return OutputsMetricEvaluate(spec.fn, model, self.data.open(which, model, self.model.shapes, seed=self.common.seed),
                                      Target(kind="cpu"))
+
+
+def _heartbeat_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heartbeat", type=float, default=30.0, metavar="S",
+                   help="seconds between a running trial's heartbeats; a trial silent for 4x that (its worker "
+                        "was killed) is failed and re-queued for another worker (default 30)")
 
 
 def _print_summary(r: dict[str, Any]) -> None:
@@ -213,6 +223,7 @@ class WorkerCommand(Command):
         w.add_argument("--storage", metavar="URL", required=True, help="SQLAlchemy URL of the study")
         w.add_argument("--study", metavar="NAME", required=True, help="study name")
         w.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for the study to be created")
+        _heartbeat_arg(w)
 
     def run(self, ns: argparse.Namespace) -> int:
         from onnxslim_compress.search.job import run_worker  # imports optuna (heavy): only when a worker runs
@@ -220,7 +231,7 @@ class WorkerCommand(Command):
         _quiet_optuna(self.common.debug)
         as_json = self.out.json
         out = run_worker(ns.storage, ns.study, progress=self.common.progress(as_json), table=self.common.table(as_json),
-                         debug=self.common.debug, wait=ns.wait)
+                         debug=self.common.debug, wait=ns.wait, heartbeat=ns.heartbeat)
         if as_json:
             _print_json(self.out, out)
         else:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ from onnxslim_compress.search.report import (
 from onnxslim_compress.search.runner import LoopSettings, TrialLoop, json_safe, wait_for_running
 from onnxslim_compress.search.space import Registry, SearchSpace, default_recipe
 from onnxslim_compress.search.storage import (
+    HEARTBEAT_S,
+    KeyClaims,
     StudySettings,
     create_or_resume,
     default_storage_url,
@@ -52,7 +55,7 @@ from onnxslim_compress.search.storage import (
     open_storage,
     redact,
 )
-from onnxslim_compress.search.strategy import BisectionSampler, make_sampler
+from onnxslim_compress.search.strategy import BisectionSampler, make_sampler, sampler_name
 from onnxslim_compress.version import __version__
 
 
@@ -206,7 +209,7 @@ def search(
     trials: int = 20,
     timeout: float | None = None,
     objective: str = "latency",
-    sampler: str = "gp",
+    sampler: str = "tpe",
     strategy: str = "auto",
     multi_objective: bool = False,
     storage: str | None = None,
@@ -226,6 +229,8 @@ def search(
     plot_path: str | os.PathLike | None = None,
     debug: bool = False,
     run_trials: bool = True,
+    heartbeat: float = HEARTBEAT_S,
+    worker_idle: float = 600.0,
 ) -> SearchResult:
     """Search pass parameters for the fastest model whose metric drop stays within `max_drop`.
 
@@ -235,7 +240,10 @@ def search(
     Raises AccuracyGateError (exit 3) when no trial meets the constraint; the report is still written
     and attached to the exception as `.report`. `run_trials=False` only coordinates: it creates (or
     resumes) the study, waits until `worker` processes have spent the budget, then picks and writes
-    the result (for a coordinator that is not the target machine).
+    the result (for a coordinator that is not the target machine); it never waits forever: after
+    `worker_idle` seconds in which no trial ran it picks from what finished, and says so in the
+    report's notes. `heartbeat`: seconds between a running trial's heartbeats in an RDB storage; a
+    trial without one for 4x that is failed and re-queued (its worker was killed).
     """
     if trials < 1:
         raise BadInputError("--trials must be >= 1")
@@ -270,7 +278,7 @@ def search(
     )
     if storage is None and output is not None:
         storage = default_storage_url(output)
-    rdb = open_storage(storage) if storage is not None else optuna.storages.InMemoryStorage()
+    rdb = open_storage(storage, heartbeat) if storage is not None else optuna.storages.InMemoryStorage()
     name = study_name or settings.default_study_name()
     smp = make_sampler(sampler, seed=seed, n_trials=trials, multi_objective=multi_objective,  # type: ignore[arg-type]
                        one_knob=prep.space.one_knob(), strategy=strategy, finite=prep.space.cardinality())  # type: ignore[arg-type]
@@ -281,21 +289,25 @@ def search(
             study.enqueue_trial(v, skip_if_exists=True)
     t0 = time.perf_counter()
     n_before = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
-    loop, live = _loop(study, prep, trials, max_drop, multi_objective, timeout, debug, progress, table, objective, seed)
+    loop, live = _loop(study, prep, trials, max_drop, multi_objective, timeout, debug, progress, table, objective, seed,
+                       KeyClaims(rdb, name))
+    notes: list[str] = []
     try:
         if run_trials:
             loop.run()
         else:
-            started = time.monotonic()
-            while not loop.done(started):
-                time.sleep(1.0)
+            note = loop.wait_for_fleet(worker_idle, lambda m: print(f"search: {m}", file=sys.stderr, flush=True))
+            if note:
+                notes.append(note)
     finally:
         live.close()
-    wait_for_running(study)
+    note = wait_for_running(study, timeout=worker_idle)
+    if note:
+        notes.append(note)
     wall = time.perf_counter() - t0
     return _finish(
         study, prep, settings, output=output, storage=storage, study_name=name, loop=loop, wall=wall,
-        n_before=n_before, report_path=report_path, plot_path=plot_path, input_desc=_path_or_none(model),
+        n_before=n_before, report_path=report_path, plot_path=plot_path, input_desc=_path_or_none(model), notes=notes,
     )
 
 
@@ -315,7 +327,7 @@ def _check_baseline(prep: _Prepared) -> None:
     _ = prep.evaluator.feed
 
 
-def _loop(study, prep, trials, max_drop, multi_objective, timeout, debug, progress, table, objective, seed=0):
+def _loop(study, prep, trials, max_drop, multi_objective, timeout, debug, progress, table, objective, seed=0, claims=None):
     space = prep.space
     done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
     live = LiveTable(trials, done, bar=progress, rows=progress if table is None else table, objective=objective)
@@ -330,6 +342,7 @@ def _loop(study, prep, trials, max_drop, multi_objective, timeout, debug, progre
                      explore_on_repeat=not isinstance(study.sampler, (BisectionSampler, optuna.samplers.BruteForceSampler)),
                      seed=seed),
         on_trial=on_trial,
+        claims=claims,
     )
     return loop, live
 
@@ -345,7 +358,7 @@ def _records(study, space: SearchSpace) -> list[TrialRecord]:
 
 
 def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage, study_name, loop: TrialLoop, wall: float,
-            n_before: int, report_path, plot_path, input_desc) -> SearchResult:
+            n_before: int, report_path, plot_path, input_desc, notes: list[str] | None = None) -> SearchResult:
     space = prep.space
     records = _records(study, space)
     best = best_feasible(records)
@@ -364,6 +377,8 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
         "study": study_name,
         "storage": redact(storage) if storage else "memory",
         "settings": settings.as_dict(),
+        # the sampler that actually ran (settings.sampler is what was asked for: gp falls back to TPE without torch)
+        "sampler": sampler_name(study.sampler),
         "eval_data": prep.eval_desc,
         "baseline": {
             "metric": ev.metric,
@@ -383,7 +398,7 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
                   "duplicates": sum(1 for r in records if r.duplicate_of is not None)},
         "timing": {"wall_seconds": round(wall, 3), "trials_this_run": len(records) - n_before,
                    "mean_trial_seconds": round(float(np.mean(per_trial)), 3) if per_trial else None},
-        "notes": [],
+        "notes": list(notes or []),
     }
     model_out: onnx.ModelProto | None = None
     out_path: Path | None = None
@@ -458,12 +473,13 @@ def run_worker(
     table: bool | None = None,
     debug: bool = False,
     wait: float = 0.0,
+    heartbeat: float = HEARTBEAT_S,
 ) -> dict[str, Any]:
     """Join an existing study and run trials until its budget is reached; returns what this worker did.
 
     `wait` seconds: how long to wait for `search` to create the study (workers are often started
     first on a fleet)."""
-    rdb = open_storage(storage)
+    rdb = open_storage(storage, heartbeat)
     deadline = time.monotonic() + max(wait, 0.0)
     while True:
         try:
@@ -487,7 +503,8 @@ def run_worker(
                        finite=prep.space.cardinality())
     study = optuna.load_study(study_name=study_name, storage=rdb, sampler=smp)
     _check_baseline(prep)
-    loop, live = _loop(study, prep, s.trials, s.max_drop, s.multi_objective, s.timeout, debug, progress, table, s.objective, s.seed)
+    loop, live = _loop(study, prep, s.trials, s.max_drop, s.multi_objective, s.timeout, debug, progress, table, s.objective, s.seed,
+                       KeyClaims(rdb, study_name))
     t0 = time.perf_counter()
     try:
         loop.run()
@@ -497,6 +514,7 @@ def run_worker(
         "study": study_name,
         "worker": loop.settings.worker,
         "computed_trials": loop.computed,
+        "sampler": sampler_name(study.sampler),
         "wall_seconds": round(time.perf_counter() - t0, 3),
         "cache": prep.builder.cache_stats(),
     }

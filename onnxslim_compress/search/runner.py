@@ -3,8 +3,11 @@
 No trial redoes an earlier trial's work:
 - a parameter set already measured (in this process or by any worker, found through the study) is
   not rebuilt: the trial copies the stored measurement and says `duplicate_of`;
-- a twin still running in another worker is waited for (the lower trial number computes, the higher
-  one copies), so two workers never build the same candidate at the same time;
+- before building, a trial claims its candidate's key atomically in the study's database
+  (storage.KeyClaims): exactly one trial wins and builds, every other trial with that key waits for
+  it and copies its measurement, so no two workers ever build the same candidate. A claim whose
+  trial died (a SIGKILLed worker's trial, failed by the heartbeat and re-queued by
+  RetryFailedTrialCallback) is taken over by one trial, which rebuilds the candidate;
 - pipeline prefixes and pass statistics are reused through TrialBuilder and the shared Context.
 The budget counts evaluated candidates: a repeated parameter set costs nothing, so it does not use
 up the budget (Optuna's samplers do propose repeats, e.g. two trials differing only in a knob of a
@@ -37,6 +40,7 @@ from onnxslim_compress.errors import CompressError
 from onnxslim_compress.search.build import TrialBuilder
 from onnxslim_compress.search.objective import Evaluator, Measurement
 from onnxslim_compress.search.space import SearchSpace
+from onnxslim_compress.search.storage import KeyClaims
 from onnxslim_compress.search.strategy import TRIAL_CONSTRAINTS, BisectionSampler, constraint_of
 
 #: how long a trial waits for a twin running in another worker before computing it itself
@@ -86,6 +90,16 @@ class LoopSettings:
     explore_on_repeat: bool = True
     seed: int = 0
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    #: how long to wait for another trial that owns the same candidate (or for the fleet's last trials)
+    twin_wait: float = _TWIN_WAIT_S
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail the running trials whose worker stopped sending heartbeats (killed), which re-queues
+    them through the storage's RetryFailedTrialCallback; a no-op on storages without heartbeats."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 class TrialLoop:
@@ -99,8 +113,11 @@ class TrialLoop:
         evaluator: Evaluator,
         settings: LoopSettings,
         on_trial: Callable[[FrozenTrial], None] | None = None,
+        claims: KeyClaims | None = None,
     ):
         self.study = study
+        #: where candidate keys are claimed: the study's database for a fleet (in memory otherwise)
+        self.claims = claims if claims is not None else KeyClaims(None, study.study_name)
         self.space = space
         self.builder = builder
         self.evaluator = evaluator
@@ -128,19 +145,11 @@ class TrialLoop:
         trial.set_user_attr("duplicate_of", twin.number)
         return tuple(twin.values) if self.settings.multi_objective else twin.values[0]
 
-    def _find_twin(self, trial: optuna.Trial, key: str) -> tuple[str, FrozenTrial | None]:
-        """('done', t) | ('failed', t) | ('running', t) | ('none', None) for the same key."""
-        best: tuple[str, FrozenTrial | None] = ("none", None)
+    def _trial(self, number: int) -> FrozenTrial | None:
         for t in self.study.get_trials(deepcopy=False):
-            if t.number == trial.number or t.user_attrs.get("key") != key:
-                continue
-            if t.state == TrialState.COMPLETE:
-                return "done", t
-            if t.state == TrialState.FAIL and "error" in t.user_attrs:
-                best = ("failed", t)
-            elif t.state == TrialState.RUNNING and t.number < trial.number and best[0] == "none":
-                best = ("running", t)
-        return best
+            if t.number == number:
+                return t
+        return None
 
     def objective(self, trial: optuna.Trial) -> Any:
         trial.set_user_attr("worker", self.settings.worker)
@@ -158,30 +167,51 @@ class TrialLoop:
                 else:
                     trial.set_user_attr(k, v)
             return vals
-        deadline = time.monotonic() + _TWIN_WAIT_S
+        # a candidate measured earlier is copied without claiming (or spending budget)
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("key") == key and "measurement" in t.user_attrs:
+                self._explore(trial, values)
+                return self._copy_from(trial, t)
+        if evaluated(self.study.get_trials(deepcopy=False), exclude=trial.number) >= self.budget:
+            self._over_budget(trial)
+        self._beat(trial)
+        deadline = time.monotonic() + self.settings.twin_wait
         while True:
-            state, twin = self._find_twin(trial, key)
-            if state == "done":
-                assert twin is not None
+            owner = self.claims.claim(key, trial.number, self.settings.worker)
+            if owner == trial.number:
+                break
+            twin = self._trial(owner)
+            state = twin.state if twin is not None else None
+            if twin is not None and state == TrialState.COMPLETE:
                 self._explore(trial, values)
                 return self._copy_from(trial, twin)
-            if state == "failed":
-                assert twin is not None
+            if twin is not None and state == TrialState.FAIL and "error" in twin.user_attrs:
                 trial.set_user_attr("duplicate_of", twin.number)
                 trial.set_user_attr("error", twin.user_attrs["error"])
                 raise CompressError(twin.user_attrs["error"])
-            if state != "running" or time.monotonic() > deadline:
-                break
+            if state in (TrialState.FAIL, TrialState.PRUNED):
+                # its worker died (failed by the heartbeat) or it stopped before building: one trial
+                # takes the claim over and builds; a lost race goes round again
+                if self.claims.take_over(key, owner, trial.number, self.settings.worker):
+                    trial.set_user_attr("rebuilds", owner)
+                    break
+                continue
+            if time.monotonic() > deadline:
+                trial.set_user_attr("error", f"waited {self.settings.twin_wait:.0f} s for trial {owner} building the same candidate")
+                raise CompressError(trial.user_attrs["error"])
             time.sleep(_POLL_S)
-            # the twin's worker may have died: its trial is failed once its heartbeat is stale
-            # (a no-op on storages without heartbeats)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(self.study)
-        if evaluated(self.study.get_trials(deepcopy=False), exclude=trial.number) >= self.budget:
-            self._over_budget(trial)
+            fail_stale(self.study)
         trial.set_user_attr("computing", True)
         return self._compute(trial, values, key)
+
+    def _beat(self, trial: optuna.Trial) -> None:
+        """Record this trial's heartbeat now, before it claims a candidate. Optuna's heartbeat thread
+        records its first beat asynchronously, and a trial with no beat at all is never failed as
+        stale: a worker SIGKILLed right after claiming left its trial RUNNING for good (seen in
+        the kill test on a loaded machine)."""
+        storage = self.study._storage  # noqa: SLF001 - Optuna keeps the study's storage private
+        if hasattr(storage, "record_heartbeat") and getattr(storage, "get_heartbeat_interval", lambda: None)():
+            storage.record_heartbeat(trial._trial_id)  # noqa: SLF001 - the storage id Optuna keys heartbeats by
 
     def _explore(self, trial: optuna.Trial, values: dict[str, Any]) -> None:
         """A repeat teaches the sampler nothing, and a GP that likes one point keeps proposing it
@@ -255,24 +285,76 @@ class TrialLoop:
         sampler = self.study.sampler
         return isinstance(sampler, BisectionSampler) and sampler.converged(list(trials))
 
+    def others_running(self) -> bool:
+        """Whether some worker is still building a candidate (its trial may yet die and be re-queued)."""
+        return any(t.user_attrs.get("computing") for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
     def run(self) -> None:
+        """Trials until done; then, while other workers' last trials run, wait for them (bounded by
+        twin_wait), because a killed one is re-queued and this worker should rebuild it."""
         started = time.monotonic()
         callbacks = [self._callback] if self.on_trial else []
-        while not self.done(started):
+        waiting_since: float | None = None
+        while True:
+            fail_stale(self.study)
+            if self.done(started):
+                if not self.others_running():
+                    return
+                if self.settings.timeout is not None and time.monotonic() - started >= self.settings.timeout:
+                    return
+                waiting_since = waiting_since or time.monotonic()
+                if time.monotonic() - waiting_since > self.settings.twin_wait:
+                    print(f"worker {self.settings.worker}: other workers' trials still running after "
+                          f"{self.settings.twin_wait:.0f} s; leaving them", file=sys.stderr)
+                    return
+                time.sleep(_POLL_S)
+                continue
+            waiting_since = None
             self.study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
+
+    def wait_for_fleet(self, idle_limit: float, log: Callable[[str], None]) -> str | None:
+        """The coordinator's wait (`search --wait-for-workers`): until the budget is spent and no
+        trial runs. A killed worker's trial is failed by the heartbeat and re-queued here (the
+        coordinator checks for stale trials too). Never forever: after `idle_limit` seconds in which
+        no trial ran or finished (no worker alive), it stops and returns why, so the pick is made
+        from the trials finished so far."""
+        started = time.monotonic()
+        last_change = time.monotonic()
+        last: tuple[Any, ...] | None = None
+        log(f"waiting for workers on study {self.study.study_name} (budget {self.budget} candidates)")
+        while True:
+            fail_stale(self.study)
+            trials = self.study.get_trials(deepcopy=False)
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            if self.done(started) and not running:
+                return None
+            sig = tuple((t.number, t.state) for t in trials)
+            if running or sig != last:
+                last_change = time.monotonic()
+            last = sig
+            idle = time.monotonic() - last_change
+            if idle >= idle_limit:
+                msg = (f"no worker ran a trial for {idle:.0f} s (--worker-idle); stopped waiting with "
+                       f"{evaluated(trials)} of {self.budget} candidates evaluated")
+                log(msg)
+                return msg
+            time.sleep(_POLL_S)
 
     def _callback(self, study: optuna.Study, t: FrozenTrial) -> None:
         if self.on_trial is not None and not t.user_attrs.get("over_budget"):
             self.on_trial(t)
 
 
-def wait_for_running(study: optuna.Study, timeout: float = _TWIN_WAIT_S) -> None:
-    """Wait until no trial of the study is running (other workers finishing their last trial)."""
+def wait_for_running(study: optuna.Study, timeout: float = _TWIN_WAIT_S) -> str | None:
+    """Wait until no trial of the study is running (other workers finishing their last trial); a
+    killed worker's trial is failed by the heartbeat meanwhile. Returns a note if it gave up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        fail_stale(study)
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            return
+            return None
         time.sleep(_POLL_S)
+    return f"trials still running after {timeout:.0f} s; picked from the finished ones"
 
 
 def json_safe(d: Any) -> Any:
@@ -290,4 +372,4 @@ def json_safe(d: Any) -> Any:
         return str(d)
 
 
-__all__ = ["LoopSettings", "TrialLoop", "constraint_of", "evaluated", "set_constraint", "wait_for_running"]
+__all__ = ["LoopSettings", "TrialLoop", "constraint_of", "evaluated", "fail_stale", "set_constraint", "wait_for_running"]

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,6 +27,18 @@ from onnxslim_compress.errors import BadInputError
 
 _ATTR = "onnxslim_compress.settings"
 _OPEN_ATTEMPTS = 6
+#: seconds between a running trial's heartbeats (a killed worker's trial is failed after GRACE_FACTOR x this)
+HEARTBEAT_S = 30.0
+GRACE_FACTOR = 4
+#: how often a trial whose worker was killed is re-queued (RetryFailedTrialCallback)
+MAX_RETRY = 2
+#: the table of claimed candidate keys, beside Optuna's tables in the same database
+CLAIMS_TABLE = "onnxslim_compress_claims"
+#: Optuna 4.9 renamed RDBStorage's failed_trial_callback (deprecated) to heartbeat_stale_trial_callback
+_RETRY_ARG = ("heartbeat_stale_trial_callback"
+              if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+              else "failed_trial_callback")
+_RETRY_CALLBACK = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
 #: settings that define the experiment: a resumed study must agree on these
 _IDENTITY = ("model", "recipe", "target", "eval", "labels", "metric", "max_drop", "objective", "multi_objective")
 
@@ -46,7 +60,7 @@ class StudySettings:
     seed: int = 0
     runs: int = 50
     warmup: int = 10
-    sampler: str = "gp"
+    sampler: str = "tpe"
     strategy: str = "auto"
     multi_objective: bool = False
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
@@ -78,10 +92,13 @@ def default_storage_url(output: str | os.PathLike) -> str:
     return f"sqlite:///{p.with_name(p.stem + '.search.db')}"
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage with heartbeats, so a trial of a killed worker is failed and not left running."""
+def open_storage(url: str, heartbeat: float = HEARTBEAT_S) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats, so a trial of a killed worker is failed (after GRACE_FACTOR x
+    `heartbeat` seconds without one) and re-queued once per MAX_RETRY, never left running."""
     if "://" not in url:
         raise BadInputError(f"--storage {url!r}: expected an SQLAlchemy URL such as sqlite:///study.db or postgresql://...")
+    if heartbeat <= 0:
+        raise BadInputError("--heartbeat must be > 0")
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # several processes on one file: wait for the lock instead of failing at once
@@ -94,9 +111,14 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120)
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=max(1, round(heartbeat)),
+                    grace_period=max(2, round(GRACE_FACTOR * heartbeat)),
+                    **{_RETRY_ARG: _RETRY_CALLBACK(max_retry=MAX_RETRY)},
+                )
             if url.startswith("sqlite"):
-                _sqlite_wal(storage)
+                _sqlite_serialized(storage)
+            _create_claims_table(storage)
             return storage
         except ImportError as e:
             raise BadInputError(f"--storage {url.split('://')[0]}: the database driver is not installed ({e})") from None
@@ -117,23 +139,113 @@ def _schema_race_errors() -> tuple[type[BaseException], ...]:
     return (exc.IntegrityError, exc.OperationalError, exc.ProgrammingError)
 
 
-def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
-    """WAL journal + synchronous=NORMAL: each of a trial's small writes is a commit, and with the
-    default rollback journal every commit is an fsync (~10 ms each here). WAL also lets workers read
-    while another writes. A crash can lose the last commits, never corrupt the file."""
+def _sqlite_serialized(storage: optuna.storages.RDBStorage) -> None:
+    """Every transaction starts with BEGIN IMMEDIATE (the write lock), WAL journal, synchronous=NORMAL.
+
+    Why: SQLite ignores SELECT ... FOR UPDATE, and Python's sqlite3 begins a transaction only at
+    the first write, so Optuna's read-then-write steps race between processes: two workers popped
+    the same queued trial (WAITING -> RUNNING read by both) and one then failed with "Cannot tell a
+    COMPLETE trial". Taking the lock at BEGIN makes each step atomic. WAL keeps the many small
+    commits cheap (no fsync per commit with synchronous=NORMAL); a crash can lose the last commits,
+    never corrupt the file."""
     from sqlalchemy import event  # lazy: see _schema_race_errors
 
     engine = storage.engine
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - called by SQLAlchemy
+        dbapi_conn.isolation_level = None  # autocommit at the driver: SQLAlchemy's BEGIN below rules
         cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
-    engine.dispose()  # connections opened while creating the tables reconnect with the pragma
-    with engine.connect() as c:
-        c.exec_driver_sql("PRAGMA journal_mode=WAL")
+    @event.listens_for(engine, "begin")
+    def _begin(conn) -> None:  # pragma: no cover - called by SQLAlchemy
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while creating the tables reconnect with the settings
+
+
+def _claims_table(metadata: Any) -> Any:
+    from sqlalchemy import Column, Integer, String, Table  # lazy: see _schema_race_errors
+
+    return Table(
+        CLAIMS_TABLE, metadata,
+        Column("study", String(512), primary_key=True),
+        Column("key_hash", String(64), primary_key=True),
+        Column("trial_number", Integer, nullable=False),
+        Column("worker", String(256), nullable=False),
+    )
+
+
+def _create_claims_table(storage: optuna.storages.RDBStorage) -> None:
+    from sqlalchemy import MetaData  # lazy: see _schema_race_errors
+
+    md = MetaData()
+    _claims_table(md)
+    md.create_all(storage.engine, checkfirst=True)
+
+
+class KeyClaims:
+    """Which trial builds which candidate, claimed atomically before anything is built.
+
+    A claim is a row keyed by (study, candidate key) in a table of the study's own database: the
+    primary key makes the INSERT succeed for exactly one trial, so two workers never build the same
+    candidate, whatever order their trials set their attributes in. A claim whose trial died (failed
+    by the heartbeat, or pruned) is taken over with a compare-and-set UPDATE, again by one trial
+    only. In-memory studies (one process) keep the claims in a dict under a lock."""
+
+    def __init__(self, storage: Any, study_name: str):
+        self.study = study_name
+        self.engine = storage.engine if isinstance(storage, optuna.storages.RDBStorage) else None
+        self._mem: dict[str, int] = {}
+        self._lock = threading.Lock()
+        if self.engine is not None:
+            from sqlalchemy import MetaData  # lazy: see _schema_race_errors
+
+            self.table = _claims_table(MetaData())
+
+    @staticmethod
+    def _hash(key: str) -> str:
+        return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+    def claim(self, key: str, trial_number: int, worker: str) -> int:
+        """The number of the trial that owns `key`: `trial_number` if this call claimed it."""
+        h = self._hash(key)
+        if self.engine is None:
+            with self._lock:
+                return self._mem.setdefault(h, trial_number)
+        from sqlalchemy import exc, insert, select  # lazy: see _schema_race_errors
+
+        t = self.table
+        try:
+            with self.engine.begin() as c:
+                c.execute(insert(t).values(study=self.study, key_hash=h, trial_number=trial_number, worker=worker))
+            return trial_number
+        except exc.IntegrityError:
+            with self.engine.begin() as c:
+                row = c.execute(select(t.c.trial_number).where(t.c.study == self.study, t.c.key_hash == h)).first()
+            if row is None:  # pragma: no cover - claims are never deleted
+                return self.claim(key, trial_number, worker)
+            return int(row[0])
+
+    def take_over(self, key: str, old: int, new: int, worker: str) -> bool:
+        """Move the claim from dead trial `old` to `new`; False if another trial moved it first."""
+        h = self._hash(key)
+        if self.engine is None:
+            with self._lock:
+                if self._mem.get(h) != old:
+                    return False
+                self._mem[h] = new
+                return True
+        from sqlalchemy import update  # lazy: see _schema_race_errors
+
+        t = self.table
+        with self.engine.begin() as c:
+            r = c.execute(update(t).where(t.c.study == self.study, t.c.key_hash == h, t.c.trial_number == old)
+                          .values(trial_number=new, worker=worker))
+            return r.rowcount == 1
 
 
 def redact(url: str) -> str:

@@ -7,7 +7,8 @@
   meets the constraint. A float range is resolved to 1/64 of its width (2 + 6 = 8 evaluations), an
   integer range to adjacent integers; Condensa's budget is 10. The sampler is stateless: the next
   point is computed from the study's finished trials, so a resumed or shared study carries on.
-- Joint knobs: Optuna's GPSampler (default) or TPE, both with `constraints_func` so infeasible trials
+- Joint knobs: Optuna's TPE (default: its dependencies are Optuna's own) or GPSampler (needs torch
+  and scipy, not dependencies: without them it falls back to TPE and the report says `sampler: tpe`), both with `constraints_func` so infeasible trials
   guide the search without being picked. Multi-objective mode minimizes (cost, drop) and returns the
   Pareto front.
 """
@@ -181,6 +182,18 @@ def make_sampler(
         if kind == "tpe":
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True, constant_liar=True, **cons)
     raise BadInputError(f"unknown sampler {kind!r} (gp, tpe or random)")
+
+
+def sampler_name(sampler: BaseSampler) -> str:
+    """What the report records as the sampler used: 'gp', 'tpe', 'random', 'bruteforce', 'bisect'
+    (or the class name of another sampler), so a fallback never hides behind the requested name."""
+    names = {
+        optuna.samplers.TPESampler: "tpe", optuna.samplers.RandomSampler: "random",
+        optuna.samplers.BruteForceSampler: "bruteforce", BisectionSampler: "bisect",
+    }
+    if hasattr(optuna.samplers, "GPSampler"):
+        names[optuna.samplers.GPSampler] = "gp"
+    return names.get(type(sampler), type(sampler).__name__)
 
 
 def finite(x: float | None) -> bool:
