@@ -545,3 +545,25 @@ def test_a_stubborn_sampler_still_explores(mm_model, mm_eval):
                     LoopSettings(budget=5, max_drop=1.0, explore_on_repeat=False))
     off.run()
     assert len(off.computed) == 1 and len(off.study.trials) == 15  # without it: one candidate, then the cap
+
+
+def test_report_records_the_sampler_that_ran(mm_model, mm_eval):
+    """The default sampler is TPE (its dependencies are Optuna's own); asking for gp without torch
+    falls back to TPE, and the report says tpe, not gp."""
+    import importlib.util  # only to know whether this machine has GPSampler's dependencies
+
+    recipe = {"passes": [
+        {"fake_lowrank": {"rank": {"choices": [8, 12]}}},
+        {"fake_tag": {"enabled": {"choices": [True, False]}, "tag": {"choices": ["a", "b"]}}},
+    ]}
+    common = dict(recipe=recipe, eval_data=mm_eval, metric="cosine", max_drop=0.5, trials=2, objective="size", presets=False)
+    res = search(mm_model, registry=make_registry(), **common)
+    assert res.report["settings"]["sampler"] == "tpe" and res.report["sampler"] == "tpe"
+    has_gp = all(importlib.util.find_spec(m) is not None for m in ("torch", "scipy"))
+    if has_gp:
+        res = search(mm_model, registry=make_registry(), sampler="gp", **common)
+    else:
+        with pytest.warns(RuntimeWarning, match="GPSampler needs torch"):
+            res = search(mm_model, registry=make_registry(), sampler="gp", **common)
+    assert res.report["settings"]["sampler"] == "gp"
+    assert res.report["sampler"] == ("gp" if has_gp else "tpe")
