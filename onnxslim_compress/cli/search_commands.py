@@ -187,7 +187,10 @@ def _print_summary(r: dict[str, Any]) -> None:
     print(f"wrote {r['output']}")
     print(f"  study {r['study']} ({r['storage']}), {len(r['trials'])} trials, report {r.get('report_path')}")
     print(f"  baseline {base['metric']} {base['value']:.4f}")
-    if b:
+    if r.get("picked") == "original":
+        print(f"  the original model: no candidate beat it (best was trial {r['rejected_best']['number']}, "
+              f"{r['settings']['objective']} ratio {r['rejected_best']['objective']:.3f})")
+    elif b:
         cost = f"{b['objective']:.3f}" if isinstance(b["objective"], float) else b["objective"]
         print(f"  best trial {b['number']}: {r['settings']['objective']} ratio {cost}, drop {b['drop']:+.4f}, params {b['params']}")
         if r.get("vs_best_preset"):

@@ -55,7 +55,7 @@ from onnxslim_compress.search.storage import (
     open_storage,
     redact,
 )
-from onnxslim_compress.search.strategy import BisectionSampler, make_sampler, sampler_name
+from onnxslim_compress.search.strategy import BisectionSampler, finite, make_sampler, sampler_name
 from onnxslim_compress.version import __version__
 
 
@@ -362,6 +362,7 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
     space = prep.space
     records = _records(study, space)
     best = best_feasible(records)
+    multi = bool(settings.multi_objective)
     front = pareto_front(records)
     preset_keys = {space.key(v) for v in space.presets()}
     preset_recs = [r for r in records if r.duplicate_of is None and r.state == "COMPLETE" and _key(space, r.params) in preset_keys]
@@ -402,7 +403,22 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
     }
     model_out: onnx.ModelProto | None = None
     out_path: Path | None = None
-    if best is not None:
+    report["picked"] = "trial" if best is not None else None
+    if best is not None and not multi and finite(best.objective) and best.objective >= 1.0:
+        # the original model is always a candidate (ratio 1.0, drop 0): a pick that is no better
+        # than it (every candidate slower, or bigger) would make the model worse, so it is the result
+        report["notes"].append(
+            f"no candidate beat the original model (best trial {best.number}: {settings.objective} ratio "
+            f"{best.objective:.3f} >= 1); the result is the original model"
+        )
+        report["picked"] = "original"
+        report["rejected_best"] = report["best"]
+        report["best"] = {"number": None, "original": True, "objective": 1.0, "drop": 0.0, "params": {}, "feasible": True}
+        report["vs_best_preset"] = None
+        model_out = onnx.ModelProto()
+        model_out.CopyFrom(prep.model)
+        best = None
+    elif best is not None:
         values = {**{d.name: d.midpoint() for d in space.dims}, **_trial_params(study, best)}
         report["best_recipe"] = space.recipe(values)
         built = prep.builder.build(space.passes(values))

@@ -567,3 +567,21 @@ def test_report_records_the_sampler_that_ran(mm_model, mm_eval):
             res = search(mm_model, registry=make_registry(), sampler="gp", **common)
     assert res.report["settings"]["sampler"] == "gp"
     assert res.report["sampler"] == ("gp" if has_gp else "tpe")
+
+
+def test_the_original_wins_when_every_candidate_is_worse(tmp_path, mm_model, mm_eval):
+    """Ranks 11 and 16 of a 32x16 weight factorize into more numbers than the weight (528 and 768 >
+    512): every candidate is bigger. The original is always a candidate, so it is the result."""
+    recipe = {"passes": [{"fake_lowrank": {"rank": {"choices": [11, 16]}}}]}
+    out = tmp_path / "o.onnx"
+    res = search(mm_model, out, recipe=recipe, eval_data=mm_eval, metric="cosine", max_drop=0.5, trials=4,
+                 objective="size", registry=make_registry(), presets=False)
+    done = sorted(r.objective for r in res.trials if r.state == "COMPLETE" and r.duplicate_of is None)
+    assert done == pytest.approx([528 / 512, 768 / 512], rel=0.02)
+    assert res.report["picked"] == "original" and res.best is None
+    assert res.report["best"]["original"] is True and res.report["best"]["objective"] == 1.0
+    assert res.report["rejected_best"]["objective"] == pytest.approx(528 / 512, rel=0.02)
+    assert any("the result is the original model" in n for n in res.report["notes"])
+    written = onnx.load(out)
+    assert [n.op_type for n in written.graph.node] == [n.op_type for n in mm_model.graph.node]
+    assert np.array_equal(numpy_helper.to_array(written.graph.initializer[0]), numpy_helper.to_array(mm_model.graph.initializer[0]))
