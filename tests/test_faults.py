@@ -401,7 +401,7 @@ def wide_model(channels: int = 64, hw: int = 16, blocks: int = 2) -> onnx.ModelP
 
 
 @pytest.mark.parametrize("argv", [["compress", "{m}", "-o", "{o}", "--quantize", "int8", "--calib", "{c}", "--no-progress"],
-                                  ["profile", "{m}", "--ops", "--runs", "2", "--warmup", "0"]], ids=["int8", "profile_ops"])
+                                  ["profile", "{m}", "--ops", "--runs", "20", "--warmup", "0"]], ids=["int8", "profile_ops"])
 def test_a_full_tmpdir_exits_2(tmp_path, full_tmpdir, argv):
     """ORT fails writing its optimized model ("Protobuf serialization failed") or profile JSON."""
     onnx.save(wide_model(), str(tmp_path / "m.onnx"))
