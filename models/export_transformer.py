@@ -8,7 +8,7 @@ Where/Expand), Erf-GELU, LayerNormalization. This script produces exactly that f
 all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, 12 heads), with the sentence-transformers head
 (mean pooling over the attention mask, then L2 normalization) inside the graph.
 
-    pip install torch==2.14.1 transformers==5.24.0     # CPU wheels from PyPI; NOT project dependencies
+    pip install torch==2.14.1 transformers==5.24.0 onnx onnxruntime   # NOT project dependencies
     python models/export_transformer.py                 # writes <cache>/minilm_l6/all-MiniLM-L6-v2.onnx
     python models/export_transformer.py --out x.onnx --src DIR   # DIR holds config.json + model.safetensors
 

@@ -577,8 +577,8 @@ def _run_export(art: Artifact, spec: ModelSpec, dest: Path) -> None:
         raise FetchError(f"{spec.name}: {art.export} could not run ({type(e).__name__})") from None
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()] or ["no output"]
-        raise FetchError(f"{spec.name}: {art.export} failed ({lines[-1][:200]}); it needs torch and "
-                         f"transformers: set ${ENV_TORCH_PYTHON} to a Python that has them")
+        raise FetchError(f"{spec.name}: {art.export} failed ({lines[-1][:200]}); it needs torch, transformers "
+                         f"and onnxruntime: set ${ENV_TORCH_PYTHON} to a Python that has them")
 
 
 def fetch_sources(name: str) -> Path:
