@@ -589,7 +589,12 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
             if not ns.command:
                 parser.print_help()
                 return 2
-            return ns._command(ns)
+            rc = ns._command(ns)
+            if signals.interrupted:  # a KeyboardInterrupt swallowed under the command: still a Ctrl-C
+                print(f"{PROG}: interrupted after the command had finished; its output, if any, is complete",
+                      file=sys.stderr)
+                return 130
+            return rc
         except Terminated:
             print(f"{PROG}: terminated; no output was written", file=sys.stderr)
             return 143

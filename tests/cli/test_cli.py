@@ -3,6 +3,7 @@
 import importlib.metadata as md
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import yaml
 from builders import GraphBuilder, random_input, resnet_like, run
 from onnx import TensorProto, helper
 
+import onnxslim_compress.cli.main as cli_main
 from onnxslim_compress.cli.main import main
 from onnxslim_compress.graph.io import save_model
 from onnxslim_compress.jobs.compress import get_report
@@ -234,3 +236,20 @@ def test_pass_flags_map_onto_params_and_zero_is_kept(tmp_path, capsys, model_pat
     assert (steps["low_rank"]["mode"], steps["low_rank"]["value"]) == ("alds", 0.7)
     assert steps["quantize"]["calibration"] == "mse"
     assert all(steps[p]["exclude"] == ["^head"] for p in ("prune_channels", "low_rank", "quantize"))
+
+
+def test_ctrl_c_swallowed_inside_a_command_still_exits_130(monkeypatch, capsys, tmp_path):
+    """A KeyboardInterrupt swallowed by code under the command (a C callback, a broad handler in a
+    library) must not end the run as exit 0: the recorded SIGINT decides (seen once under load)."""
+    def swallowing_run(self, ns):
+        try:  # noqa: SIM105 - spelled out: this is the swallowing being simulated
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # what a broad handler deep in a library does
+        return 0
+
+    monkeypatch.setattr(cli_main.InspectCommand, "run", swallowing_run)
+    model = tmp_path / "m.onnx"
+    save_model(resnet_like(), model)
+    assert main(["inspect", str(model)]) == 130
+    assert "interrupted" in capsys.readouterr().err
