@@ -25,6 +25,7 @@ import argparse
 import datetime as dt
 import json
 import re
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,6 +81,23 @@ class Results:
         return self.data.get(name)
 
 
+def written_at(p: Path) -> str:
+    """When a result file was written: its last commit's time when it is committed unchanged (a
+    fresh clone's file times are the clone's, so the table would change with every checkout),
+    else its modification time."""
+    mtime = dt.datetime.fromtimestamp(p.stat().st_mtime, dt.UTC)
+    try:
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", p.name], cwd=p.parent, capture_output=True,
+                               text=True, timeout=30, check=True).stdout.strip()
+        stamp = subprocess.run(["git", "log", "-1", "--format=%ct", "--", p.name], cwd=p.parent,
+                               capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return mtime.strftime("%Y-%m-%d %H:%M")
+    if dirty or not stamp:
+        return mtime.strftime("%Y-%m-%d %H:%M")
+    return dt.datetime.fromtimestamp(int(stamp), dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
 def load_results(results_dir: Path = RESULTS) -> Results:
     """Read every known result file that exists, plus all.json's machine and run records."""
     res = Results()
@@ -87,7 +105,7 @@ def load_results(results_dir: Path = RESULTS) -> Results:
         p = results_dir / fname
         res.data[stem] = json.loads(p.read_text()) if p.exists() else None
         if p.exists():
-            res.written[fname] = dt.datetime.fromtimestamp(p.stat().st_mtime, dt.UTC).strftime("%Y-%m-%d %H:%M")
+            res.written[fname] = written_at(p)
     allp = results_dir / "all.json"
     if allp.exists():
         prev = json.loads(allp.read_text())
@@ -644,7 +662,7 @@ def t_runs(res: Results) -> str | None:
         if threads is None and isinstance(d, dict):
             threads = (d.get("args") or d.get("settings") or {}).get("threads") or d.get("target")
         # a script that records when it finished is dated by that, not by the file's time (a checkout or rebase moves it)
-        finished = meta.get("finished") or f"{when} (file time)"
+        finished = meta.get("finished") or f"{when} (written)"
         rows.append([fname.removesuffix(".json"), cmd, finished, _f(wall, ".0f"), "-",
                      str(threads if threads is not None else "-"), "-", "-"])
     if rows:
