@@ -50,7 +50,8 @@ def test_a_bad_data_dict_is_bad_input(files):
 
 
 def test_graphsurgeon_graph_is_converted_or_refused(files, tmp_path, monkeypatch):
-    gs = pytest.importorskip("onnx_graphsurgeon")
+    import onnx_graphsurgeon as gs  # a test extra (pyproject), never skipped
+
     m, calib, _ = files
     graph = gs.import_onnx(onnx.load(str(m)))
     res = compress(graph, str(tmp_path / "g.onnx"), calib=str(calib))
@@ -63,11 +64,24 @@ def test_graphsurgeon_graph_is_converted_or_refused(files, tmp_path, monkeypatch
         compress(graph, str(tmp_path / "g2.onnx"))
 
 
-def test_other_objects_are_refused_naming_what_is_accepted(files):
-    class Graph:  # looks like an onnx-ir model whose package is missing
+def test_onnx_ir_model_is_converted(files, tmp_path):
+    import onnx_ir  # a test extra: the conversion needs the real package
+
+    m, calib, _ = files
+    ir_model = onnx_ir.serde.deserialize_model(onnx.load(str(m)))
+    compress(ir_model, str(tmp_path / "i.onnx"), calib=str(calib))
+    x = random_input((1, 3, 16, 16), seed=4)
+    np.testing.assert_allclose(_outputs(tmp_path / "i.onnx", x), _outputs(m, x), rtol=1e-4, atol=1e-4)
+
+
+def test_other_objects_are_refused_naming_what_is_accepted(files, monkeypatch):
+    class Graph:  # looks like an onnx-ir object, but is no onnx_ir.Model
         pass
 
     Graph.__module__ = "onnx_ir._core"
+    with pytest.raises(BadInputError, match="an onnx_ir Graph is not a Model"):
+        compress(Graph())
+    monkeypatch.setitem(sys.modules, "onnx_ir", None)  # as if uninstalled
     with pytest.raises(BadInputError, match="needs onnx_ir to convert it"):
         compress(Graph())
     with pytest.raises(BadInputError, match="expected a path to an .onnx file, an onnx.ModelProto"):
