@@ -53,6 +53,8 @@ class Unit:
     const_acts: list[int] = field(default_factory=list)
     bias: int | None = None  # input index of a bias stored as int32 (CPU kernels need it)
     weight_out_axis: int | None = None  # axis of the output that holds the output channels
+    #: CPU: quantize the activation at run time (DynamicQuantizeLinear + MatMulInteger), no static Q
+    dynamic: bool = False
 
 
 @dataclass
@@ -302,8 +304,10 @@ def insert_qdq(
     chosen: set[str],
     act_q: dict[str, ActQ],
     fmt: Format,
+    float_readers: set[str] = frozenset(),
 ) -> onnx.ModelProto:
-    """A new model with Q->DQ on `chosen` tensors and integer weights for `units`."""
+    """A new model with Q->DQ on `chosen` tensors and integer weights for `units`; the nodes in
+    `float_readers` (dynamic units, quantized afterwards by insert_dynamic) keep their float inputs."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
@@ -331,7 +335,7 @@ def insert_qdq(
         u = unit_by_node.get(n.name)
         original = list(n.input)
         for idx, t in enumerate(original):
-            if not t:
+            if not t or n.name in float_readers:
                 continue
             k += 1
             if u is not None and idx in u.weights and t in inits:
@@ -527,3 +531,130 @@ def int4_weight_only(model: onnx.ModelProto, block: int, exclude: list[str]) -> 
     m.graph.node.extend(nodes)
     drop_unused_initializers(m.graph)
     return m, rows, skipped
+
+
+#: ops a CPU integer chain passes through without leaving integers (the producer look-up of
+#: float_fed walks through them)
+_THROUGH = SHARED_SCALE | FOLDABLE_RELU
+
+
+def dynamic_candidate(model_inits: dict[str, np.ndarray], node: onnx.NodeProto, u: Unit) -> bool:
+    """A MatMul of one float activation (input 0) by a constant 2-D weight (input 1): the shape
+    ORT's MatMulIntegerToFloat / DynamicQuantizeMatMul kernels take."""
+    return (u.op == "MatMul" and u.acts == [node.input[0]] and 1 in u.weights and 0 not in u.weights
+            and node.input[1] in model_inits and model_inits[node.input[1]].ndim == 2)
+
+
+def float_fed(model: onnx.ModelProto, units: list[Unit]) -> set[str]:
+    """Activation tensors of `units` that no integer-output unit produces (looking through
+    shared-scale ops and Relu): a static Q there is a standalone QuantizeLinear on float data, so a
+    run-time range costs the same pass over the tensor and can never clip (ARCHITECTURE.md
+    "Runtime facts": MatMulIntegerToFloat)."""
+    producer = GraphIndex(model.graph).producer
+    outs = {n.name: n.output[0] for n in model.graph.node}
+    int_out = {u.node for u in units if not u.dynamic and u.op in CPU_QLINEAR_OUT and outs[u.node] in u.acts}
+    out: set[str] = set()
+    for u in units:
+        for t in u.acts:
+            n = producer.get(t)
+            while n is not None and n.op_type in _THROUGH:
+                n = producer.get(n.input[0])
+            if n is None or n.name not in int_out:
+                out.add(t)
+    return out
+
+
+def split_dynamic(model: onnx.ModelProto, units: list[Unit], activations: str,
+                  inits: dict[str, np.ndarray]) -> tuple[list[Unit], list[dict]]:
+    """Mark the MatMul units that quantize their activation at run time; drop what no longer pays.
+
+    `static`: nothing changes. `dynamic`: ORT quantize_dynamic's structure - every MatMul with a
+    constant 2-D weight dynamic, no static unit kept. `auto`: a MatMul whose activation is float-fed
+    (a LayerNorm, Gelu or Softmax output - the transformer case, where static percentile ranges
+    clip the outlier channels) runs dynamic; a MatMul of two float-fed activations (attention
+    scores) stays float, as in ORT's dynamic structure, since a static Q on each operand costs
+    more than the integer product saves at these sizes. Returns the units and the dropped rows.
+    """
+    if activations == "static":
+        return units, []
+    by_name = {n.name: n for n in model.graph.node}
+    dynamic: list[Unit] = []
+    static: list[Unit] = list(units)
+    dropped: list[dict] = []
+    if activations == "dynamic":
+        for u in units:
+            if dynamic_candidate(inits, by_name[u.node], u):
+                u.dynamic = True
+                dynamic.append(u)
+            else:
+                dropped.append({"node": u.node, "reason": "activations=dynamic: only MatMuls with a constant weight are quantized"})
+        return dynamic, dropped
+    while True:  # to a fixpoint: a MatMul turned dynamic can leave the static chain before the next one float-fed
+        fed = float_fed(model, static)
+        now = [u for u in static if dynamic_candidate(inits, by_name[u.node], u) and u.acts[0] in fed]
+        if not now:
+            break
+        for u in now:
+            u.dynamic = True
+        dynamic += now
+        static, iso = prune_isolated(model, [u for u in static if not u.dynamic])
+        dropped += iso
+    if dynamic:
+        fed = float_fed(model, static)
+        keep = []
+        for u in static:
+            if u.op == "MatMul" and not u.weights and len(u.acts) == 2 and all(t in fed for t in u.acts):
+                dropped.append({"node": u.node, "reason": "MatMul of two float-fed activations: a static Q on each costs more "
+                                "than the integer product saves (left float, as in ORT's dynamic structure)"})
+            else:
+                keep.append(u)
+        static, iso = prune_isolated(model, keep)
+        dropped += iso
+    return static + dynamic, dropped
+
+
+def insert_dynamic(model: onnx.ModelProto, units: list[Unit], fmt: Format) -> onnx.ModelProto:
+    """In place: each dynamic MatMul unit becomes DynamicQuantizeLinear (one per activation, shared
+    by its readers) -> MatMulInteger(uint8 x, int8 W, zero points) -> Cast -> Mul(x_scale * w_scale).
+
+    That is the pattern ORT's CPU optimizer fuses into MatMulIntegerToFloat / DynamicQuantizeMatMul
+    (with a following bias Add); per-channel weights carry a per-column scale and zero point.
+    """
+    dyn = {u.node: u for u in units if u.dynamic}
+    if not dyn:
+        return model
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    ws = weights.Workspace.of(model)
+    new_inits: list[TensorProto] = []
+    drop: set[str] = set()
+    done: dict[str, tuple[str, str, str]] = {}
+    nodes: list[onnx.NodeProto] = []
+    for k, n in enumerate(g.node):
+        u = dyn.get(n.name)
+        if u is None:
+            nodes.append(n)
+            continue
+        x, w_name, y = n.input[0], n.input[1], n.output[0]
+        if x not in done:
+            done[x] = (f"{x}__dq8", f"{x}__dscale", f"{x}__dzp")
+            nodes.append(helper.make_node("DynamicQuantizeLinear", [x], list(done[x]), name=f"{x}__DynQ"))
+        xq, xs, xz = done[x]
+        w = weights.read(inits[w_name])
+        q, scale = quantize_weight(w, u.weights[1], fmt.weight_qmax)
+        base = f"{w_name}__dyn{k}"
+        new_inits += [weights.new_tensor(q.astype(np.int8), base, ws),
+                      numpy_helper.from_array(scale.astype(np.float32).reshape(-1) if scale.ndim else scale.astype(np.float32), base + "_scale"),
+                      numpy_helper.from_array(np.zeros(scale.shape, np.int8), base + "_zp")]
+        drop.add(w_name)
+        nodes += [
+            helper.make_node("MatMulInteger", [xq, base, xz, base + "_zp"], [f"{y}__i32"], name=f"{n.name}__MatMulInteger"),
+            helper.make_node("Cast", [f"{y}__i32"], [f"{y}__f32"], to=TensorProto.FLOAT, name=f"{n.name}__Cast"),
+            helper.make_node("Mul", [xs, base + "_scale"], [f"{y}__scales"], name=f"{n.name}__scales"),
+            helper.make_node("Mul", [f"{y}__f32", f"{y}__scales"], [y], name=f"{n.name}__rescale"),
+        ]
+    del g.node[:]
+    g.node.extend(nodes)
+    drop_unused_initializers(g, only=drop)
+    g.initializer.extend(new_inits)
+    return model

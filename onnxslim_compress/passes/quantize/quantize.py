@@ -119,6 +119,15 @@ class QuantizeParams:
         "no calibration data is an error that says so",
         flag=Flag("--synthetic-calib", help="quantize int8/fp8 on generated inputs when no --calib is given (weak)"),
     )
+    #: measured on paraphrase-MiniLM-L3 (AVX512-VNNI, 1 thread): static percentile QDQ keeps cosine
+    #: 0.874 on the L6 export; MatMul-only dynamic units with per-channel weights keep 0.997 at ORT
+    #: quantize_dynamic's speed (BENCHMARKS.md "Zoo")
+    activations: Literal["static", "dynamic", "auto"] = param(
+        "auto", help="CPU int8 activations: static (calibrated QDQ everywhere), dynamic (only MatMuls with a "
+        "constant weight, activation range taken at run time: ORT quantize_dynamic's structure), auto (dynamic for "
+        "MatMuls whose input no integer kernel produces - LayerNorm/Gelu outputs in transformers - static elsewhere)",
+        flag=Flag("--activations", help="CPU int8: static, dynamic or auto (dynamic MatMuls where the input is float-fed)"),
+    )
     quantize_embeddings: bool = param(
         True, help="CPU int8: store large embedding tables (Gather) as uint8; ORT runs a uint8 Gather (MiniLM: 53 -> 17.5 MB)",
     )
@@ -391,13 +400,16 @@ class Quantize(Pass):
         if not p.per_channel:
             for u in units:
                 u.weights = dict.fromkeys(u.weights)
+        dyn_dropped: list[dict] = []
+        if kind == "cpu" and mode == "int8":
+            units, dyn_dropped = qp.split_dynamic(model, units, p.activations, inits)
         if p.smoothquant is not None:
             model, n_smooth = qs.smoothquant(model, units, list(cal.take(data, min(p.calib_samples, 32))), p.smoothquant)
             stats["smoothquant_activations"] = n_smooth
         fmt = self._format(kind, mode, stats)
         if kind != "tensorrt" and mode == "fp8":
             raise BadInputError("quantize: fp8 is a TensorRT format (--target tensorrt); ORT's CPU EP has no fp8 kernels")
-        all_chosen, groups = qp.choose_tensors(model, units, kind, is_float)
+        all_chosen, groups = qp.choose_tensors(model, [u for u in units if not u.dynamic], kind, is_float)
         axes = {model.graph.node[i].input[0]: (1 if u.op == "Conv" else -1) for i, u in _weighted(model, units)}
         hists, means = cal.collect_histograms(model, sorted(all_chosen), data, limit=p.calib_samples,
                                               channel_axes=axes if p.bias_correction else None,
@@ -407,8 +419,11 @@ class Quantize(Pass):
         bodies = bd.has_bodies(model)
 
         def build(subset: list[qp.Unit], base: onnx.ModelProto = model) -> onnx.ModelProto:
-            chosen, _ = qp.choose_tensors(base, subset, kind, is_float)
-            out = qp.insert_qdq(base, subset, chosen, act_q, fmt)
+            static = [u for u in subset if not u.dynamic]
+            chosen, _ = qp.choose_tensors(base, static, kind, is_float)
+            dyn = [u for u in subset if u.dynamic]
+            out = qp.insert_qdq(base, static, chosen, act_q, fmt, float_readers={u.node for u in dyn})
+            qp.insert_dynamic(out, dyn, fmt)
             if bodies:  # main-graph Q/DQ names (x__q) may repeat a body's for the same captured x: SSA
                 uniquify_body_names(out.graph)
             return out
@@ -430,7 +445,7 @@ class Quantize(Pass):
             layers_extra = []
         drop_unused_initializers(qmodel.graph)
         prec = "fp8" if mode == "fp8" else "int8"
-        layers = [{"node": u.node, "op": u.op, "precision": prec,
+        layers = [{"node": u.node, "op": u.op, "precision": prec + (" dynamic" if u.dynamic else ""),
                    "weights": ("per-channel" if p.per_channel else "per-tensor") if u.weights else ""} for u in units]
         layers += [{"node": n, "op": "", "precision": "float", "weights": "", "reason": "excluded"} for n in excluded]
         layers += layers_extra
@@ -441,11 +456,13 @@ class Quantize(Pass):
         n_kept = sum(1 for u in units if u.node in kept)
         # every unit that stays float, by reason: the count a reader compares with quantized_units
         reasons = {"sensitive (--min-fidelity)": n_kept, "excluded": len(excluded),
-                   "isolated (no integer neighbour: Q/DQ would only add rounding)": len(isolated)}
+                   "isolated (no integer neighbour: Q/DQ would only add rounding)": len(isolated),
+                   f"activations={p.activations}: no integer neighbour once MatMuls run dynamic": len(dyn_dropped)}
         stats["float_units"] = {k: v for k, v in reasons.items() if v}
         stats["left_float"] = sum(reasons.values())
         stats.update(quantized_units=len(units) - n_kept, quantized_tensors=len(all_chosen), excluded=excluded, layers=layers,
-                     isolated=isolated, skipped=skipped, calibration=p.calibration,
+                     isolated=isolated + dyn_dropped, skipped=skipped, calibration=p.calibration, activations=p.activations,
+                     dynamic_units=sum(1 for u in units if u.dynamic and u.node not in kept),
                      activation_type=TensorProto.DataType.Name(fmt.act_type))
         if kind == "cpu":
             kern = count_integer_kernels(qmodel, ctx.target.threads or 1)
