@@ -32,3 +32,10 @@ def unwritable_dir(tmp_path):
         d.chmod(0o500)
         return str(d)
     return "/sys"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_speed_check(monkeypatch):
+    """quantize's speed check times real models (slow and noisy): off unless a test injects a timer
+    (Context.timer) or clears the variable itself."""
+    monkeypatch.setenv("ONNXSLIM_COMPRESS_NO_SPEED_CHECK", "1")

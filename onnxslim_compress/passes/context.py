@@ -72,6 +72,9 @@ class Context:
     #: on_progress(stage, done, total) is called inside long passes (calibration samples, recovery
     #: stages, SVD layers); jobs/compress.py shows it on the pass bar, so no bar sits frozen
     on_progress: Callable[[str, int, int | None], None] | None = None
+    #: timer(float model, candidate, feed) -> latency ratio candidate / float; None = the real
+    #: interleaved timing on the target (quantize's speed check; tests inject a deterministic one)
+    timer: Callable[[onnx.ModelProto, onnx.ModelProto, dict], float] | None = None
 
     def tick(self, stage: str, done: int, total: int | None = None) -> None:
         """Report progress inside a pass (a no-op unless someone listens)."""

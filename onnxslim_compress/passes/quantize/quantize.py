@@ -42,6 +42,7 @@ from onnxslim_compress.passes.fold_batchnorm import FoldBatchNorm
 from onnxslim_compress.passes.quantize import calibration as cal
 from onnxslim_compress.passes.quantize import placement as qp
 from onnxslim_compress.passes.quantize import sensitivity as qs
+from onnxslim_compress.passes.quantize import speed as qspeed
 from onnxslim_compress.passes.quantize.embedding import quantize_gather_tables
 from onnxslim_compress.passes.to_fp16 import convert_fp16
 from onnxslim_compress.runtime.activations import iterate_tensors
@@ -128,6 +129,11 @@ class QuantizeParams:
         "MatMuls whose input no integer kernel produces - LayerNorm/Gelu outputs in transformers - static elsewhere)",
         flag=Flag("--activations", help="CPU int8: static, dynamic or auto (dynamic MatMuls where the input is float-fed)"),
     )
+    speed_check: bool = param(
+        True, help="CPU int8: time the result against the float model (interleaved) and leave float the units whose "
+        "integer kernels lose; a model int8 cannot speed up comes back unchanged, with the ratio as the reason",
+        flag=Flag("--speed-check", help="CPU int8: keep only what measures faster than fp32 (--no-speed-check: skip the timing)"),
+    )
     quantize_embeddings: bool = param(
         True, help="CPU int8: store large embedding tables (Gather) as uint8; ORT runs a uint8 Gather (MiniLM: 53 -> 17.5 MB)",
     )
@@ -201,6 +207,7 @@ class Quantize(Pass):
     def run(self, model: onnx.ModelProto, ctx) -> PassResult:
         p: QuantizeParams = self.params
         kind = p.target or ctx.target.kind
+        source = model
         reason = already_quantized(model)
         if reason:
             return PassResult(model, False, {"skipped": [{"node": "*", "reason": reason}]})
@@ -228,10 +235,10 @@ class Quantize(Pass):
                 changed = any(r["changed"] for r in stats["bodies"])
             return PassResult(out, bool(rows) or up or changed, stats)
         if not bd.has_bodies(model):
-            return self._static(model, ctx, kind, mode, stats)
+            return self._static(model, ctx, kind, mode, stats, source)
         model = _copy(model)
         self._static_bodies(model, ctx, kind, mode, stats)
-        return self._static(model, ctx, kind, mode, stats)
+        return self._static(model, ctx, kind, mode, stats, source)
 
     def _plan_body(self, model: onnx.ModelProto, path: str, node: onnx.NodeProto, body: onnx.GraphProto,
                    consts: dict, types: dict[str, int], kind: str, mode: str, is_float: set[str],
@@ -362,8 +369,12 @@ class Quantize(Pass):
         stats["body_quantized_units"] = sum(r.get("quantized_units", 0) for r in rows)
         stats["body_tensors_calibrated"] = len(seen)
 
-    def _static(self, model: onnx.ModelProto, ctx, kind: str, mode: str, stats: dict) -> PassResult:
+    def _static(self, model: onnx.ModelProto, ctx, kind: str, mode: str, stats: dict,
+                source: onnx.ModelProto | None = None) -> PassResult:
+        """QDQ / dynamic units on the main graph; `source` is the pass's input (what the speed check
+        times against, and what comes back when int8 cannot win)."""
         p: QuantizeParams = self.params
+        source = model if source is None else source
         model = _copy(model)
         qp.constants_to_initializers(model)
         if kind == "cpu" and main_opset(model) >= 14:
@@ -418,7 +429,18 @@ class Quantize(Pass):
 
         bodies = bd.has_bodies(model)
 
+        delta: dict[str, np.ndarray] = {}
+        bias_in: dict[str, str] = {}
+        if p.bias_correction and units and mode == "int8":
+            delta = qs.weight_bias_shift(model, units, means, fmt.weight_qmax)
+            bias_in = qs.bias_inputs(model, units)
+            stats["bias_corrected"] = len(delta)
+
         def build(subset: list[qp.Unit], base: onnx.ModelProto = model) -> onnx.ModelProto:
+            names = {u.node for u in subset}
+            if delta:  # bias correction for the units quantized in this candidate only (a float unit keeps its bias)
+                base = _copy(base)
+                qp.apply_float_bias_delta(base, {k: v for k, v in delta.items() if k in names}, bias_in)
             static = [u for u in subset if not u.dynamic]
             chosen, _ = qp.choose_tensors(base, static, kind, is_float)
             dyn = [u for u in subset if u.dynamic]
@@ -428,16 +450,32 @@ class Quantize(Pass):
                 uniquify_body_names(out.graph)
             return out
 
-        qmodel = build(units)
-        if p.bias_correction and units and mode == "int8":
-            delta = qs.weight_bias_shift(model, units, means, fmt.weight_qmax)
-            corrected = _copy(model)
-            qp.apply_float_bias_delta(corrected, delta, qs.bias_inputs(model, units))
-            model = corrected
-            qmodel = build(units, model)
-            stats["bias_corrected"] = len(delta)
+        final = list(units)
         if p.min_fidelity:
-            qmodel = self._mixed_precision(model, units, build, data, kind, ctx, stats)
+            final = self._mixed_precision(model, units, build, data, kind, ctx, stats)
+        qmodel = build(final)
+        slow: dict[str, str] = {}
+        if kind == "cpu" and mode == "int8" and p.speed_check and final and ctx.target.kind == "cpu":
+            timer = qspeed.timer_for(ctx, ctx.target)
+            if timer is None:
+                stats["speed_check"] = f"off ({qspeed.NO_SPEED_CHECK_ENV} is set)"
+            else:
+                steps = qspeed.ladder(final, qspeed.unit_macs(model, final, first, inits))
+                step, cand, rows = qspeed.fastest(source, steps, build, qspeed.sample_feed(data), timer,
+                                                  lambda d, t: ctx.tick("speed check (int8 vs fp32)", d, t))
+                stats["speed"] = rows
+                if step is None:
+                    worst = min(r["ratio"] for r in rows)
+                    stats["skipped"] = skipped + [{"node": "*", "reason": f"int8 measured slower than fp32 on this target "
+                                                   f"(ratio {worst:.2f}, best of {len(rows)} candidates)"}]
+                    stats["quantized_units"] = 0
+                    return PassResult(source, False, stats)
+                if step is not steps[0]:
+                    keep = {u.node for u in step.units}
+                    got = rows[[st.name for st in steps].index(step.name)]["ratio"]
+                    slow = {u.node: f"integer kernel measured slower: left float by the speed check ('{step.name}': "
+                            f"int8/fp32 {got:.2f}, with every unit {rows[0]['ratio']:.2f})" for u in final if u.node not in keep}
+                    final, qmodel = step.units, cand
         if kind == "cpu" and mode == "int8" and p.quantize_embeddings:
             emb_rows, emb_skipped = quantize_gather_tables(qmodel, self._exclusions(qmodel))
             layers_extra, skipped = emb_rows, skipped + emb_skipped
@@ -449,20 +487,23 @@ class Quantize(Pass):
                    "weights": ("per-channel" if p.per_channel else "per-tensor") if u.weights else ""} for u in units]
         layers += [{"node": n, "op": "", "precision": "float", "weights": "", "reason": "excluded"} for n in excluded]
         layers += layers_extra
-        kept = set(stats.get("kept_float", []))
+        kept = stats.get("kept_float_reasons", {})
         for row in layers:
             if row["node"] in kept:
-                row.update(precision="float", reason="sensitive (--min-fidelity)")
+                row.update(precision="float", reason=kept[row["node"]])
+            elif row["node"] in slow:
+                row.update(precision="float", reason=slow[row["node"]])
         n_kept = sum(1 for u in units if u.node in kept)
         # every unit that stays float, by reason: the count a reader compares with quantized_units
         reasons = {"sensitive (--min-fidelity)": n_kept, "excluded": len(excluded),
+                   "integer kernel measured slower than float (speed check)": len(slow),
                    "isolated (no integer neighbour: Q/DQ would only add rounding)": len(isolated),
                    f"activations={p.activations}: no integer neighbour once MatMuls run dynamic": len(dyn_dropped)}
         stats["float_units"] = {k: v for k, v in reasons.items() if v}
         stats["left_float"] = sum(reasons.values())
-        stats.update(quantized_units=len(units) - n_kept, quantized_tensors=len(all_chosen), excluded=excluded, layers=layers,
+        stats.update(quantized_units=len(final), quantized_tensors=len(all_chosen), excluded=excluded, layers=layers,
                      isolated=isolated + dyn_dropped, skipped=skipped, calibration=p.calibration, activations=p.activations,
-                     dynamic_units=sum(1 for u in units if u.dynamic and u.node not in kept),
+                     dynamic_units=sum(1 for u in final if u.dynamic),
                      activation_type=TensorProto.DataType.Name(fmt.act_type))
         if kind == "cpu":
             kern = count_integer_kernels(qmodel, ctx.target.threads or 1)
@@ -504,7 +545,7 @@ class Quantize(Pass):
                 out[t] = qp.ActQ(q.scale, q.zero_point, fmt.act_type)
         return out
 
-    def _mixed_precision(self, model, units, build, data, kind, ctx, stats) -> onnx.ModelProto:
+    def _mixed_precision(self, model, units, build, data, kind, ctx, stats) -> list[qp.Unit]:
         """Rank units by the error each causes alone; keep the worst float until the goal holds.
 
         CPU: measured with the real integer kernels (the session ORT will run). Other targets are
@@ -525,12 +566,16 @@ class Quantize(Pass):
         ranked = [u for u, _ in sorted(sens, key=lambda r: -r[1])]
         k, fid, tried = qs.keep_float_until(lambda s: build(s, model), ranked, feeds, ref, goal, target)
         kept = {u.node for u in ranked[:k]}
+        err = dict((u.node, e) for u, e in sens)
+        # the reason the report and the summary show: the fidelity this layer alone costs
+        stats["kept_float_reasons"] = {u.node: f"sensitive: output cosine {1 - err[u.node]:.4f} with only this layer int8 "
+                                       f"(goal {goal.metric}={goal.value:g}, reached {fid:.4f})" for u in ranked[:k]}
         stats["layer_table"] = [{"node": u.node, "op": u.op, "sensitivity": round(e, 6), "float": u.node in kept}
                                 for u, e in sorted(sens, key=lambda r: -r[1])]
         stats.update(kept_float=sorted(kept), fidelity={goal.metric: round(fid, 6)}, fidelity_trials=tried)
         if fid < goal.value:
             raise AccuracyGateError(f"quantize: {goal.metric}={fid:.4f} < {goal.value} even with every unit float")
-        return build(ranked[k:], model)
+        return ranked[k:]
 
 
 def _fp16_body(v: bd.View) -> tuple[onnx.ModelProto | None, dict]:
