@@ -449,7 +449,19 @@ def kept_float_lines(r: dict[str, Any]) -> list[str]:
         line = f"{s['name']}: {q} of {total} units quantized; kept float: {why}"
         if "integer_kernels" in st:
             line += f"; ORT runs {st['integer_kernels']} integer kernels"
+        whole = [x["reason"] for x in st.get("skipped", []) or [] if isinstance(x, dict) and x.get("node") == "*"]
+        if not s["modified"] and whole:
+            line = f"{s['name']}: model left unchanged: {whole[0]}"
         out.append(line)
+        if st.get("speed"):
+            out.append("  speed check (int8/fp32, interleaved): "
+                       + "; ".join(f"{row['step']} x{row['ratio']:.2f}" for row in st["speed"]))
+        named = [(row["node"], row["reason"]) for row in st.get("layers", []) or []
+                 if isinstance(row, dict) and row.get("precision") == "float" and row.get("reason", "") != "excluded"]
+        for node, reason in named[:8]:  # which layers, and the number that kept each float
+            out.append(f"  float: {node}: {reason}")
+        if len(named) > 8:
+            out.append(f"  float: {len(named) - 8} more (see --json)")
     return out
 
 
