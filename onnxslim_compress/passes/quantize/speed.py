@@ -94,7 +94,7 @@ def ladder(units: list[Unit], macs: dict[str, int]) -> list[Step]:
     for frac in (0.25, 0.5, 0.75):
         k = int(round(frac * len(order)))
         rest = order[k:]
-        if rest and 0 < k and len(rest) < len(steps[-1].units):
+        if rest and k > 0 and len(rest) < len(steps[-1].units):
             steps.append(Step(f"{k} smallest weighted units float (below {macs[rest[0].node]:,} MACs)", rest))
     return steps
 
