@@ -34,8 +34,7 @@ def unwritable_dir(tmp_path):
     return "/sys"
 
 
-@pytest.fixture(autouse=True)
-def _no_real_speed_check(monkeypatch):
-    """quantize's speed check times real models (slow and noisy): off unless a test injects a timer
-    (Context.timer) or clears the variable itself."""
-    monkeypatch.setenv("ONNXSLIM_COMPRESS_NO_SPEED_CHECK", "1")
+#: quantize's speed check times real models (slow and noisy): off for the whole session (module
+#: fixtures and child processes included) unless a test injects a timer (Context.timer) or clears
+#: the variable itself with monkeypatch
+os.environ["ONNXSLIM_COMPRESS_NO_SPEED_CHECK"] = "1"

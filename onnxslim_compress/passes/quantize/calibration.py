@@ -18,11 +18,17 @@ import numpy as np
 import onnx
 
 from onnxslim_compress.data import check_generated_size
+from onnxslim_compress.graph import weights
+from onnxslim_compress.graph.index import GraphIndex, attr
 from onnxslim_compress.graph.shapes import elem_type_to_numpy, graph_inputs
 from onnxslim_compress.runtime.activations import iterate_tensors
 from onnxslim_compress.runtime.session import Target
 
 Method = Literal["minmax", "percentile", "entropy", "mse"]
+#: the methods calibration="auto" tries per tensor
+AUTO_METHODS: tuple[Method, ...] = ("minmax", "percentile", "entropy", "mse")
+#: rows (positions x channels) of each tensor kept for auto's downstream error, over all samples
+AUTO_ROWS = 512
 Feed = dict[str, np.ndarray]
 
 
@@ -209,26 +215,128 @@ def collect_histograms(
     target: Target | None = None,
     channel_axes: dict[str, int] | None = None,
     progress: Callable[[int], None] | None = None,
+    row_axes: dict[str, int] | None = None,
+    rows_out: dict[str, np.ndarray] | None = None,
+    max_rows: int = AUTO_ROWS,
 ) -> tuple[dict[str, Histogram], dict[str, np.ndarray]]:
     """One streamed pass over `data`: a Histogram per tensor name; each sample is dropped after use.
 
     For tensors in `channel_axes` the per-channel mean is accumulated too (bias correction needs the
-    mean input of each weighted op, and computing it here saves a second pass).
+    mean input of each weighted op, and computing it here saves a second pass). For tensors in
+    `row_axes`, up to `max_rows` rows (one position's channel vector, channels on that axis) spread
+    over the samples are kept in `rows_out`: calibration="auto" measures each range's error at the
+    consumer's output on them, so memory stays bounded by rows, not by samples.
     """
     hists = {n: Histogram(nbins) for n in names}
     axes = dict(channel_axes or {})
     sums: dict[str, np.ndarray] = {}
     rows: dict[str, int] = {}
     fetch = sorted(set(names) | set(axes))
+    keep = dict(row_axes or {})
+    kept: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in keep}
+    expected = min(limit or 10**9, len(data)) if hasattr(data, "__len__") else (limit or 32)
+    per_sample = max(8, max_rows // max(1, expected))
+    rng = np.random.default_rng(0)
     for values in iterate_tensors(model, fetch, data, target=target, limit=limit, progress=progress):
         for n, v in values.items():
             if n in hists:
                 hists[n].update(v)
+            if n in keep and v.ndim and v.size and sum(len(r) for r, _ in kept[n]) < max_rows:
+                kept[n].append(_row_sample(np.moveaxis(np.asarray(v, np.float32), keep[n], -1).reshape(-1, v.shape[keep[n]]),
+                                           per_sample, rng))
             if n in axes and v.ndim and v.size:  # empty: an If branch that did not run (bodies.expose)
                 x = np.moveaxis(v.astype(np.float64), axes[n], -1).reshape(-1, v.shape[axes[n]])
                 sums[n] = sums.get(n, 0) + x.sum(0)
                 rows[n] = rows.get(n, 0) + x.shape[0]
+    if rows_out is not None:
+        rows_out.update({n: (np.concatenate([a for a, _ in r]), np.concatenate([w for _, w in r])) for n, r in kept.items() if r})
     return hists, {n: sums[n] / rows[n] for n in sums}
+
+
+def _row_sample(x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """k rows of x [rows, channels] with weights that make weighted sums unbiased estimates of the
+    sums over all rows: the k/2 rows with the largest |value| (weight 1: the rare outliers that
+    decide whether clipping pays are never missed) and k/2 of the others at random (weight
+    others / k/2)."""
+    if len(x) <= k:
+        return x, np.ones(len(x), np.float64)
+    top_k = k // 2
+    order = np.argsort(-np.abs(x).max(1))
+    top, rest = order[:top_k], order[top_k:]
+    pick = rng.choice(rest, k - top_k, replace=False)
+    w = np.concatenate([np.ones(top_k), np.full(len(pick), len(rest) / len(pick))])
+    return x[np.concatenate([top, pick])], w
+
+
+def fake_quant(x: np.ndarray, lo: float, hi: float, symmetric: bool) -> np.ndarray:
+    """x quantized to 8 bits on the range (lo, hi) and back (uint8 asymmetric or int8 symmetric)."""
+    if symmetric:
+        q = symmetric_qparams(lo, hi)
+        return np.clip(np.round(x / q.scale), -128, 127) * q.scale
+    q = asymmetric_qparams(lo, hi)
+    return (np.clip(np.round(x / q.scale) + q.zero_point, 0, 255) - q.zero_point) * q.scale
+
+
+def consumer_matrices(model: onnx.ModelProto, tensors: list[str]) -> dict[str, tuple[int, list[np.ndarray | None]]]:
+    """Per tensor: the channel axis its weighted consumers read and one matrix [channels, outputs]
+    per consumer (MatMul/Gemm weight; Conv weight with the kernel taps side by side, block-diagonal
+    over groups), None for a consumer without a constant weight (its error is the tensor's own)."""
+    g = model.graph
+    idx = GraphIndex(g)
+    inits = {t.name: t for t in g.initializer}
+    out: dict[str, tuple[int, list[np.ndarray | None]]] = {}
+    for t in tensors:
+        axis, mats = -1, []
+        for c in idx.consumers.get(t, []):
+            w_t = inits.get(c.input[1]) if len(c.input) > 1 and c.input[0] == t else None
+            if w_t is None or c.op_type not in ("MatMul", "Gemm", "Conv"):
+                mats.append(None)
+                continue
+            w = weights.read(w_t).astype(np.float32)
+            if c.op_type == "MatMul" and w.ndim == 2:
+                mats.append(w)
+            elif c.op_type == "Gemm" and w.ndim == 2 and not attr(c, "transA", 0):
+                mats.append(w.T if attr(c, "transB", 0) else w)
+            elif c.op_type == "Conv" and w.ndim >= 3:
+                groups = int(attr(c, "group", 1))
+                co, cig = w.shape[0], w.shape[1]
+                taps = int(np.prod(w.shape[2:]))
+                full = np.zeros((cig * groups, co * taps), np.float32)
+                per = co // groups
+                for k in range(groups):
+                    blk = w[k * per:(k + 1) * per].reshape(per, cig, taps).transpose(1, 0, 2).reshape(cig, per * taps)
+                    full[k * cig:(k + 1) * cig, k * per * taps:(k + 1) * per * taps] = blk
+                mats.append(full)
+                axis = 1
+            else:
+                mats.append(None)
+        if any(m is not None for m in mats):
+            out[t] = (axis, mats)
+    return out
+
+
+def choose_range(h: Histogram, rows: np.ndarray | tuple[np.ndarray, np.ndarray], consumers: list[np.ndarray | None], *, symmetric: bool,
+                 percentile: float = 99.99, methods: tuple[Method, ...] = AUTO_METHODS,
+                 ) -> tuple[Method, tuple[float, float], dict[str, float]]:
+    """calibration="auto" for one tensor: every method's range, scored by the squared error it
+    causes at the consumers' outputs (rows @ W for each consumer matrix W, [channels, outputs]) on
+    the kept calibration rows (with their sampling weights), or at the tensor itself without a weighted consumer. The best
+    method, its range and every score. Why downstream: BERT-class outlier channels carry large
+    weights, so clipping them (percentile) costs far more after the MatMul than in the tensor,
+    while long-tailed CNN activations lose more to minmax's coarse steps."""
+    rows, rw = rows if isinstance(rows, tuple) else (rows, np.ones(len(rows)))
+    scores: dict[str, float] = {}
+    best: tuple[float, Method, tuple[float, float]] | None = None
+    for m in methods:
+        lo, hi = compute_range(h, m, symmetric=symmetric, percentile=percentile)
+        e = fake_quant(rows, lo, hi, symmetric) - rows
+        err = sum(float(rw @ np.square(e if w is None else e @ w).sum(1)) for w in consumers) if consumers \
+            else float(rw @ np.square(e).sum(1))
+        scores[m] = err
+        if best is None or err < best[0] - 1e-12 * max(abs(best[0]), 1.0):
+            best = (err, m, (lo, hi))
+    assert best is not None
+    return best[1], best[2], scores
 
 
 def synthetic_feeds(model: onnx.ModelProto, shapes: dict[str, list[int]], n: int, seed: int = 0) -> list[Feed]:

@@ -71,13 +71,15 @@ class QuantizeParams:
                          default=Pinned("int8")),
     )
     target: Literal["cpu", "cuda", "tensorrt"] | None = param(None, help="placement rules of this runtime; None = the run's --target")
-    #: percentile measured best on the benchmark models (BENCHMARKS.md "Quantization"): minmax lets one
-    #: outlier sample stretch every scale, entropy/mse cost more time for no better fidelity there
-    calibration: Literal["minmax", "percentile", "entropy", "mse"] = param(
-        "percentile", help="how activation ranges are calibrated",
+    #: auto: no single method wins everywhere - percentile measured best on the CNNs of BENCHMARKS.md
+    #: "Quantization" (minmax lets one outlier sample stretch every scale), while it clips the outlier
+    #: channels BERT-class encoders depend on (cosine 0.874 vs minmax 0.985, issue 16)
+    calibration: Literal["auto", "minmax", "percentile", "entropy", "mse"] = param(
+        "auto", help="how activation ranges are calibrated; auto: per tensor, the method whose range gives the "
+        "lowest error at the consumer's output on the calibration rows (percentile inside If/Loop bodies)",
         flag=Flag("--calibrate-method", aliases=("--calibration",), help="how activation ranges are calibrated "
                   "(ORT's calibrate_method; --calibration is the old spelling)"),
-        search=When("mode", ("int8",), Choices(("percentile", "minmax", "entropy"))),
+        search=When("mode", ("int8",), Choices(("auto", "percentile", "minmax"))),
     )
     percentile: float = param(99.99, help="the percentile of the percentile calibration, in (50, 100]",
                               flag=Flag("--percentile", metavar="P"))
@@ -422,10 +424,13 @@ class Quantize(Pass):
             raise BadInputError("quantize: fp8 is a TensorRT format (--target tensorrt); ORT's CPU EP has no fp8 kernels")
         all_chosen, groups = qp.choose_tensors(model, [u for u in units if not u.dynamic], kind, is_float)
         axes = {model.graph.node[i].input[0]: (1 if u.op == "Conv" else -1) for i, u in _weighted(model, units)}
+        consumers = cal.consumer_matrices(model, sorted(all_chosen)) if p.calibration == "auto" and mode == "int8" else {}
+        rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         hists, means = cal.collect_histograms(model, sorted(all_chosen), data, limit=p.calib_samples,
                                               channel_axes=axes if p.bias_correction else None,
-                                              progress=ctx.ticker("calibration samples", _total(data, p.calib_samples)))
-        act_q = self._act_params(hists, groups, fmt)
+                                              progress=ctx.ticker("calibration samples", _total(data, p.calib_samples)),
+                                              row_axes={t: a for t, (a, _) in consumers.items()}, rows_out=rows)
+        act_q = self._act_params(hists, groups, fmt, rows, consumers, stats)
 
         bodies = bd.has_bodies(model)
 
@@ -522,11 +527,34 @@ class Quantize(Pass):
             names.update(n.name for n in model.graph.node if n.op_type in ops and n.name)
         return [*p.exclude, *(f"^{re.escape(n)}$" for n in sorted(names))]
 
-    def _act_params(self, hists: dict[str, cal.Histogram], groups: dict[str, str], fmt: qp.Format) -> dict[str, qp.ActQ]:
+    def _act_params(self, hists: dict[str, cal.Histogram], groups: dict[str, str], fmt: qp.Format,
+                    rows: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                    consumers: dict[str, tuple[int, list[np.ndarray | None]]] | None = None,
+                    stats: dict | None = None) -> dict[str, qp.ActQ]:
+        """Scale and zero point per tensor (one range per shared-scale group). calibration="auto"
+        picks each tensor's method by the error at its consumers (calibration.choose_range) where
+        rows of it were kept (tensors read by a weighted op), else percentile (the measured CNN default); the picks are counted in stats["calibration_choices"]."""
         p: QuantizeParams = self.params
         bits = 8
-        ranges = {t: cal.compute_range(h, p.calibration, symmetric=fmt.act_symmetric, percentile=p.percentile, bits=bits)
-                  for t, h in hists.items()}
+        ranges: dict[str, tuple[float, float]] = {}
+        choices: dict[str, int] = {}
+        picked: dict[str, str] = {}
+        for t, h in hists.items():
+            method = p.calibration
+            if method == "auto":
+                if rows and consumers and t in rows and t in consumers and h.max >= h.min:
+                    method, ranges[t], _ = cal.choose_range(h, rows[t], consumers[t][1], symmetric=fmt.act_symmetric,
+                                                            percentile=p.percentile)
+                    choices[method] = choices.get(method, 0) + 1
+                    picked[t] = method
+                    continue
+                method = "percentile"
+                choices["percentile (no weighted consumer)"] = choices.get("percentile (no weighted consumer)", 0) + 1
+            ranges[t] = cal.compute_range(h, method, symmetric=fmt.act_symmetric, percentile=p.percentile, bits=bits)
+        if stats is not None and p.calibration == "auto":
+            stats["calibration_choices"] = dict(sorted(choices.items()))
+            stats["calibration_by_tensor"] = picked
+            stats["auto_ranges"] = {t: [round(float(ranges[t][0]), 6), round(float(ranges[t][1]), 6)] for t in picked}
         merged: dict[str, tuple[float, float]] = {}
         for t, (lo, hi) in ranges.items():
             g = groups.get(t, t)
