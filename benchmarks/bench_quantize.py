@@ -25,6 +25,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import ort_anchors  # noqa: E402
 
 MODELS = ["digits", "yolov8n", "ppocr_det", "ppocr_rec", "minilm"]
 TOOLS = ["ours", "ort_static", "ort_dynamic"]
@@ -65,27 +68,6 @@ def eval_set(name: str) -> tuple[list[dict[str, np.ndarray]], dict]:
 # ------------------------------------------------------------------------------------------ workers
 
 
-def _upgraded_copy(src: Path, tmp: Path) -> Path:
-    """ORT's input: opset >= 13 (it writes invalid per-axis DQ below) and Constant-node weights turned
-    into initializers (quantize_dynamic refuses paddle2onnx models otherwise) - the same preprocessing
-    our pass does internally, so the comparison is about quantization, not about input quirks."""
-    import onnx
-
-    from onnxslim_compress.graph.io import clamp_ir_version, upgrade_opset
-    from onnxslim_compress.passes.quantize.placement import constants_to_initializers
-
-    m = onnx.load(str(src))
-    m, changed = upgrade_opset(m, 13)
-    n_const = sum(1 for n in m.graph.node if n.op_type == "Constant")
-    if not changed and not n_const:
-        return src
-    constants_to_initializers(m)
-    clamp_ir_version(m)
-    p = tmp / "upgraded.onnx"
-    onnx.save(m, str(p))
-    return p
-
-
 def worker(tool: str, name: str, out: str) -> dict:
     """Run one tool on one model (in a fresh process) and report wall time, peak RSS and stats."""
     t0 = time.perf_counter()
@@ -104,30 +86,9 @@ def worker(tool: str, name: str, out: str) -> dict:
         save_model(res.model, out)
         stats = {k: v for k, v in res.stats.items() if k in ("integer_kernels", "integer_kernels_by_op", "kept_float",
                                                              "quantized_units", "fidelity", "opset_out", "calibration")}
-    else:
-        from onnxruntime.quantization import (
-            CalibrationDataReader,
-            QuantFormat,
-            QuantType,
-            quantize_dynamic,
-            quantize_static,
-        )
-
+    else:  # the shared ORT anchors (benchmarks/ort_anchors.py); this benchmark's figures were taken without pre-processing
         with tempfile.TemporaryDirectory() as d:
-            inp = _upgraded_copy(src, Path(d))
-            if tool == "ort_static":
-
-                class Reader(CalibrationDataReader):
-                    def __init__(self):
-                        self.it = iter(feeds)
-
-                    def get_next(self):
-                        return next(self.it, None)
-
-                quantize_static(str(inp), out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            else:
-                quantize_dynamic(str(inp), out)
+            ort_anchors.quantize(tool, Path(src), out, feeds, Path(d), [], pre_process=False)
     wall = time.perf_counter() - t0
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(_peak_rss_kb() / 1024, 1), "stats": stats}
 

@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import ort_anchors  # noqa: E402
+
 from models import datasets as D  # noqa: E402
 from models.fetch import MODELS as ZOO  # noqa: E402
 from models.fetch import fetch  # noqa: E402
@@ -145,32 +147,8 @@ def _calib(name: str) -> list[dict[str, np.ndarray]]:
     return list(D.iter_feeds(D.build(name, "calib")))
 
 
-def _ort_input(src: Path, tmp: Path, notes: list[str]) -> Path:
-    """ORT's input: opset >= 13 (quantize_static writes per-axis DequantizeLinear, invalid below 13) and
-    Constant-node weights as initializers (quantize_dynamic skips or refuses them otherwise)."""
-    import onnx
-
-    from onnxslim_compress.graph.io import clamp_ir_version, main_opset, upgrade_opset
-    from onnxslim_compress.passes.quantize.placement import constants_to_initializers
-
-    m = onnx.load(str(src))
-    before = main_opset(m)
-    m, changed = upgrade_opset(m, 13)
-    n_const = sum(1 for n in m.graph.node if n.op_type == "Constant")
-    if not changed and not n_const:
-        return src
-    if changed:
-        notes.append(f"opset {before} -> 13 first (per-axis DequantizeLinear needs 13)")
-    constants_to_initializers(m)
-    clamp_ir_version(m)
-    p = tmp / "ort_input.onnx"
-    onnx.save(m, str(p))
-    return p
-
-
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1] if text else ''}"[:240]
+    return ort_anchors.first_line(e)
 
 
 def worker(tool: str, name: str, out: str) -> dict:
@@ -194,46 +172,8 @@ def worker(tool: str, name: str, out: str) -> dict:
         if res.report.get("subgraphs_untouched"):
             stats["subgraphs_untouched"] = res.report["subgraphs_untouched"]
     else:
-        from onnxruntime.quantization import (
-            CalibrationDataReader,
-            QuantFormat,
-            QuantType,
-            quantize_dynamic,
-            quantize_static,
-        )
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
         with tempfile.TemporaryDirectory() as d:
-            inp = _ort_input(src, Path(d), notes)
-            if tool == "ort_static":
-                pre = Path(d) / "pre.onnx"
-                try:
-                    quant_pre_process(str(inp), str(pre))
-                except Exception as e:  # noqa: BLE001 - ORT's symbolic shape inference fails on some graphs
-                    notes.append(f"quant_pre_process failed ({_first_line(e)[:120]}); retried without symbolic shapes")
-                    try:
-                        quant_pre_process(str(inp), str(pre), skip_symbolic_shape=True)
-                    except Exception as e2:  # noqa: BLE001
-                        notes.append(f"quant_pre_process failed again ({_first_line(e2)[:120]}); quantized unprocessed")
-                        pre = inp
-
-                class Reader(CalibrationDataReader):
-                    def __init__(self) -> None:
-                        self.it = iter(feeds)
-
-                    def get_next(self):
-                        return next(self.it, None)
-
-                try:
-                    quantize_static(str(pre), out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-                except Exception as e:  # noqa: BLE001 - say which step failed, in one line
-                    raise SystemExit(f"error: quantize_static: {_first_line(e)}") from None
-            else:
-                try:
-                    quantize_dynamic(str(inp), out)
-                except Exception as e:  # noqa: BLE001
-                    raise SystemExit(f"error: quantize_dynamic: {_first_line(e)}") from None
+            ort_anchors.quantize(tool, Path(src), out, feeds, Path(d), notes)
     return {"wall_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(_peak_rss_kb() / 1024, 1),
             "notes": notes, "stats": stats}
 
@@ -251,7 +191,7 @@ def _peak_rss_kb() -> int:
 
 def _run_worker(tool: str, name: str, out: Path, budget_s: float) -> dict:
     """The worker's JSON, or {"error": reason} (its last stderr line, or the timeout)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", tool, name, str(out.resolve())]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--threads", str(THREADS), "--worker", tool, name, str(out.resolve())]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
     try:
@@ -333,15 +273,18 @@ def bench_model(name: str, tmp: Path, budget_s: float = DEFAULT_BUDGET_S, runs_m
 
 
 def main(argv: list[str] | None = None) -> int:
+    global THREADS
     from run_all import machine_info
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO))
     ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds per tool and model to quantize")
     ap.add_argument("--runs", type=int, default=RUNS_MAX, help="upper bound on interleaved latency runs per comparison")
+    ap.add_argument("--threads", type=int, default=THREADS, help="intra-op threads of every session (and of our pass's speed check)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "zoo.json"))
     ap.add_argument("--worker", nargs=3, metavar=("TOOL", "MODEL", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    THREADS = a.threads
     if a.worker:
         print(json.dumps(worker(*a.worker), default=str))
         return 0
