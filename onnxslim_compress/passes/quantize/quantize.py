@@ -470,9 +470,12 @@ class Quantize(Pass):
                                                   lambda d, t: ctx.tick("speed check (int8 vs fp32)", d, t))
                 stats["speed"] = rows
                 if step is None:
-                    worst = min(r["ratio"] for r in rows)
+                    best = min(r["ratio"] for r in rows if not r["step"].endswith("(confirmation)"))
+                    again = [r["ratio"] for r in rows if r["step"].endswith("(confirmation)")]
+                    note = f", {again[0]:.2f} when timed again" if again else ""
                     stats["skipped"] = skipped + [{"node": "*", "reason": f"int8 measured slower than fp32 on this target "
-                                                   f"(ratio {worst:.2f}, best of {len(rows)} candidates)"}]
+                                                   f"(ratio {best:.2f}{note}, best of {len(steps)} candidates; a win must "
+                                                   f"be < {qspeed.WIN_RATIO:g})"}]
                     stats["quantized_units"] = 0
                     return PassResult(source, False, stats)
                 if step is not steps[0]:
