@@ -144,7 +144,7 @@ def sweep_model(name: str, tmp: Path) -> dict:
     feeds, meta = eval_set(name)
     ref = _outputs(make_session(onnx.load(str(model_path(name))), target), feeds)
     row = {}
-    for method in ("minmax", "percentile", "entropy", "mse"):
+    for method in ("auto", "minmax", "percentile", "entropy", "mse"):
         out = tmp / f"{name}_{method}.onnx"
         proc = subprocess.run([sys.executable, __file__, "--worker", f"ours:{method}", name, str(out)], capture_output=True, text=True)
         if proc.returncode != 0:

@@ -216,13 +216,15 @@ def collect_histograms(
     channel_axes: dict[str, int] | None = None,
     progress: Callable[[int], None] | None = None,
     row_axes: dict[str, int] | None = None,
-    rows_out: dict[str, np.ndarray] | None = None,
+    rows_out: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    absmax_out: dict[str, np.ndarray] | None = None,
     max_rows: int = AUTO_ROWS,
 ) -> tuple[dict[str, Histogram], dict[str, np.ndarray]]:
     """One streamed pass over `data`: a Histogram per tensor name; each sample is dropped after use.
 
     For tensors in `channel_axes` the per-channel mean is accumulated too (bias correction needs the
-    mean input of each weighted op, and computing it here saves a second pass). For tensors in
+    mean input of each weighted op, and computing it here saves a second pass), and its per-channel
+    max |x| into `absmax_out` (dynamic units split off their outlier channels by it). For tensors in
     `row_axes`, up to `max_rows` rows (one position's channel vector, channels on that axis) spread
     over the samples are kept in `rows_out`: calibration="auto" measures each range's error at the
     consumer's output on them, so memory stays bounded by rows, not by samples.
@@ -248,6 +250,9 @@ def collect_histograms(
                 x = np.moveaxis(v.astype(np.float64), axes[n], -1).reshape(-1, v.shape[axes[n]])
                 sums[n] = sums.get(n, 0) + x.sum(0)
                 rows[n] = rows.get(n, 0) + x.shape[0]
+                if absmax_out is not None:
+                    a = np.abs(x).max(0)
+                    absmax_out[n] = a if n not in absmax_out else np.maximum(absmax_out[n], a)
     if rows_out is not None:
         rows_out.update({n: (np.concatenate([a for a, _ in r]), np.concatenate([w for _, w in r])) for n, r in kept.items() if r})
     return hists, {n: sums[n] / rows[n] for n in sums}

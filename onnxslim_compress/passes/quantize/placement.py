@@ -55,6 +55,8 @@ class Unit:
     weight_out_axis: int | None = None  # axis of the output that holds the output channels
     #: CPU: quantize the activation at run time (DynamicQuantizeLinear + MatMulInteger), no static Q
     dynamic: bool = False
+    #: dynamic units: input channels that stay float (a small float MatMul beside the integer one)
+    outliers: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -613,6 +615,42 @@ def split_dynamic(model: onnx.ModelProto, units: list[Unit], activations: str,
     return static + dynamic, dropped
 
 
+#: a channel whose calibrated max |x| exceeds this multiple of the median channel's is an outlier
+OUTLIER_RATIO = 12.0
+#: at most this many outlier channels per activation (LLM.int8()'s decomposition pays for a few)
+MAX_OUTLIERS = 8
+
+
+def outlier_channels(absmax: np.ndarray) -> list[int]:
+    """The channels a per-tensor dynamic range cannot hold with the rest: max |x| above
+    OUTLIER_RATIO x the median channel's, the largest MAX_OUTLIERS of them (none if more than
+    that are: then the range is wide everywhere and a split does not help)."""
+    if absmax.size < 16:
+        return []
+    med = float(np.median(absmax))
+    if med <= 0:
+        return []
+    big = np.nonzero(absmax > OUTLIER_RATIO * med)[0]
+    if len(big) == 0 or len(big) > MAX_OUTLIERS:
+        return []
+    return sorted(int(i) for i in big)
+
+
+def _bias_add(readers: list[onnx.NodeProto], inits: dict[str, TensorProto]) -> onnx.NodeProto | None:
+    """The lone Add with a constant operand that reads a MatMul output (its bias), if that is its only reader."""
+    if len(readers) == 1 and readers[0].op_type == "Add" and any(t in inits for t in readers[0].input):
+        return readers[0]
+    return None
+
+
+def split_weight(w: np.ndarray, outliers: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(W with the outlier input rows zeroed: what the integer MatMul gets, the outlier rows: the
+    float MatMul's weight)."""
+    wn = np.array(w, dtype=np.float32, copy=True)
+    wn[outliers] = 0.0
+    return wn, np.asarray(w, dtype=np.float32)[outliers]
+
+
 def insert_dynamic(model: onnx.ModelProto, units: list[Unit], fmt: Format) -> onnx.ModelProto:
     """In place: each dynamic MatMul unit becomes DynamicQuantizeLinear (one per activation, shared
     by its readers) -> MatMulInteger(uint8 x, int8 W, zero points) -> Cast -> Mul(x_scale * w_scale).
@@ -628,20 +666,41 @@ def insert_dynamic(model: onnx.ModelProto, units: list[Unit], fmt: Format) -> on
     ws = weights.Workspace.of(model)
     new_inits: list[TensorProto] = []
     drop: set[str] = set()
-    done: dict[str, tuple[str, str, str]] = {}
+    done: dict[tuple, tuple[str, str, str]] = {}
     nodes: list[onnx.NodeProto] = []
+    readers = GraphIndex(g).consumers
+    late: dict[str, tuple[str, str]] = {}  # bias Add node -> (unit output, float outlier part)
     for k, n in enumerate(g.node):
         u = dyn.get(n.name)
         if u is None:
+            if n.name in late:  # x@W_int + b first (fused), then + the outlier channels' float part
+                y, flt = late[n.name]
+                out = n.output[0]
+                n.input[list(n.input).index(y)] = f"{y}__int"
+                n.output[0] = f"{out}__biased"
+                nodes += [n, helper.make_node("Add", [f"{out}__biased", flt], [out], name=f"{n.name}__outlier_add")]
+                continue
             nodes.append(n)
             continue
         x, w_name, y = n.input[0], n.input[1], n.output[0]
-        if x not in done:
-            done[x] = (f"{x}__dq8", f"{x}__dscale", f"{x}__dzp")
-            nodes.append(helper.make_node("DynamicQuantizeLinear", [x], list(done[x]), name=f"{x}__DynQ"))
-        xq, xs, xz = done[x]
         w = weights.read(inits[w_name])
-        q, scale = quantize_weight(w, u.weights[1], fmt.weight_qmax)
+        key = (x, tuple(u.outliers))
+        if key not in done:
+            src = x
+            tag = f"{x}__o{len(done)}" if u.outliers else x
+            if u.outliers:  # zero the outlier channels for the integer path, gather them for the float one
+                keep = np.ones(w.shape[0], np.float32)
+                keep[u.outliers] = 0.0
+                new_inits += [numpy_helper.from_array(keep, f"{tag}__keep"),
+                              numpy_helper.from_array(np.array(u.outliers, np.int64), f"{tag}__idx")]
+                nodes += [helper.make_node("Mul", [x, f"{tag}__keep"], [f"{tag}__inl"], name=f"{tag}__Inliers"),
+                          helper.make_node("Gather", [x, f"{tag}__idx"], [f"{tag}__outl"], axis=-1, name=f"{tag}__Outliers")]
+                src = f"{tag}__inl"
+            done[key] = (f"{tag}__dq8", f"{tag}__dscale", f"{tag}__dzp")
+            nodes.append(helper.make_node("DynamicQuantizeLinear", [src], list(done[key]), name=f"{tag}__DynQ"))
+        xq, xs, xz = done[key]
+        w_int, w_out = split_weight(w, u.outliers) if u.outliers else (w, None)
+        q, scale = quantize_weight(w_int, u.weights[1], fmt.weight_qmax)
         base = f"{w_name}__dyn{k}"
         new_inits += [weights.new_tensor(q.astype(np.int8), base, ws),
                       numpy_helper.from_array(scale.astype(np.float32).reshape(-1) if scale.ndim else scale.astype(np.float32), base + "_scale"),
@@ -651,8 +710,20 @@ def insert_dynamic(model: onnx.ModelProto, units: list[Unit], fmt: Format) -> on
             helper.make_node("MatMulInteger", [xq, base, xz, base + "_zp"], [f"{y}__i32"], name=f"{n.name}__MatMulInteger"),
             helper.make_node("Cast", [f"{y}__i32"], [f"{y}__f32"], to=TensorProto.FLOAT, name=f"{n.name}__Cast"),
             helper.make_node("Mul", [xs, base + "_scale"], [f"{y}__scales"], name=f"{n.name}__scales"),
-            helper.make_node("Mul", [f"{y}__f32", f"{y}__scales"], [y], name=f"{n.name}__rescale"),
+            helper.make_node("Mul", [f"{y}__f32", f"{y}__scales"], [f"{y}__int" if u.outliers else y], name=f"{n.name}__rescale"),
         ]
+        if u.outliers:
+            tag = xq[: -len("__dq8")]
+            # one channel: an outer product by broadcasting (Mul [.., 1] x [N]) is cheaper than a K=1 MatMul
+            one = len(u.outliers) == 1
+            new_inits.append(numpy_helper.from_array(w_out.reshape(-1) if one else w_out, base + "_outliers"))
+            nodes.append(helper.make_node("Mul" if one else "MatMul", [f"{tag}__outl", base + "_outliers"], [f"{y}__flt"],
+                                          name=f"{n.name}__outlier_mm"))
+            bias = _bias_add(readers.get(y, []), inits)
+            if bias is not None:  # keep Mul -> bias Add adjacent: ORT fuses the bias into MatMulIntegerToFloat
+                late[bias.name] = (y, f"{y}__flt")
+            else:
+                nodes.append(helper.make_node("Add", [f"{y}__int", f"{y}__flt"], [y], name=f"{n.name}__outlier_add"))
     del g.node[:]
     g.node.extend(nodes)
     drop_unused_initializers(g, only=drop)

@@ -131,6 +131,12 @@ class QuantizeParams:
         "MatMuls whose input no integer kernel produces - LayerNorm/Gelu outputs in transformers - static elsewhere)",
         flag=Flag("--activations", help="CPU int8: static, dynamic or auto (dynamic MatMuls where the input is float-fed)"),
     )
+    #: measured on all-MiniLM-L6 (AVX512-VNNI, 1 thread): the FFN output MatMuls read Gelu outputs
+    #: whose few huge channels per-tensor dynamic ranges cannot hold (last_hidden_state pearson 0.976)
+    outlier_split: bool = param(
+        True, help="CPU dynamic MatMuls: input channels whose range is > 8x the median channel's (at most 8) run "
+        "as a small float MatMul beside the integer one (LLM.int8()'s decomposition)",
+    )
     speed_check: bool = param(
         True, help="CPU int8: time the result against the float model (interleaved) and leave float the units whose "
         "integer kernels lose; a model int8 cannot speed up comes back unchanged, with the ratio as the reason",
@@ -426,10 +432,22 @@ class Quantize(Pass):
         axes = {model.graph.node[i].input[0]: (1 if u.op == "Conv" else -1) for i, u in _weighted(model, units)}
         consumers = cal.consumer_matrices(model, sorted(all_chosen)) if p.calibration == "auto" and mode == "int8" else {}
         rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        absmax: dict[str, np.ndarray] = {}
+        dyn_x = {model.graph.node[i].input[0]: -1 for i, u in _weighted(model, units) if u.dynamic}
         hists, means = cal.collect_histograms(model, sorted(all_chosen), data, limit=p.calib_samples,
-                                              channel_axes=axes if p.bias_correction else None,
+                                              channel_axes=(axes if p.bias_correction else dyn_x) if p.outlier_split else
+                                              (axes if p.bias_correction else None),
                                               progress=ctx.ticker("calibration samples", _total(data, p.calib_samples)),
-                                              row_axes={t: a for t, (a, _) in consumers.items()}, rows_out=rows)
+                                              row_axes={t: a for t, (a, _) in consumers.items()}, rows_out=rows,
+                                              absmax_out=absmax)
+        if not p.bias_correction:
+            means = {}
+        if p.outlier_split:
+            for i, u in _weighted(model, units):
+                x = model.graph.node[i].input[0]
+                if u.dynamic and x in absmax:
+                    u.outliers = qp.outlier_channels(absmax[x])
+            stats["outlier_channels"] = {u.node: u.outliers for u in units if u.outliers}
         act_q = self._act_params(hists, groups, fmt, rows, consumers, stats)
 
         bodies = bd.has_bodies(model)
