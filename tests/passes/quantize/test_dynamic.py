@@ -5,10 +5,9 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from encoder import encoder_block, encoder_feeds
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim_compress import Context, Target
 from onnxslim_compress.passes.quantize.quantize import Quantize
