@@ -447,7 +447,8 @@ class Quantize(Pass):
                 x = model.graph.node[i].input[0]
                 if u.dynamic and x in absmax:
                     u.outliers = qp.outlier_channels(absmax[x])
-            stats["outlier_channels"] = {u.node: u.outliers for u in units if u.outliers}
+            # rows, not a node-keyed mapping: the report renders lists of rows as scrolling tables
+            stats["outlier_channels"] = [{"node": u.node, "channels": u.outliers} for u in units if u.outliers]
         act_q = self._act_params(hists, groups, fmt, rows, consumers, stats)
 
         bodies = bd.has_bodies(model)
@@ -513,7 +514,7 @@ class Quantize(Pass):
                    "weights": ("per-channel" if p.per_channel else "per-tensor") if u.weights else ""} for u in units]
         layers += [{"node": n, "op": "", "precision": "float", "weights": "", "reason": "excluded"} for n in excluded]
         layers += layers_extra
-        kept = stats.get("kept_float_reasons", {})
+        kept = stats.pop("kept_float_reasons", {})  # the reasons live in the layer rows
         for row in layers:
             if row["node"] in kept:
                 row.update(precision="float", reason=kept[row["node"]])
@@ -574,8 +575,9 @@ class Quantize(Pass):
             ranges[t] = cal.compute_range(h, method, symmetric=fmt.act_symmetric, percentile=p.percentile, bits=bits)
         if stats is not None and p.calibration == "auto":
             stats["calibration_choices"] = dict(sorted(choices.items()))
-            stats["calibration_by_tensor"] = picked
-            stats["auto_ranges"] = {t: [round(float(ranges[t][0]), 6), round(float(ranges[t][1]), 6)] for t in picked}
+            stats["calibration_picks"] = [{"tensor": t, "method": m, "range": [round(float(ranges[t][0]), 6),
+                                                                               round(float(ranges[t][1]), 6)]}
+                                          for t, m in picked.items()]
         merged: dict[str, tuple[float, float]] = {}
         for t, (lo, hi) in ranges.items():
             g = groups.get(t, t)

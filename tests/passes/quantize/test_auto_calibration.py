@@ -69,11 +69,12 @@ def test_auto_keeps_minmax_for_the_outlier_input_and_beats_every_single_method(r
     st, err = results["auto"]
     assert st["calibration"] == "auto"
     # percentile (and entropy) would clip the 40s conv1 reads; auto keeps a range that holds them
-    assert st["calibration_by_tensor"]["x"] in ("minmax", "mse")
-    assert st["auto_ranges"]["x"][1] >= 0.9 * 40.0
+    picks = {r["tensor"]: r for r in st["calibration_picks"]}
+    assert picks["x"]["method"] in ("minmax", "mse")
+    assert picks["x"]["range"][1] >= 0.9 * 40.0
     # x and r1 (conv1's output Q moved past the Relu) are read by a conv; y (QLinearConv's output) by nothing
     assert st["calibration_choices"]["percentile (no weighted consumer)"] == 1
-    assert set(st["calibration_by_tensor"]) == {"x", "r1"}
+    assert set(picks) == {"x", "r1"}
     singles = {m: e for m, (_, e) in results.items() if m != "auto"}
     assert singles["percentile"] > 1.5 * singles["minmax"]  # the clipping is what costs here
     assert err <= min(singles.values()) * 1.0001

@@ -106,7 +106,7 @@ def test_outlier_channels_run_float_beside_the_integer_matmul():
     ref = _outputs(m, ev)
     split = Quantize(activations="dynamic")(m, Context(target=CPU1, calib=calib))
     plain = Quantize(activations="dynamic", outlier_split=False)(m, Context(target=CPU1, calib=calib))
-    assert split.stats["outlier_channels"] == {"ffn1": [7]}  # ffn2 reads Relu outputs: no outlier channel
+    assert split.stats["outlier_channels"] == [{"node": "ffn1", "channels": [7]}]  # ffn2 reads Relu outputs: no outlier channel
     ops = [n.op_type for n in split.model.graph.node]
     assert ops.count("Gather") == 1 and ops.count("MatMulInteger") == 2
     # the integer parts still fuse (bias included): the float part is one Gather, one Mul, one Add
