@@ -79,7 +79,7 @@ class QuantizeParams:
         "lowest error at the consumer's output on the calibration rows (percentile inside If/Loop bodies)",
         flag=Flag("--calibrate-method", aliases=("--calibration",), help="how activation ranges are calibrated "
                   "(ORT's calibrate_method; --calibration is the old spelling)"),
-        search=When("mode", ("int8",), Choices(("auto", "percentile", "minmax"))),
+        search=When("mode", ("int8",), Choices(("percentile", "minmax", "entropy"))),
     )
     percentile: float = param(99.99, help="the percentile of the percentile calibration, in (50, 100]",
                               flag=Flag("--percentile", metavar="P"))
