@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=RUNS_MAX, help="upper bound on interleaved latency runs per comparison")
     ap.add_argument("--threads", type=int, default=THREADS, help="intra-op threads of every session (and of our pass's speed check)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "zoo.json"))
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other models' rows of an existing --out (each model is still measured against "
+                         "both anchors in one run; the commands of both runs are recorded)")
     ap.add_argument("--worker", nargs=3, metavar=("TOOL", "MODEL", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     THREADS = a.threads
@@ -302,6 +305,15 @@ def main(argv: list[str] | None = None) -> int:
                 (Path(d) / f"{name}_{tool}.onnx").unlink(missing_ok=True)
     meta.update(total_s=round(time.perf_counter() - t0, 1), loadavg_end=[round(x, 2) for x in os.getloadavg()],
                 finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    if a.merge and Path(a.out).exists():
+        prev = json.loads(Path(a.out).read_text())
+        prev_meta = prev.pop("_meta", {})
+        for name, row in prev.items():
+            results.setdefault(name, row)
+        meta["command"] = "; ".join(c for c in (prev_meta.get("command"), meta["command"]) if c)
+        meta["merged"] = [*prev_meta.get("merged", []),
+                          {k: prev_meta.get(k) for k in ("started", "finished", "total_s", "loadavg_start", "loadavg_end")}]
+        meta["total_s"] = round(meta["total_s"] + (prev_meta.get("total_s") or 0), 1)
     results["_meta"] = meta
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=1, default=str))
