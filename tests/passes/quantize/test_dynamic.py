@@ -10,6 +10,7 @@ from encoder import encoder_block, encoder_feeds
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim_compress import Context, Target
+from onnxslim_compress.passes.quantize import sensitivity as qs
 from onnxslim_compress.passes.quantize.quantize import Quantize
 from onnxslim_compress.runtime.session import make_session
 
@@ -104,7 +105,7 @@ def _ffn(outlier: float) -> tuple:
 def test_outlier_channels_run_float_beside_the_integer_matmul():
     m, calib, ev = _ffn(40.0)
     ref = _outputs(m, ev)
-    split = Quantize(activations="dynamic")(m, Context(target=CPU1, calib=calib))
+    split = Quantize(activations="dynamic", outlier_goal=None)(m, Context(target=CPU1, calib=calib))
     plain = Quantize(activations="dynamic", outlier_split=False)(m, Context(target=CPU1, calib=calib))
     assert split.stats["outlier_channels"] == [{"node": "ffn1", "channels": [7]}]  # ffn2 reads Relu outputs: no outlier channel
     ops = [n.op_type for n in split.model.graph.node]
@@ -118,3 +119,65 @@ def test_outlier_channels_run_float_beside_the_integer_matmul():
     err_plain = 1 - _mean_cos(ref, _outputs(plain.model, ev))
     assert err_split < err_plain / 4  # measured: 1 - cosine 2.9e-05 split vs 6.7e-04 plain
     assert _mean_cos(ref, _outputs(split.model, ev)) > 0.9995
+
+
+def _two_ffn() -> tuple:
+    """Two LayerNorm -> MatMul + bias branches summed: branch a's channel 7 is 60x the others, branch
+    b's channel 3 16x (both over the split ratio), so a split buys much more on a than on b."""
+    def w(name, *shape, s=0.15):
+        rng = np.random.default_rng(zlib.crc32(name.encode()))
+        return numpy_helper.from_array((rng.standard_normal(shape) * s).astype(np.float32), name)
+
+    ga, gb = np.ones(64, np.float32), np.ones(64, np.float32)
+    ga[7], gb[3] = 60.0, 16.0
+    i = [numpy_helper.from_array(ga, "ga"), numpy_helper.from_array(gb, "gb"), w("ba", 64, s=0.02), w("bb", 64, s=0.02),
+         w("wa", 64, 48), w("wb", 64, 48), w("ca", 48, s=0.02), w("cb", 48, s=0.02)]
+    N = helper.make_node
+    nodes = [N("LayerNormalization", ["x", "ga", "ba"], ["ha"], axis=-1, name="ln_a"),
+             N("LayerNormalization", ["x", "gb", "bb"], ["hb"], axis=-1, name="ln_b"),
+             N("MatMul", ["ha", "wa"], ["ma"], name="mm_a"), N("Add", ["ma", "ca"], ["ya"], name="mm_a_bias"),
+             N("MatMul", ["hb", "wb"], ["mb"], name="mm_b"), N("Add", ["mb", "cb"], ["yb"], name="mm_b_bias"),
+             N("Add", ["ya", "yb"], ["y"], name="sum")]
+    g = helper.make_graph(nodes, "two_ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 48])], i)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal((1, 32, 64)).astype(np.float32)} for _ in range(24)]
+    return m, feeds[:16], feeds[16:]
+
+
+def test_outlier_split_keeps_only_the_splits_the_goal_needs():
+    m, calib, ev = _two_ffn()
+    ref = _outputs(m, ev)
+    ctx = lambda: Context(target=CPU1, calib=calib)  # noqa: E731
+    full = Quantize(activations="dynamic", outlier_goal=None, speed_check=False)(m, ctx())
+    plain = Quantize(activations="dynamic", outlier_split=False, speed_check=False)(m, ctx())
+    some = Quantize(activations="dynamic", outlier_goal=0.9995, speed_check=False)(m, ctx())
+    assert full.stats["outlier_channels"] == [{"node": "mm_a", "channels": [7]}, {"node": "mm_b", "channels": [3]}]
+    assert some.stats["outlier_channels"] == [{"node": "mm_a", "channels": [7]}]
+    rows = {r["activation"]: r for r in some.stats["outlier_split_rows"]}
+    assert rows["ha"]["chosen"] and not rows["hb"]["chosen"] and rows["ha"]["gain"] > 10 * rows["hb"]["gain"]
+    n_full, n_some, n_plain = (len(r.model.graph.node) for r in (full, some, plain))
+    assert n_full - n_plain == 8 and n_some - n_plain == 4  # Mul + Gather + float product + Add per split
+    cos = {k: _mean_cos(ref, _outputs(r.model, ev)) for k, r in (("full", full), ("some", some), ("plain", plain))}
+    # measured: 1 - cosine 1.5e-06 full, 5.2e-05 one split, 6.5e-04 none
+    assert cos["some"] > 0.9995 > cos["plain"] and cos["full"] > cos["some"]
+
+
+def test_choose_splits_takes_the_best_gain_per_op_first_and_stops_at_the_goal():
+    table = {frozenset(): 0.95, frozenset({"a"}): 0.96, frozenset({"b"}): 0.985, frozenset({"c"}): 0.949,
+             frozenset({"b", "a"}): 0.991, frozenset({"b", "a", "c"}): 0.993}
+    asked = []
+
+    def score(keys):
+        asked.append(keys)
+        return table[keys]
+
+    # b gains 0.035 for 6 ops, a 0.01 for 4, c loses: order b, a, c; {b, a} meets 0.99
+    chosen, rows = qs.choose_splits(score, {"a": 4, "b": 6, "c": 4}, 0.99)
+    assert chosen == {"a", "b"} and [r["activation"] for r in rows] == ["b", "a", "c"]
+    assert [r["chosen"] for r in rows] == [True, True, False] and frozenset({"a", "b", "c"}) not in asked
+    # unreachable goal: the best-scoring prefix (all three here); already met: no split at all
+    assert qs.choose_splits(score, {"a": 4, "b": 6, "c": 4}, 0.999)[0] == {"a", "b", "c"}
+    assert qs.choose_splits(score, {"a": 4, "b": 6, "c": 4}, 0.9)[0] == frozenset()
