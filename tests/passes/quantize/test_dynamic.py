@@ -10,6 +10,7 @@ from encoder import encoder_block, encoder_feeds
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim_compress import Context, Target
+from onnxslim_compress.errors import RecipeError
 from onnxslim_compress.passes.quantize import sensitivity as qs
 from onnxslim_compress.passes.quantize.quantize import Quantize
 from onnxslim_compress.runtime.session import make_session
@@ -181,3 +182,8 @@ def test_choose_splits_takes_the_best_gain_per_op_first_and_stops_at_the_goal():
     # unreachable goal: the best-scoring prefix (all three here); already met: no split at all
     assert qs.choose_splits(score, {"a": 4, "b": 6, "c": 4}, 0.999)[0] == {"a", "b", "c"}
     assert qs.choose_splits(score, {"a": 4, "b": 6, "c": 4}, 0.9)[0] == frozenset()
+
+
+def test_outlier_goal_outside_0_1_is_refused():
+    with pytest.raises(RecipeError, match=r"outlier_goal must be in \(0, 1\]"):
+        Quantize(outlier_goal=1.5)
