@@ -175,3 +175,23 @@ def cbr_dead(b, x, cin, cout, dead=(), k=3, act="Relu"):
 def ref_macs(m: onnx.ModelProto) -> int:
     """MACs of Conv/Gemm/MatMul from the independent counter (onnxslim_compress.graph.costs)."""
     return sum(n.macs for n in count_costs(m).nodes if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"))
+
+
+class StairTable:
+    """A fake latency table: ms = (cout rounded up to `step`) * cin/group * k^2 * output positions
+    * 1e-6 + 1e-3, i.e. linear in MACs with stair-steps of `step` channels. Deterministic."""
+
+    def __init__(self, target=None, step: int = 8, flat: bool = False, **_):
+        self.step, self.flat, self.measured = step, flat, 0
+        self.calls = 0
+
+    def latency(self, spec, cout: int) -> float:
+        self.calls += 1
+        if self.flat:
+            return 1.0
+        c = -(-cout // self.step) * self.step
+        h, w = spec.hw[0] // spec.stride, spec.hw[1] // spec.stride
+        return c * (spec.cin // spec.group) * spec.kernel**2 * h * w * 1e-6 + 1e-3
+
+    def save(self):
+        return None

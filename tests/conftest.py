@@ -38,3 +38,16 @@ def unwritable_dir(tmp_path):
 #: fixtures and child processes included) unless a test injects a timer (Context.timer) or clears
 #: the variable itself with monkeypatch
 os.environ["ONNXSLIM_COMPRESS_NO_SPEED_CHECK"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def modelled_latency(monkeypatch, tmp_path_factory):
+    """Pruning times layers on the target (round_to probe, groups that save no time); in tests the
+    table is a deterministic stair model (steps of 8, latency linear in MACs), so no result depends
+    on this machine's timing. Tests of the real table build LatencyTable themselves."""
+    from builders import StairTable
+
+    from onnxslim_compress.passes.prune import prune_channels
+
+    monkeypatch.setattr(prune_channels, "LatencyTable", StairTable)
+    monkeypatch.setenv("ONNXSLIM_COMPRESS_LATENCY_DIR", str(tmp_path_factory.getbasetemp() / "latency"))

@@ -366,6 +366,9 @@ class Pipeline:
                 raise BadInputError("Pipeline.run takes a loaded model; load a path with onnxslim_compress.load_model")
             copy_input = False  # a fresh proto of our own
         current = copy.deepcopy(model) if copy_input else model
+        # what the model will run at after every pass: earlier passes (pruning's alignment) read it
+        ctx.precision = "int8" if any(p.name == "quantize" and getattr(p.params, "mode", None) == "int8"
+                                      for p in self.passes) else "fp32"
         steps: list[StepRecord] = []
         modified = False
         for p in self.passes:

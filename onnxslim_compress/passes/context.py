@@ -75,6 +75,13 @@ class Context:
     #: timer(float model, candidate, feed) -> latency ratio candidate / float; None = the real
     #: interleaved timing on the target (quantize's speed check; tests inject a deterministic one)
     timer: Callable[[onnx.ModelProto, onnx.ModelProto, dict], float] | None = None
+    #: per-layer latency over channel counts on the target (runtime/latency_table.py); None = the
+    #: pass that needs it measures (cached per target and CPU ISA) and leaves it here for the next
+    #: trial; tests inject a fake table so nothing depends on the machine's timing
+    latency_table: Any = None
+    #: the precision the pipeline ends at ("fp32", "int8"), set by Pipeline.run from its passes:
+    #: channel alignment is probed per precision (int8 kernels prefer other multiples than fp32)
+    precision: str | None = None
 
     def tick(self, stage: str, done: int, total: int | None = None) -> None:
         """Report progress inside a pass (a no-op unless someone listens)."""

@@ -8,6 +8,7 @@ pruned model tracks the original without any training.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -15,24 +16,60 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
-from onnxslim_compress.errors import BadInputError
+from onnxslim_compress.errors import BadInputError, ProviderError
 from onnxslim_compress.graph.index import iter_bodies
 from onnxslim_compress.graph.io import clamp_ir_version
 from onnxslim_compress.passes.base import Choices, Flag, Pass, PassResult, PerTarget, Range, param
 from onnxslim_compress.passes.prune.apply import apply_pruning, new_dim
 from onnxslim_compress.passes.prune.groups import ChannelAnalysis, analyze
+from onnxslim_compress.passes.prune.latency import LatencyModel, measure_groups
 from onnxslim_compress.passes.prune.recovery import recover_model
+from onnxslim_compress.passes.prune.refine import refine
 from onnxslim_compress.passes.prune.select import Policy, activation_stats, select_units, unit_importance
+from onnxslim_compress.runtime.latency_table import LatencyTable, cpu_isa, default_round_to, probe_alignment
+from onnxslim_compress.runtime.metrics import pooled_fidelity
 
 _OVERRIDE_KEYS = {"ratio": float, "round_to": int, "min_channels": int, "max_ratio": float}
+
+
+def parse_prune_flag(text: Any) -> dict[str, Any]:
+    """`--prune 0.3` (remove 30 % of prunable MACs) or `--prune latency=0.7` (keep 70 % of the
+    measured conv latency)."""
+    raw = str(text).strip()
+    budget, _, value = raw.rpartition("=")
+    budget = budget.strip().lower() or "macs"
+    try:
+        v = float(value)
+    except ValueError:
+        v = None
+    if v is None or budget not in ("macs", "latency"):
+        raise BadInputError(f"--prune {raw!r}: expected a MAC ratio (0.3) or latency=KEEP (latency=0.7)")
+    if budget == "latency":
+        if not 0.0 < v <= 1.0:
+            raise BadInputError(f"--prune {raw!r}: latency=KEEP needs 0 < KEEP <= 1 (the share of latency kept)")
+        return {"budget": "latency", "ratio": round(1.0 - v, 6)}
+    return {"budget": "macs", "ratio": v}
 
 
 @dataclass
 class PruneChannelsParams:
     ratio: float = param(
-        0.3, help="remove this fraction of prunable MACs (hit within +-2 %; the achieved value is reported)",
-        flag=Flag("--prune", metavar="RATIO", enables=True, help="remove this fraction of prunable MACs"),
+        0.3, help="remove this fraction of the budget: prunable MACs, or measured conv latency with "
+        "budget=latency (hit within +-2 %; the achieved value is reported)",
+        flag=Flag("--prune", metavar="RATIO", enables=True, parse=parse_prune_flag,
+                  help="remove this fraction of prunable MACs (0.3), or keep this share of the measured latency (latency=0.7)"),
         search=Range(0.05, 0.6, step=0.025),
+    )
+    budget: Literal["macs", "latency"] = param(
+        "macs", help="what `ratio` is a fraction of: prunable MACs, or the conv layers' latency measured on the target",
+    )
+    cost: Literal["macs", "latency"] = param(
+        "macs", help="rank channels by importance alone (macs) or by importance per ms of measured latency their removal saves",
+        flag="--prune-cost",
+    )
+    latency_check: bool = param(
+        True, help="time each group's layers on the target (cached per target and CPU ISA); a group whose "
+        "pruning saves no measured time is not pruned",
     )
     criterion: Literal["l1", "l2", "bn_scale", "activation"] = param(
         "l1", help="channel importance: weight norm, BN scale, or activation magnitude on --calib data",
@@ -41,10 +78,12 @@ class PruneChannelsParams:
     scope: Literal["global", "uniform"] = param("global", help="rank channels across all groups, or prune each group by the ratio")
     #: unaligned counts lose the speedup on ORT's CPU kernels (PP-OCRv4 det at 0.3: latency ratio
     #: 0.99 with 1, 0.76 with 8; BENCHMARKS.md); the search tries the alignments the target likes
+    #: 0 = probe: the step where the target's measured latency stair-steps, per precision (16 for
+    #: fp32 on AVX512, 8 on AVX2; an int8 pipeline probes QDQ convs), runtime/latency_table.py
     round_to: int = param(
-        8, help="keep channel counts a multiple of N",
+        0, help="keep channel counts a multiple of N; 0 = the step measured on the target (probe, cached per CPU ISA)",
         flag=Flag("--round-to", metavar="N", help="keep channel counts (and ranks) a multiple of N"),
-        search=PerTarget((("cpu", Choices((1, 8))),), default=Choices((8, 16))),
+        search=PerTarget((("cpu", Choices((0, 8))),), default=Choices((8, 16))),
     )
     min_channels: int = param(1, help="never keep fewer channels than this in a group")
     max_ratio: float = param(0.8, help="at most this fraction of one group's channels is removed")
@@ -62,14 +101,31 @@ class PruneChannelsParams:
         8, help="recovery refits the layers in this many runs, each on the inputs the partly recovered model "
         "produces (1 = all at once on the original's inputs: fastest, least accurate)",
     )
+    refine: int = param(
+        0, help="GaP rounds after the one-shot selection: regrow one partition of groups, re-pick its channels "
+        "on the recovered model, prune back; kept only if the output error drops (needs --calib)",
+        flag=Flag("--prune-refine", metavar="N"),
+    )
+    refine_partitions: int = param(4, help="partitions of the groups (in graph order) GaP cycles over")
+    max_group_error: float | None = param(
+        None, help="cap per group: a group whose pruning alone raises the output rel_l2 above this is pruned "
+        "half as much, until it stays below (needs --calib); None = no cap",
+    )
+    sensitivity_samples: int = param(
+        4, help="calibration samples for each group's error (per-group report; the max_group_error cap); 0 = off",
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
         if not 0.0 < self.max_ratio <= 1.0:
             raise ValueError(f"max_ratio must be in (0, 1], got {self.max_ratio}")
-        if min(self.round_to, self.min_channels, self.calib_samples, self.recover_stages) < 1:
-            raise ValueError("round_to, min_channels, calib_samples and recover_stages must be >= 1")
+        if min(self.min_channels, self.calib_samples, self.recover_stages, self.refine_partitions) < 1:
+            raise ValueError("min_channels, calib_samples, recover_stages and refine_partitions must be >= 1")
+        if min(self.round_to, self.refine, self.sensitivity_samples) < 0:
+            raise ValueError("round_to, refine and sensitivity_samples must be >= 0 (round_to 0 = probe)")
+        if self.max_group_error is not None and self.max_group_error <= 0:
+            raise ValueError("max_group_error must be > 0")
         if self.ridge < 0:
             raise ValueError("ridge must be >= 0")
         for rx in [*self.exclude, *self.overrides]:
@@ -94,16 +150,36 @@ class PruneChannels(Pass):
     def run(self, model: onnx.ModelProto, ctx: Any) -> PassResult:
         p: PruneChannelsParams = self.params
         an = analyze(model, getattr(ctx, "input_shapes", None) or None)
-        policies, excluded = self._policies(an)
+        precision = getattr(ctx, "precision", None) or "fp32"
+        round_to, align = self._round_to(ctx, precision)
+        policies, excluded = self._policies(an, round_to)
         act = None
         if p.criterion == "activation":
             if ctx.calib is None:
                 raise BadInputError("prune criterion 'activation' needs calibration data (--calib)")
             act = activation_stats(an, ctx.calib, p.calib_samples, progress=ctx.ticker("activation statistics", p.calib_samples))
         imp, notes = unit_importance(an, p.criterion, act)
-        sel = select_units(an, imp, p.ratio, p.scope, policies, excluded)
+        cand = ~an.frozen & ~np.isin(an.group, list(excluded))
+        lat, lat_note = self._latency(an, ctx, imp, cand, policies, precision)
+        no_gain: dict[int, str] = {}
+        if lat is not None and p.latency_check:
+            for gid, c in lat.curves.items():
+                if not c.saves_time() and cand[an.group == gid].any():
+                    no_gain[gid] = (f"pruning saves no measured time (best {c.best:.4f} ms of its layers' "
+                                    f"{c.full_ms:.4f} ms)")
+            excluded |= set(no_gain)
+            cand = ~an.frozen & ~np.isin(an.group, list(excluded))
+        rank = imp / lat.cost_per_unit(an, cand) if lat is not None and p.cost == "latency" else None
+        fraction = (lambda pr, cd: lat.fraction(an, pr, cd)) if lat is not None and p.budget == "latency" else None
+        sel = select_units(an, imp, p.ratio, p.scope, policies, excluded, rank=rank, fraction=fraction)
+        errors: dict[int, float] = {}
+        if ctx.calib is not None and p.sensitivity_samples and sel.pruned.any():
+            sel, errors, capped = self._sensitivity(an, ctx, sel, imp, p.ratio, policies, excluded, rank, fraction)
+            if capped:
+                notes["groups_capped_by_error"] = capped
         stats: dict[str, Any] = {
             "ratio_target": p.ratio,
+            "budget": p.budget,
             "ratio_achieved": round(sel.achieved, 4),
             "macs_before": sel.macs_before,
             "macs_after": sel.macs_after,
@@ -112,35 +188,171 @@ class PruneChannels(Pass):
             "units": an.n_units,
             "units_frozen": int(an.frozen.sum()),
             "units_pruned": int(sel.pruned.sum()),
+            "round_to": round_to,
+            "alignment": align,
             **notes,
         }
+        if lat is not None:
+            stats["latency"] = {"precision": lat.precision, "isa": list(cpu_isa()), "conv_ms": round(lat.total_ms, 4),
+                                "saved_ms_estimate": round(lat.saved(an, sel.pruned, cand), 4),
+                                "saved_share_estimate": round(lat.fraction(an, sel.pruned, cand), 4),
+                                "layers_timed": lat.measured}
+        elif lat_note:
+            stats["latency"] = {"skipped": lat_note}
         stats["layers"] = self._layer_rows(an, sel.pruned)
-        stats["skipped"] = self._skipped(an, excluded)
+        stats["skipped"] = self._skipped(an, excluded, no_gain)
         # channel groups are found in the main graph only; a group wholly inside one body is not
         # pruned yet (issue 20 leaves it optional): said per body, so the report names the reason
         stats["bodies"] = [{"body": path, "op": node.op_type, "changed": False,
                             "reason": "channel pruning inside control-flow bodies is not implemented"}
                            for path, node, _, _ in iter_bodies(model.graph)]
         if not sel.pruned.any():
+            stats["per_group"] = []
             return PassResult(model, False, stats)
-        out = apply_pruning(an, sel.pruned)
-        clamp_ir_version(out)
         do_recover = p.recover if p.recover is not None else ctx.calib is not None
+        if p.refine and ctx.calib is None:
+            raise BadInputError("prune refinement (--prune-refine) needs calibration data (--calib)")
+        pruned = sel.pruned
         if do_recover:
             if ctx.calib is None:
                 raise BadInputError("prune recovery needs calibration data (--calib)")
-            out, rec = recover_model(an, out, sel.pruned, ctx.calib, ridge=p.ridge, limit=p.calib_samples,
-                                     seed=getattr(ctx, "seed", 0), stages=p.recover_stages, tick=ctx.tick)
-            stats["recovery"] = rec
+            recs: dict[bytes, dict] = {}
+
+            def recover(mask: np.ndarray) -> tuple[onnx.ModelProto, float]:
+                m = apply_pruning(an, mask)
+                clamp_ir_version(m)
+                m, rec = recover_model(an, m, mask, ctx.calib, ridge=p.ridge, limit=p.calib_samples,
+                                       seed=getattr(ctx, "seed", 0), stages=p.recover_stages, tick=ctx.tick)
+                recs[mask.tobytes()] = rec
+                key = "fidelity_after" if rec.get("kept") == "recovered" else "fidelity_before"
+                return m, float(rec.get(key, {}).get("rel_l2", 0.0))
+
+            if p.refine:
+                ref = refine(an, pruned, cand, imp, policies, recover, ctx.calib, p.calib_samples,
+                             rounds=p.refine, parts=p.refine_partitions, tick=ctx.tick)
+                pruned, out = ref.pruned, ref.model
+                stats["refine"] = {"rounds": p.refine, "error_one_shot": ref.error_before,
+                                   "error_refined": ref.error_after, "steps": ref.rows}
+                stats["units_pruned"] = int(pruned.sum())
+                stats["layers"] = self._layer_rows(an, pruned)
+                # the last recovery run may be a rejected candidate: report the kept model's
+                stats["recovery"] = recs.get(pruned.tobytes(), {})
+            else:
+                out, _ = recover(pruned)
+                stats["recovery"] = recs[pruned.tobytes()]
+        else:
+            out = apply_pruning(an, pruned)
+            clamp_ir_version(out)
+        stats["per_group"] = self._group_rows(an, pruned, cand, lat, errors)
         return PassResult(out, True, stats)
 
-    def _policies(self, an: ChannelAnalysis) -> tuple[dict[int, Policy], set[int]]:
+    def _round_to(self, ctx: Any, precision: str) -> tuple[int, dict]:
+        """The given round_to, or (0) the alignment step probed on the target at this precision."""
+        p: PruneChannelsParams = self.params
+        if p.round_to > 0:
+            return p.round_to, {"source": "given"}
+        target = ctx.target
+        if target.kind != "cpu" and getattr(ctx, "latency_table", None) is None:
+            step = default_round_to(target, precision if precision == "int8" else "fp16")
+            return step, {"source": f"{target.kind} default (tensor cores)", "precision": precision}
+        table = self._table(ctx)
+        try:
+            al = probe_alignment(table, precision)
+        except ProviderError as e:
+            return 8, {"source": "fallback 8", "reason": f"probe failed: {e}"}
+        self._save(table)
+        return al.step, {"source": "probe", "isa": list(cpu_isa()), **al.as_dict()}
+
+    @staticmethod
+    def _table(ctx: Any):
+        """The context's latency table (injected by tests and reused by search trials), else the
+        measured one of the target, cached on disk per target and ISA."""
+        table = getattr(ctx, "latency_table", None)
+        if table is None:
+            table = LatencyTable(ctx.target, runs=15, warmup=3)
+            with contextlib.suppress(AttributeError):  # a bare context object: measure again next time
+                ctx.latency_table = table
+        return table
+
+    @staticmethod
+    def _save(table: Any) -> None:
+        if isinstance(table, LatencyTable) and table.measured:
+            with contextlib.suppress(OSError):  # an unwritable cache only costs a re-measurement next time
+                table.save()
+
+    def _latency(self, an: ChannelAnalysis, ctx: Any, imp: np.ndarray, cand: np.ndarray,
+                 pol: dict[int, Policy], precision: str) -> tuple[LatencyModel | None, str | None]:
+        p: PruneChannelsParams = self.params
+        if not (p.latency_check or p.cost == "latency" or p.budget == "latency"):
+            return None, None
+        if ctx.target.kind != "cpu" and getattr(ctx, "latency_table", None) is None and p.budget != "latency":
+            return None, f"layers are timed on cpu targets only here ({ctx.target.kind})"
+        floor = {}
+        for gid in range(an.n_groups):
+            n = int(((an.group == gid) & cand).sum())
+            pl = pol[gid]
+            floor[gid] = max(pl.min_channels, n - int(np.floor(pl.max_ratio * n)), 1)
+        table = self._table(ctx)
+        try:
+            lat = measure_groups(an, table, imp, cand, {g: pl.round_to for g, pl in pol.items()}, floor, precision)
+        except ProviderError as e:
+            if p.budget == "latency":
+                raise BadInputError(f"prune budget latency needs the target measured: {e}") from e
+            return None, f"layers could not be timed: {e}"
+        self._save(table)
+        if p.budget == "latency" and lat.total_ms <= 0:
+            raise BadInputError("prune budget latency: no conv layer could be timed in this model")
+        return lat, None
+
+    def _sensitivity(self, an, ctx, sel, imp, ratio, pol, excluded, rank, fraction):
+        """Output error when only one group is pruned (its selected channels), per group; groups
+        over max_group_error are pruned half as much and the budget re-selected (3 rounds at most)."""
+        p: PruneChannelsParams = self.params
+        errors: dict[int, float] = {}
+        capped: list[int] = []
+        for _ in range(3 if p.max_group_error is not None else 1):
+            gids = [int(g) for g in np.unique(an.group[sel.pruned]) if int(g) not in errors]
+            masks = {g: sel.pruned & (an.group == g) for g in gids}
+            models = (apply_pruning(an, masks[g]) for g in gids)
+            rows = pooled_fidelity(an.model, models, ctx.calib, p.sensitivity_samples)
+            errors.update({g: float(r["rel_l2"]) for g, r in zip(gids, rows, strict=True)})
+            over = [g for g in gids if p.max_group_error is not None and errors[g] > p.max_group_error]
+            if not over:
+                break
+            for g in over:
+                n = int(((an.group == g) & ~an.frozen).sum())
+                k = int(masks[g].sum())
+                pol[g].ratio = None
+                pol[g].max_ratio = max(min(pol[g].max_ratio, 0.5 * k / max(n, 1)), 1e-6)
+                errors.pop(g)
+                capped.append(g)
+            sel = select_units(an, imp, ratio, p.scope, pol, excluded, rank=rank, fraction=fraction)
+        return sel, errors, sorted(set(capped))
+
+    @staticmethod
+    def _group_rows(an: ChannelAnalysis, pruned: np.ndarray, cand: np.ndarray, lat: LatencyModel | None,
+                    errors: dict[int, float]) -> list[dict]:
+        """Per pruned group: channels before/after, measured latency saved, output error added."""
+        rows = []
+        for g in sorted(int(x) for x in np.unique(an.group[pruned])):
+            units = an.group == g
+            row: dict[str, Any] = {"group": g, "channels": [int(units.sum()), int(units.sum() - pruned[units].sum())]}
+            if lat is not None and g in lat.curves:
+                c = lat.curves[g]
+                row["latency_saved_ms"] = round(c.at(c.n - int(pruned[units & cand].sum())), 4)
+                row["layers_ms"] = round(c.full_ms, 4)
+            if g in errors:
+                row["error_added"] = round(errors[g], 5)
+            rows.append(row)
+        return rows
+
+    def _policies(self, an: ChannelAnalysis, round_to: int) -> tuple[dict[int, Policy], set[int]]:
         p: PruneChannelsParams = self.params
         names = {gid: [an.view.nodes[i].name for i in an.group_nodes(gid)] for gid in range(an.n_groups)}
         excluded = {gid for gid, ns in names.items() if any(re.search(rx, n) for rx in p.exclude for n in ns)}
         pol = {}
         for gid, ns in names.items():
-            pl = Policy(None, p.round_to, p.min_channels, p.max_ratio)
+            pl = Policy(None, round_to, p.min_channels, p.max_ratio)
             for rx, ov in p.overrides.items():
                 if any(re.search(rx, n) for n in ns):
                     for k, v in ov.items():
@@ -165,10 +377,13 @@ class PruneChannels(Pass):
         return rows
 
     @staticmethod
-    def _skipped(an: ChannelAnalysis, excluded: set[int]) -> list[dict]:
+    def _skipped(an: ChannelAnalysis, excluded: set[int], no_gain: dict[int, str]) -> list[dict]:
         out = []
         for gid in range(an.n_groups):
             units = np.nonzero(an.group == gid)[0]
+            if gid in no_gain:
+                out.append({"group": gid, "reason": no_gain[gid]})
+                continue
             if gid in excluded:
                 out.append({"group": gid, "reason": "excluded by a regex"})
                 continue

@@ -31,7 +31,7 @@ class Policy:
     max_ratio: float = 0.8
 
 
-def _weight_spaces(an: ChannelAnalysis) -> list[tuple[int, str, int, bool]]:
+def weight_spaces(an: ChannelAnalysis) -> list[tuple[int, str, int, bool]]:
     """(node, weight name, axis, is_input_side) for every pruned dim of a constant weight."""
     out = []
     v = an.view
@@ -61,12 +61,13 @@ def _reduce_other(arr: np.ndarray, axis: int, p: int) -> np.ndarray:
 
 
 def activation_stats(an: ChannelAnalysis, data: Iterable, limit: int,
-                     progress: Callable[[int], None] | None = None) -> dict[str, Moments]:
+                     progress: Callable[[int], None] | None = None, model=None) -> dict[str, Moments]:
     """RMS per channel of every consumer input, streamed over the calibration data
-    (`progress(samples done)` after each sample)."""
+    (`progress(samples done)` after each sample). `model`: measure these tensors in another model
+    with the same tensor names (GaP refinement reads them in a partly pruned, recovered model)."""
     v = an.view
     wanted: dict[str, int] = {}
-    for i, _w, _ax, is_in in _weight_spaces(an):
+    for i, _w, _ax, is_in in weight_spaces(an):
         if is_in:
             n = v.nodes[i]
             x = n.input[0]
@@ -79,7 +80,7 @@ def activation_stats(an: ChannelAnalysis, data: Iterable, limit: int,
             mom[k].update(vals[k])
 
     if names:
-        accumulate(an.model, names, data, update, limit=limit, progress=progress)
+        accumulate(an.model if model is None else model, names, data, update, limit=limit, progress=progress)
     return mom
 
 
@@ -90,7 +91,7 @@ def unit_importance(
     v = an.view
     imp = np.zeros(an.n_units)
     notes: dict = {}
-    spaces = _weight_spaces(an)
+    spaces = weight_spaces(an)
     if criterion in ("l1", "l2", "bn_scale"):
         p = 2 if criterion == "l2" else 1
         for _i, w, ax, _in in spaces:
@@ -230,8 +231,15 @@ def select_units(
     scope: str,
     pol: dict[int, Policy],
     excluded: set[int],
+    rank: np.ndarray | None = None,
+    fraction: Callable[[np.ndarray, np.ndarray], float] | None = None,
 ) -> Selection:
-    """Search the cut of the ranking whose constrained selection removes `ratio` of prunable MACs."""
+    """Search the cut of the ranking whose constrained selection removes `ratio` of prunable MACs.
+
+    `rank` orders the units instead of `imp` (importance per unit of measured latency saved;
+    `imp` still decides inside a group); `fraction(pruned, candidates)` measures the budget instead
+    of the MAC share (the measured-latency share, passes/prune/latency.py)."""
+    rank = imp if rank is None else rank
     macs = MacModel(an)
     none = np.zeros(an.n_units, dtype=bool)
     base = macs.per_node(none)
@@ -250,12 +258,14 @@ def select_units(
 
     def evaluate(pr: np.ndarray) -> tuple[float, np.ndarray]:
         pr = enforce(segs, pr | fixed, cand, imp, pol)
+        if fraction is not None:
+            return fraction(pr, cand), pr
         return (before - macs.total(pr)) / max(prunable, 1), pr
 
     best = (float("inf"), 0.0, none)
     if scope == "global":
         order = np.nonzero(ranked)[0]
-        order = order[np.argsort(imp[order], kind="stable")]
+        order = order[np.argsort(rank[order], kind="stable")]
         lo, hi = 0, len(order)
         cache: dict[int, tuple[float, np.ndarray]] = {}
 

@@ -16,7 +16,7 @@ from onnxslim_compress.passes import REGISTRY, PruneChannels
 from onnxslim_compress.passes.context import Context
 from onnxslim_compress.passes.prune.apply import MacModel
 from onnxslim_compress.passes.prune.groups import analyze
-from onnxslim_compress.passes.prune.select import _weight_spaces, select_units, unit_importance
+from onnxslim_compress.passes.prune.select import weight_spaces, select_units, unit_importance
 
 
 def _net(seed: int = 0, w: int = 32, blocks: int = 2, dead: tuple = ()) -> onnx.ModelProto:
@@ -240,7 +240,7 @@ def _masked_original(m: onnx.ModelProto, shapes: dict, p: PruneChannels) -> onnx
     out = onnx.ModelProto()
     out.CopyFrom(an.model)
     inits = {t.name: t for t in out.graph.initializer}
-    for _i, w, ax, is_in in _weight_spaces(an):
+    for _i, w, ax, is_in in weight_spaces(an):
         if is_in:
             arr = numpy_helper.to_array(inits[w]).copy()
             idx = np.nonzero(sel.pruned[an.units_of((w, ax))])[0]

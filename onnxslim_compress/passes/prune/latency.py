@@ -1,0 +1,173 @@
+"""Measured latency of pruning each group: what selection trades importance against.
+
+Why: removed MACs are not removed time. On ORT's CPU kernels latency is a stair-step of the
+channel count (NCHWc blocks of 8 on AVX2, 16 on AVX512), small late layers are overhead-bound, and
+a group can be pruned by a third without its layers running any faster (ARCHITECTURE.md "Runtime
+facts"). Each group's conv layers are timed on the target (runtime/latency_table.py, cached per
+target and ISA) at a grid of kept channel counts; the saving curve of a group is the sum over its
+member layers of (time at full width - time with this group's dim cut to k). Curves add across
+groups (a layer between two pruned groups is counted in both, a first-order model), which keeps the
+number of measurements linear in the model's layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnxslim_compress.graph.index import attr
+from onnxslim_compress.passes.prune.apply import MacModel
+from onnxslim_compress.passes.prune.groups import ChannelAnalysis
+from onnxslim_compress.runtime.latency_table import ConvSpec, LatencyLookup
+
+#: most kept counts timed per group (the curve is interpolated linearly in between)
+GRID = 12
+#: a group saves "no time" when its best saving is below this share of its layers' time...
+NO_GAIN_SHARE = 0.03
+#: ...or below this many milliseconds (timer and scheduling noise of one layer)
+NO_GAIN_MS = 0.005
+
+
+@dataclass
+class ConvLayer:
+    """One Conv of the graph as the latency table sees it: its dims are read under a mask."""
+
+    node: int
+    x: str
+    y: str
+    hw: tuple[int, int]
+    kernel: int
+    stride: int
+    depthwise: bool
+    group: int
+
+    def spec(self, macs: MacModel, pruned: np.ndarray, precision: str) -> tuple[ConvSpec, int]:
+        cin = macs.dim((self.x, 1), pruned)
+        cout = macs.dim((self.y, 1), pruned)
+        g = cin if self.depthwise else self.group
+        return ConvSpec(cin, self.hw, self.kernel, self.stride, g, precision), cout
+
+
+def conv_layers(an: ChannelAnalysis) -> list[ConvLayer]:
+    """The 2-D Convs with square kernels and static shapes (others are left to the MAC model)."""
+    v = an.view
+    out = []
+    for i in an.weight_nodes:
+        n = v.nodes[i]
+        if n.op_type != "Conv":
+            continue
+        sx, sw = v.shape(n.input[0]), v.shape(n.input[1])
+        if not sx or not sw or len(sx) != 4 or len(sw) != 4 or sw[2] != sw[3] or any(d is None or d <= 0 for d in sx):
+            continue
+        strides = list(attr(n, "strides", [1, 1]))
+        if len(set(strides)) != 1 or any(d != 1 for d in attr(n, "dilations", [1, 1])):
+            continue
+        g = int(attr(n, "group", 1))
+        out.append(ConvLayer(i, n.input[0], n.output[0], (int(sx[2]), int(sx[3])), int(sw[2]), int(strides[0]),
+                             g > 1 and g == sx[1] and sw[1] == 1, g))
+    return out
+
+
+@dataclass
+class GroupCurve:
+    """Measured saving (ms) of one group at kept counts `kept` (of `n` prunable units)."""
+
+    gid: int
+    n: int
+    kept: list[int]
+    saved: list[float]
+    full_ms: float  # the member layers' time at full width
+    layers: list[int] = field(default_factory=list)
+
+    def at(self, k: int) -> float:
+        """Saving at k kept units (linear between the timed counts)."""
+        if not self.kept:
+            return 0.0
+        return float(np.interp(k, self.kept, self.saved))
+
+    @property
+    def best(self) -> float:
+        return max(self.saved, default=0.0)
+
+    def saves_time(self) -> bool:
+        return self.best > max(NO_GAIN_SHARE * self.full_ms, NO_GAIN_MS)
+
+
+@dataclass
+class LatencyModel:
+    """Per-group saving curves plus the model's total conv time, under one precision."""
+
+    curves: dict[int, GroupCurve]
+    total_ms: float
+    measured: int
+    precision: str
+
+    def saved(self, an: ChannelAnalysis, pruned: np.ndarray, cand: np.ndarray) -> float:
+        """Estimated ms saved by a mask (sum of the groups' curves at their kept counts)."""
+        out = 0.0
+        for gid, c in self.curves.items():
+            sel = (an.group == gid) & cand
+            out += c.at(c.n - int(pruned[sel].sum()))
+        return out
+
+    def fraction(self, an: ChannelAnalysis, pruned: np.ndarray, cand: np.ndarray) -> float:
+        """Share of the model's measured conv time a mask removes."""
+        return self.saved(an, pruned, cand) / max(self.total_ms, 1e-12)
+
+    def cost_per_unit(self, an: ChannelAnalysis, cand: np.ndarray) -> np.ndarray:
+        """Mean ms saved per removed unit, per unit (its group's slope to the smallest timed count);
+        groups without timed layers get the median slope, so they are neither favoured nor barred."""
+        slopes = {gid: c.best / max(c.n - min(c.kept), 1) for gid, c in self.curves.items() if c.kept}
+        pos = [s for s in slopes.values() if s > 0]
+        fill = float(np.median(pos)) if pos else 1.0
+        out = np.full(an.n_units, fill)
+        for gid, s in slopes.items():
+            out[an.group == gid] = max(s, 1e-3 * fill)
+        return out / fill
+
+
+def grid(n: int, round_to: int, floor_keep: int) -> list[int]:
+    """Kept counts to time: multiples of the step from the floor to n (at most GRID of them)."""
+    step = max(round_to, 1)
+    while (n - floor_keep) // step + 1 > GRID:
+        step += max(round_to, 1)
+    ks = sorted({n} | {k for k in range(n - step, floor_keep - 1, -step) if k >= 1})
+    return ks
+
+
+def measure_groups(an: ChannelAnalysis, table: LatencyLookup, imp: np.ndarray, cand: np.ndarray,
+                   round_to: dict[int, int], floor: dict[int, int], precision: str = "fp32") -> LatencyModel:
+    """Time every group's conv layers at a grid of kept counts (the least important units go first)."""
+    macs = MacModel(an)
+    layers = conv_layers(an)
+    none = np.zeros(an.n_units, dtype=bool)
+    full: dict[int, float] = {}
+    for lay in layers:
+        spec, cout = lay.spec(macs, none, precision)
+        full[lay.node] = table.latency(spec, cout)
+    total = float(sum(full.values()))
+    curves: dict[int, GroupCurve] = {}
+    for gid in range(an.n_groups):
+        units = np.nonzero((an.group == gid) & cand)[0]
+        if not len(units):
+            continue
+        units = units[np.argsort(imp[units], kind="stable")]
+        n = len(units)
+        probe = none.copy()
+        probe[units] = True
+        members = [lay for lay in layers if lay.spec(macs, probe, precision) != lay.spec(macs, none, precision)]
+        if not members:
+            continue
+        ks = grid(n, round_to.get(gid, 1), max(floor.get(gid, 1), 1))
+        saved = []
+        for k in ks:
+            pr = none.copy()
+            pr[units[: n - k]] = True
+            s = 0.0
+            for lay in members:
+                spec, cout = lay.spec(macs, pr, precision)
+                s += full[lay.node] - (table.latency(spec, cout) if cout > 0 and spec.cin > 0 else 0.0)
+            saved.append(s)
+        curves[gid] = GroupCurve(gid, n, ks, saved, sum(full[lay.node] for lay in members), [lay.node for lay in members])
+    return LatencyModel(curves, total, getattr(table, "measured", 0), precision)

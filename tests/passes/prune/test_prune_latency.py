@@ -1,0 +1,219 @@
+"""Pruning from measured latency: the probed alignment, groups that save no time, the latency
+budget, GaP refinement and the per-group report. Every table here is a fake (builders.StairTable),
+so no result depends on this machine's timing."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from builders import GraphBuilder, StairTable, cbr_dead, random_input
+
+from onnxslim_compress.errors import BadInputError
+from onnxslim_compress.passes import PruneChannels
+from onnxslim_compress.passes.base import Pipeline
+from onnxslim_compress.passes.context import Context
+from onnxslim_compress.passes.prune.groups import analyze
+from onnxslim_compress.passes.prune.latency import conv_layers
+from onnxslim_compress.passes.prune.prune_channels import parse_prune_flag
+from onnxslim_compress.passes.quantize.quantize import Quantize
+from onnxslim_compress.runtime.latency_table import ConvSpec, cache_path, isa_tag, probe_alignment
+from onnxslim_compress.runtime.metrics import pooled_fidelity
+from onnxslim_compress.runtime.session import Target
+
+
+def _chain(seed: int = 0, widths=(64, 64, 64), hw: int = 10, kernels=None) -> onnx.ModelProto:
+    """A plain conv chain (each width is one prunable group), pooled into a small head."""
+    b = GraphBuilder(seed)
+    s, cin = "x", 3
+    for i, w in enumerate(widths):
+        s = cbr_dead(b, s, cin, w, k=kernels[i] if kernels else 3)
+        cin = w
+    f = b.node("Flatten", [b.node("GlobalAveragePool", [s])])
+    out = b.gemm(f, cin, 10)
+    return b.model([("x", [1, 3, hw, hw])], [(out, [1, 10])])
+
+
+def _calib(n: int = 16, hw: int = 10) -> list[dict]:
+    return [{"x": random_input([1, 3, hw, hw], seed=300 + k)} for k in range(n)]
+
+
+def _outs(m: onnx.ModelProto) -> list[int]:
+    inits = {t.name: t for t in m.graph.initializer}
+    return [int(inits[n.input[1]].dims[0]) for n in m.graph.node if n.op_type == "Conv"]
+
+
+class PerPrecision(StairTable):
+    """Steps of 8 for fp32 convs, of 32 for int8 ones (the two precisions want different multiples)."""
+
+    def latency(self, spec, cout):
+        self.step = 32 if spec.precision == "int8" else 8
+        return super().latency(spec, cout)
+
+
+class FlatPointwise(StairTable):
+    """A stair table, except that 1x1 convs cost the same at any width (overhead-bound layers)."""
+
+    def latency(self, spec, cout):
+        return 1.0 if spec.kernel == 1 else super().latency(spec, cout)
+
+
+#: conv0 3x3 (3->64), conv1 1x1 (64->48), conv2 1x1 (48->64), conv3 3x3 (64->64): the 48-wide
+#: group lives between two 1x1 convs only
+FLAT_MIDDLE = dict(widths=(64, 48, 64, 64), kernels=(3, 1, 1, 3))
+
+
+@pytest.mark.parametrize("step", [8, 16, 32])
+def test_probe_reads_the_step_off_the_table(step):
+    al = probe_alignment(StairTable(step=step))
+    assert al.step == step
+    assert al.cost[step] == pytest.approx(0.0, abs=1e-3)  # rounding up inside a step is free
+    if step < 32:
+        assert al.cost[2 * step] > 0.02
+
+
+def test_probe_on_a_linear_table_keeps_single_channels():
+    al = probe_alignment(StairTable(step=1))
+    assert al.step <= 2  # no steps: rounding up only costs time (2 costs <1 %, within tolerance)
+
+
+@pytest.mark.parametrize("step", [8, 32])
+def test_round_to_follows_a_fake_latency_table(step):
+    m = _chain()
+    res = PruneChannels(ratio=0.3, recover=False)(m, Context(latency_table=StairTable(step=step)))
+    assert res.stats["round_to"] == step and res.stats["alignment"]["source"] == "probe"
+    assert res.stats["alignment"]["isa"] is not None
+    kept = _outs(res.model)[:-1]  # the last conv feeds the head through pooling: prunable too
+    assert all(k % step == 0 for k in kept) and sum(kept) < 3 * 64
+
+
+def test_round_to_given_is_not_probed():
+    t = StairTable(step=32)
+    res = PruneChannels(ratio=0.3, round_to=4, recover=False, latency_check=False)(_chain(), Context(latency_table=t))
+    assert res.stats["round_to"] == 4 and t.calls == 0
+
+
+def test_int8_pipeline_probes_int8_kernels():
+    ctx = Context(latency_table=PerPrecision(), calib=_calib(4))
+    res = Pipeline([PruneChannels(ratio=0.3, recover=False, sensitivity_samples=0),
+                    Quantize(mode="int8", calib_samples=4)]).run(_chain(), ctx)
+    assert ctx.precision == "int8"
+    assert res.steps[0].stats["round_to"] == 32
+    ctx2 = Context(latency_table=PerPrecision())
+    res2 = Pipeline([PruneChannels(ratio=0.3, recover=False)]).run(_chain(), ctx2)
+    assert ctx2.precision == "fp32" and res2.steps[0].stats["round_to"] == 8
+
+
+def test_cache_file_is_keyed_by_isa(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXSLIM_COMPRESS_LATENCY_DIR", str(tmp_path))
+    p = cache_path(Target("cpu", threads=1))
+    assert p.parent == tmp_path and p.name == f"cpu-t1-{isa_tag()}.json"
+    assert isa_tag(["avx2"]) == "avx2" and isa_tag([]) == "generic"
+
+
+def test_a_group_that_saves_no_time_is_kept():
+    m = _chain()
+    res = PruneChannels(ratio=0.3, round_to=8, recover=False)(m, Context(latency_table=StairTable(flat=True)))
+    assert not res.modified and res.model is m
+    reasons = [s["reason"] for s in res.stats["skipped"]]
+    assert sum("saves no measured time" in r for r in reasons) == 3
+
+
+def test_only_the_group_that_saves_no_time_is_kept():
+    m = _chain(**FLAT_MIDDLE)
+    # the layers of the 48-wide group cost the same at any width: that group must stay whole
+    res = PruneChannels(ratio=0.3, round_to=8, recover=False)(m, Context(latency_table=FlatPointwise()))
+    outs = _outs(res.model)
+    assert outs[1] == 48
+    assert outs[0] < 64 and outs[2] < 64
+    assert any("saves no measured time" in s["reason"] for s in res.stats["skipped"])
+
+
+def _table_ms(m: onnx.ModelProto, table) -> float:
+    an = analyze(m)
+    from onnxslim_compress.passes.prune.apply import MacModel  # noqa: PLC0415 - test helper
+
+    macs = MacModel(an)
+    none = np.zeros(an.n_units, dtype=bool)
+    total = 0.0
+    for lay in conv_layers(an):
+        spec, cout = lay.spec(macs, none, "fp32")
+        total += table.latency(spec, cout)
+    return total
+
+
+def test_latency_budget_keeps_that_share_of_the_tables_latency():
+    m = _chain(widths=(64, 96, 64))
+    t = StairTable(step=8)
+    res = PruneChannels(ratio=0.3, budget="latency", round_to=8, recover=False)(m, Context(latency_table=t))
+    before, after = _table_ms(m, t), _table_ms(res.model, t)
+    assert after / before == pytest.approx(0.7, abs=0.04)
+    assert res.stats["latency"]["saved_share_estimate"] == pytest.approx(res.stats["ratio_achieved"], abs=1e-3)
+
+
+def test_prune_flag_parses_macs_and_latency():
+    assert parse_prune_flag("0.3") == {"budget": "macs", "ratio": 0.3}
+    assert parse_prune_flag("latency=0.7") == {"budget": "latency", "ratio": 0.3}
+    for bad in ("latency=0", "speed=0.3", "x"):
+        with pytest.raises(BadInputError):
+            parse_prune_flag(bad)
+
+
+def test_latency_cost_prefers_channels_that_save_time():
+    # the 48-wide group's layers save nothing: ranked per ms saved, its channels go last
+    m = _chain(**FLAT_MIDDLE)
+    imp = PruneChannels(ratio=0.25, round_to=8, recover=False, latency_check=False, cost="latency")(
+        m, Context(latency_table=FlatPointwise())).model
+    plain = PruneChannels(ratio=0.25, round_to=8, recover=False, latency_check=False)(
+        m, Context(latency_table=FlatPointwise())).model
+    assert _outs(imp)[1] == 48 and _outs(plain)[1] < 48
+
+
+def test_per_group_rows_report_channels_latency_and_error():
+    m = _chain()
+    res = PruneChannels(ratio=0.3, round_to=8, calib_samples=16)(m, Context(calib=_calib(), latency_table=StairTable()))
+    rows = res.stats["per_group"]
+    assert rows and all(r["channels"][1] < r["channels"][0] for r in rows)
+    assert all(r["latency_saved_ms"] > 0 and r["error_added"] > 0 for r in rows)
+    assert sorted(r["channels"][1] for r in rows) == sorted(o for o in _outs(res.model) if o < 64)
+
+
+def test_max_group_error_caps_the_sensitive_group():
+    m = _chain()
+    ctx = Context(calib=_calib(), latency_table=StairTable())
+    free = PruneChannels(ratio=0.4, round_to=8, recover=False)(m, ctx)
+    worst = max(r["error_added"] for r in free.stats["per_group"])
+    cap = 0.6 * worst
+    res = PruneChannels(ratio=0.4, round_to=8, recover=False, max_group_error=cap)(
+        m, Context(calib=_calib(), latency_table=StairTable()))
+    assert res.stats["groups_capped_by_error"]
+    assert all(r["error_added"] <= cap for r in res.stats["per_group"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_refinement_never_increases_the_output_error(seed):
+    m = _chain(seed=seed, widths=(32, 32, 32, 32))
+    calib = _calib(24)
+    kw = dict(ratio=0.4, round_to=4, calib_samples=24, recover_stages=2, sensitivity_samples=0)
+    one = PruneChannels(**kw)(m, Context(calib=calib, latency_table=StairTable(step=4)))
+    ref = PruneChannels(**kw, refine=2, refine_partitions=2)(m, Context(calib=calib, latency_table=StairTable(step=4)))
+    held = calib[21:]  # recovery holds out the last eighth (3 of 24 samples)
+    e_one, e_ref = (r["rel_l2"] for r in pooled_fidelity(m, [one.model, ref.model], held, 3))
+    assert e_ref <= e_one + 1e-6
+    st = ref.stats["refine"]
+    assert st["error_refined"] <= st["error_one_shot"]
+    assert st["error_one_shot"] == pytest.approx(e_one, rel=1e-3)
+    assert st["error_refined"] == pytest.approx(e_ref, rel=1e-3)
+    # equal latency: same kept count per conv as one-shot
+    assert _outs(ref.model) == _outs(one.model)
+
+
+def test_refinement_needs_calibration():
+    with pytest.raises(BadInputError):
+        PruneChannels(ratio=0.3, round_to=8, refine=1)(_chain(), Context(latency_table=StairTable()))
+
+
+def test_int8_spec_builds_a_qdq_conv():
+    m = ConvSpec(cin=8, hw=(4, 4), precision="int8").model(8)
+    assert [n.op_type for n in m.graph.node].count("QuantizeLinear") == 2
+    assert ConvSpec(8, (4, 4)).key(8) != ConvSpec(8, (4, 4), precision="int8").key(8)
