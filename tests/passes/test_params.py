@@ -110,7 +110,7 @@ def test_default_search_recipe_is_the_one_it_was_before_the_declarations():
     assert cpu == {"passes": [
         "simplify",
         {"prune_channels": {"enabled": {"choices": [True, False]}, "ratio": {"search": [0.05, 0.6], "step": 0.025},
-                            "round_to": {"choices": [1, 8]}}},
+                            "round_to": {"choices": [0, 8]}}},  # 0 = probed on the target (issue 17)
         "fold_batchnorm",
         {"low_rank": {"enabled": {"choices": [True, False]}, "mode": "energy", "value": {"search": [0.8, 0.995], "step": 0.005}}},
         "eliminate_dead",
@@ -170,9 +170,10 @@ def test_bool_and_numeric_flags_get_their_types(capsys):
     sharpen = _action(parser, "compress", "--blur-sharpen")
     assert sharpen.option_strings == ["--blur-sharpen", "--no-blur-sharpen"] and sharpen.default is None
     assert _action(parser, "compress", "--blur").type is float
-    assert _action(parser, "compress", "--prune").type is float and _action(parser, "compress", "--round-to").type is int
+    # --prune takes "0.3" or "latency=0.7": parsed by the pass's Flag(parse=...), so no argparse type
+    assert _action(parser, "compress", "--prune").type is None and _action(parser, "compress", "--round-to").type is int
     help_text = _action(parser, "compress", "--round-to").help
-    assert "prune_channels.round_to, default 8" in help_text and "low_rank.round_to, default 1" in help_text
+    assert "prune_channels.round_to, default 0" in help_text and "low_rank.round_to, default 1" in help_text
 
 
 def test_a_shared_flag_must_mean_the_same_type_everywhere():
