@@ -37,8 +37,10 @@ sys.path.insert(0, str(ROOT))
 from models.datasets import build, labels, load  # noqa: E402
 from models.fetch import fetch  # noqa: E402
 from onnxslim_compress.graph.io import load_model  # noqa: E402
+from onnxslim_compress.passes.base import Pipeline  # noqa: E402
 from onnxslim_compress.passes.context import Context  # noqa: E402
 from onnxslim_compress.passes.prune.prune_channels import PruneChannels  # noqa: E402
+from onnxslim_compress.passes.quantize.quantize import Quantize  # noqa: E402
 from onnxslim_compress.runtime.latency_table import LatencyTable, cpu_isa, probe_alignment  # noqa: E402
 from onnxslim_compress.runtime.profiler import compare  # noqa: E402
 from onnxslim_compress.runtime.session import Target, make_session  # noqa: E402
@@ -85,14 +87,17 @@ def run_model(name: str, args, table: LatencyTable) -> dict:
     row: dict = {"model": name, "ratio": args.ratio, "orig": task_metric(name, ref, ref, meta)}
     target = Target(kind="cpu", threads=args.threads)
     variants = {"one_shot": dict(round_to=0), "gap": dict(round_to=0, refine=args.refine),
-                "one_shot_r8": dict(round_to=8)}
+                "one_shot_r8": dict(round_to=8), "int8": None, "prune_int8": dict(round_to=0)}
     built = {}
     for v, kw in variants.items():
         t0 = time.perf_counter()
-        shapes = {k: list(np.shape(v)) for k, v in calib[0].items()}  # what compress binds from the data
+        shapes = {k: list(np.shape(x)) for k, x in calib[0].items()}  # what compress binds from the data
         ctx = Context(target=target, calib=calib, latency_table=table, input_shapes=shapes)
-        res = PruneChannels(ratio=args.ratio, calib_samples=args.calib, **kw)(m, ctx)
-        st = res.stats
+        passes = [] if kw is None else [PruneChannels(ratio=args.ratio, calib_samples=args.calib, criterion=args.criterion, **kw)]
+        if v.endswith("int8"):
+            passes.append(Quantize(mode="int8"))
+        res = Pipeline(passes).run(m, ctx)
+        st = res.steps[0].stats if kw is not None else {"round_to": "-", "ratio_achieved": 0.0, "skipped": []}
         built[v] = res.model
         ab = compare(m, res.model, ev[0], target=target, warmup=10, runs=args.runs)
         r = {"seconds": round(time.perf_counter() - t0, 1), "round_to": st["round_to"],
@@ -120,7 +125,9 @@ def markdown(doc: dict) -> str:
     for r in doc["results"]:
         o = r["orig"]
         prim = "top1" if "top1" in o else "cos"
-        for v in ("one_shot_r8", "one_shot", "gap"):
+        for v in ("one_shot_r8", "one_shot", "gap", "int8", "prune_int8"):
+            if v not in r:
+                continue
             x = r[v]
             t = x["task"]
             task = f"{prim} {t[prim]:.3f} ({o[prim]:.3f})" + (f", mean abs dp {t['mean_abs_dp']:.4f}" if "mean_abs_dp" in t else "")
@@ -138,6 +145,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(TASKS))
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--refine", type=int, default=1)
+    ap.add_argument("--criterion", default="activation", help="--prune-criterion (activation: data-aware, with --calib)")
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--calib", type=int, default=32)
@@ -152,7 +160,7 @@ def main() -> None:
     keep = [r for r in old.get("results", []) if r["model"] not in args.models]
     results = keep + [run_model(n, args, table) for n in args.models]
     table.save()
-    doc = {"isa": list(cpu_isa()), "threads": args.threads, "alignment": align,
+    doc = {"isa": list(cpu_isa()), "threads": args.threads, "alignment": align, "criterion": args.criterion,
            "command": "python benchmarks/bench_prune_latency.py " + " ".join(sys.argv[1:]), "results": results}
     out.write_text(json.dumps(doc, indent=1))
     print(markdown(doc))

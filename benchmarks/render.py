@@ -39,6 +39,7 @@ RESULT_FILES = {
     "lossless": "lossless.json",
     "low_rank": "low_rank.json",
     "prune": "prune.json",
+    "prune_latency": "prune_latency.json",
     "quantize": "quantize.json",
     "quantize_sweep": "quantize_sweep.json",
     "search": "search.json",
@@ -261,6 +262,41 @@ def t_prune_round_to(res: Results) -> str | None:
     out = [[r["model"], str(r["round_to"]), f"{r['achieved']:.3f}", _ratio(r["latency_ratio"], r["latency_p10_p90"])]
            for r in rows]
     return _table(["model", "round_to", "achieved", "latency ratio (p10-p90)"], out)
+
+
+#: variants of bench_prune_latency.py, in table order
+PRUNE_LATENCY_VARIANTS = {"one_shot_r8": "one-shot, round_to 8", "one_shot": "one-shot, probed round_to",
+                          "gap": "GaP-refined, probed round_to", "int8": "int8 alone",
+                          "prune_int8": "prune + int8 (one pipeline)"}
+
+
+def t_prune_latency(res: Results) -> str | None:
+    d = res.get("prune_latency")
+    if not d or not d.get("results"):
+        return None
+    align = ", ".join(f"{a['precision']} {a['step']}" for a in d.get("alignment", []))
+    head = [f"CPU ISA: {', '.join(d.get('isa', [])) or 'unknown'}; probed round_to: {align}; "
+            f"{d.get('threads', 1)} thread; criterion {d.get('criterion', 'l1')}; command: `{d.get('command', '')}`", ""]
+    out = []
+    for r in d["results"]:
+        o = r["orig"]
+        prim = "top1" if "top1" in o else "cos"
+        for v, label in PRUNE_LATENCY_VARIANTS.items():
+            x = r.get(v)
+            if not x:
+                continue
+            t = x["task"]
+            dp = f"{t['mean_abs_dp']:.4f}" if "mean_abs_dp" in t else "-"
+            ref = "-"
+            if "refine" in x:
+                ref = f"{x['refine']['error_one_shot']:.4f} -> {x['refine']['error_refined']:.4f}"
+            out.append([r["model"], label, str(x["round_to"]), f"{x['achieved']:.3f}",
+                        f"x{x['speed']:.2f} ({x['speed_p10_p90'][0]:.2f}-{x['speed_p10_p90'][1]:.2f})",
+                        f"{t[prim]:.3f} ({o[prim]:.3f})", dp, ref])
+        if "gap_vs_one_shot_latency" in r:
+            out.append([r["model"], "GaP / one-shot latency", "", "", f"{r['gap_vs_one_shot_latency']:.3f}", "", "", ""])
+    return "\n".join(head) + _table(["model", "variant", "round_to", "achieved", "fp32 speed vs original (p10-p90)",
+                                      "top-1 or cos (original)", "mean abs dp", "GaP held-out rel. L2 one-shot -> refined"], out)
 
 
 QUANT_TOOLS = {"ours": "ours", "ort_static": "ORT static", "ort_dynamic": "ORT dynamic"}
@@ -926,6 +962,7 @@ TABLES: dict[str, Callable[[Results], str | None]] = {
     "low_rank_layers": t_low_rank_layers,
     "prune": t_prune,
     "prune_round_to": t_prune_round_to,
+    "prune_latency": t_prune_latency,
     "quantize": t_quantize,
     "quantize_sweep": t_quantize_sweep,
     "search": t_search,
