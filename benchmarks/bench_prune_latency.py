@@ -113,6 +113,7 @@ def run_model(name: str, args, table: LatencyTable) -> dict:
         print(name, v, {k: r[k] for k in ("round_to", "achieved", "speed", "task", "seconds")}, flush=True)
     ab = compare(built["one_shot"], built["gap"], ev[0], target=target, warmup=10, runs=args.runs)
     row["gap_vs_one_shot_latency"] = round(ab.ratio, 3)
+    row["command"] = "python benchmarks/bench_prune_latency.py " + " ".join(sys.argv[1:])
     return row
 
 

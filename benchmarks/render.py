@@ -276,7 +276,7 @@ def t_prune_latency(res: Results) -> str | None:
         return None
     align = ", ".join(f"{a['precision']} {a['step']}" for a in d.get("alignment", []))
     head = [f"CPU ISA: {', '.join(d.get('isa', [])) or 'unknown'}; probed round_to: {align}; "
-            f"{d.get('threads', 1)} thread; criterion {d.get('criterion', 'l1')}; command: `{d.get('command', '')}`", ""]
+            f"{d.get('threads', 1)} thread; criterion {d.get('criterion', 'l1')}.", ""]
     out = []
     for r in d["results"]:
         o = r["orig"]
@@ -295,7 +295,7 @@ def t_prune_latency(res: Results) -> str | None:
                         f"{t[prim]:.3f} ({o[prim]:.3f})", dp, ref])
         if "gap_vs_one_shot_latency" in r:
             out.append([r["model"], "GaP / one-shot latency", "", "", f"{r['gap_vs_one_shot_latency']:.3f}", "", "", ""])
-    return "\n".join(head) + _table(["model", "variant", "round_to", "achieved", "fp32 speed vs original (p10-p90)",
+    return "\n".join(head) + "\n" + _table(["model", "variant", "round_to", "achieved", "fp32 speed vs original (p10-p90)",
                                       "top-1 or cos (original)", "mean abs dp", "GaP held-out rel. L2 one-shot -> refined"], out)
 
 

@@ -284,3 +284,27 @@ def test_run_section_streams_logs_and_records_failure(tmp_path, capsys):
     log = (tmp_path / "fake.log").read_text()
     assert "hello from fake" in log and "never runs" not in log  # stops at the first failing command
     assert "hello from fake" in capsys.readouterr().out
+
+
+PRUNE_LATENCY = {
+    "isa": ["avx2", "avx512f"], "threads": 1, "criterion": "activation",
+    "alignment": [{"precision": "fp32", "step": 16, "cost": {}}, {"precision": "int8", "step": 4, "cost": {}}],
+    "results": [{
+        "model": "ppocr_cls", "orig": {"top1": 1.0, "agree": 1.0, "mean_abs_dp": 0.0},
+        "one_shot": {"round_to": 16, "achieved": 0.3036, "speed": 1.319, "speed_p10_p90": [1.25, 1.45],
+                     "task": {"top1": 0.975, "mean_abs_dp": 0.0284}},
+        "gap": {"round_to": 16, "achieved": 0.3036, "speed": 1.304, "speed_p10_p90": [1.06, 1.54],
+                "task": {"top1": 0.985, "mean_abs_dp": 0.0148}, "refine": {"error_one_shot": 0.0243, "error_refined": 0.0012}},
+        "gap_vs_one_shot_latency": 0.984,
+    }],
+}
+
+
+def test_prune_latency_table_records_isa_and_gap():
+    text = render.t_prune_latency(_res(prune_latency=PRUNE_LATENCY))
+    head, table = text.split("\n\n", 1)
+    assert "avx2, avx512f" in head and "fp32 16, int8 4" in head
+    rows = _rows(table)
+    assert rows[0] == ["ppocr_cls", "one-shot, probed round_to", "16", "0.304", "x1.32 (1.25-1.45)", "0.975 (1.000)",
+                       "0.0284", "-"]
+    assert rows[1][-1] == "0.0243 -> 0.0012" and rows[2][:2] == ["ppocr_cls", "GaP / one-shot latency"]

