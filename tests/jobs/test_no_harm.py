@@ -296,7 +296,7 @@ def _calib(n: int = 8) -> list[dict]:
 
 def test_pruning_past_the_floor_backs_off_and_meets_it():
     m, calib = wide_net(), _calib()
-    pipe = Pipeline([PruneChannels(ratio=0.7, round_to=1)])
+    pipe = Pipeline([PruneChannels(ratio=0.7, round_to=1, criterion="l1", max_group_error=None)])
     hard = compress(m, pipeline=pipe, calib=calib, min_fidelity="none")  # what the ratio does unchecked
     assert hard.report["no_harm"]["measured"]["pearson"] < 0.99
     res = compress(m, pipeline=pipe, calib=calib)
@@ -323,7 +323,7 @@ def test_pruning_below_an_unreachable_floor_exits_3_with_one_line(tmp_path, caps
     assert "on 8 samples of the calibration data" in line
     assert not out.exists()
     with pytest.raises(AccuracyGateError):
-        compress(wide_net(), pipeline=Pipeline([PruneChannels(ratio=0.7, round_to=1)]), calib=_calib(),
+        compress(wide_net(), pipeline=Pipeline([PruneChannels(ratio=0.7, round_to=1, criterion="l1", max_group_error=None)]), calib=_calib(),
                  min_fidelity="rel_l2=0.0001")
 
 
