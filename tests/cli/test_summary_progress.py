@@ -56,7 +56,9 @@ def test_long_passes_report_progress_inside():
     ev = _events(Quantize(calib_samples=10), resnet_like(), Context(calib=feeds))
     cal = [e for e in ev if e[0] == "calibration samples"]
     assert [d for _, d, _ in cal] == list(range(1, 11)) and cal[-1][2] == 10
-    ev = _events(PruneChannels(ratio=0.3, recover_stages=2, calib_samples=10), resnet_like(), Context(calib=feeds))
+    # no error cap: on this random-weight net it keeps all but one consumer whole (one recovery stage)
+    ev = _events(PruneChannels(ratio=0.3, recover_stages=2, calib_samples=10, max_group_error=None), resnet_like(),
+                 Context(calib=feeds))
     stages = {s for s, _, _ in ev}
     assert {"recovery stage 1/2", "recovery stage 2/2"} <= stages
     ev = _events(LowRank(mode="ratio", value=0.5, min_params=100), resnet_like(), Context(calib=feeds))
