@@ -16,7 +16,7 @@ from onnxslim_compress.passes import REGISTRY, PruneChannels
 from onnxslim_compress.passes.context import Context
 from onnxslim_compress.passes.prune.apply import MacModel
 from onnxslim_compress.passes.prune.groups import analyze
-from onnxslim_compress.passes.prune.select import weight_spaces, select_units, unit_importance
+from onnxslim_compress.passes.prune.select import select_units, unit_importance, weight_spaces
 
 
 def _net(seed: int = 0, w: int = 32, blocks: int = 2, dead: tuple = ()) -> onnx.ModelProto:

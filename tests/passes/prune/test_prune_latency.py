@@ -13,6 +13,7 @@ from onnxslim_compress.errors import BadInputError
 from onnxslim_compress.passes import PruneChannels
 from onnxslim_compress.passes.base import Pipeline
 from onnxslim_compress.passes.context import Context
+from onnxslim_compress.passes.prune.apply import MacModel
 from onnxslim_compress.passes.prune.groups import analyze
 from onnxslim_compress.passes.prune.latency import conv_layers
 from onnxslim_compress.passes.prune.prune_channels import parse_prune_flag
@@ -131,8 +132,6 @@ def test_only_the_group_that_saves_no_time_is_kept():
 
 def _table_ms(m: onnx.ModelProto, table) -> float:
     an = analyze(m)
-    from onnxslim_compress.passes.prune.apply import MacModel  # noqa: PLC0415 - test helper
-
     macs = MacModel(an)
     none = np.zeros(an.n_units, dtype=bool)
     total = 0.0
