@@ -20,12 +20,18 @@ from onnxslim_compress.errors import BadInputError, ProviderError
 from onnxslim_compress.graph.index import iter_bodies
 from onnxslim_compress.graph.io import clamp_ir_version
 from onnxslim_compress.passes.base import Choices, Flag, Pass, PassResult, PerTarget, Range, param
-from onnxslim_compress.passes.prune.apply import apply_pruning, new_dim
+from onnxslim_compress.passes.prune.apply import MacModel, apply_pruning, new_dim
 from onnxslim_compress.passes.prune.groups import ChannelAnalysis, analyze
-from onnxslim_compress.passes.prune.latency import LatencyModel, measure_groups
+from onnxslim_compress.passes.prune.latency import NO_GAIN_MS, NO_GAIN_SHARE, LatencyModel, measure_groups
 from onnxslim_compress.passes.prune.recovery import recover_model
 from onnxslim_compress.passes.prune.refine import refine
-from onnxslim_compress.passes.prune.select import Policy, activation_stats, select_units, unit_importance
+from onnxslim_compress.passes.prune.select import (
+    Policy,
+    Selection,
+    activation_stats,
+    select_units,
+    unit_importance,
+)
 from onnxslim_compress.runtime.latency_table import LatencyTable, cpu_isa, default_round_to, probe_alignment
 from onnxslim_compress.runtime.metrics import pooled_fidelity
 
@@ -179,6 +185,14 @@ class PruneChannels(Pass):
         rank = imp / lat.cost_per_unit(an, cand) if lat is not None and p.cost == "latency" else None
         fraction = (lambda pr, cd: lat.fraction(an, pr, cd)) if lat is not None and p.budget == "latency" else None
         sel = select_units(an, imp, p.ratio, p.scope, policies, excluded, rank=rank, fraction=fraction)
+        if lat is not None and p.latency_check:
+            before = set(no_gain)
+            kept = self._keep_groups_that_save_nothing(an, sel, lat, cand, no_gain, fraction)
+            if kept is not sel:
+                # once more without those groups, so the budget is met by groups that save time
+                excluded |= set(no_gain) - before
+                sel = select_units(an, imp, p.ratio, p.scope, policies, excluded, rank=rank, fraction=fraction)
+                sel = self._keep_groups_that_save_nothing(an, sel, lat, cand, no_gain, fraction)
         errors: dict[int, float] = {}
         if ctx.calib is not None and p.sensitivity_samples and sel.pruned.any():
             sel, errors, capped = self._sensitivity(an, ctx, sel, imp, p.ratio, policies, excluded, rank, fraction)
@@ -310,6 +324,26 @@ class PruneChannels(Pass):
         if p.budget == "latency" and lat.total_ms <= 0:
             raise BadInputError("prune budget latency: no conv layer could be timed in this model")
         return lat, None
+
+    @staticmethod
+    def _keep_groups_that_save_nothing(an: ChannelAnalysis, sel: Selection, lat: LatencyModel, cand: np.ndarray,
+                                       no_gain: dict[int, str], fraction) -> Selection:
+        """A group pruned to a count that saves no measured time (a stair-step: 40 of 48 channels
+        can cost what 48 do) is left whole: the same latency, and its channels back."""
+        pr = sel.pruned.copy()
+        for gid, c in lat.curves.items():
+            units = (an.group == gid) & cand
+            k = int(pr[units].sum())
+            if k and c.at(c.n - k) <= max(NO_GAIN_SHARE * c.full_ms, NO_GAIN_MS):
+                pr[units] = False
+                no_gain[gid] = (f"pruning it to {c.n - k} of {c.n} saves no measured time "
+                                f"({c.at(c.n - k):.4f} ms of its layers' {c.full_ms:.4f} ms): kept whole")
+        if (pr == sel.pruned).all():
+            return sel
+        macs = MacModel(an)
+        after = macs.total(pr)
+        got = fraction(pr, cand) if fraction is not None else (sel.macs_before - after) / max(sel.prunable_macs, 1)
+        return Selection(pr, float(got), sel.macs_before, int(after), sel.prunable_macs)
 
     def _sensitivity(self, an, ctx, sel, imp, ratio, pol, excluded, rank, fraction):
         """Output error when only one group is pruned (its selected channels), per group; groups

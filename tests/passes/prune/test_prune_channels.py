@@ -58,7 +58,8 @@ def test_registered_and_params_validated():
 @pytest.mark.parametrize("ratio", [0.2, 0.3, 0.5])
 def test_ratio_hit_within_two_percent(scope, ratio):
     m = _net()
-    res = PruneChannels(ratio=ratio, scope=scope, round_to=1, recover=False)(m, Context())
+    # MAC targeting alone: no latency take-backs (the conftest table steps every 8 channels)
+    res = PruneChannels(ratio=ratio, scope=scope, round_to=1, recover=False, latency_check=False)(m, Context())
     st = res.stats
     assert abs(st["ratio_achieved"] - ratio) <= 0.02
     # independent count: the MACs removed from the pruned graph equal what the stats claim
@@ -128,7 +129,7 @@ def test_exclude_and_overrides():
 def test_criteria_run_and_differ_sensibly(criterion):
     m = _net(w=16)
     ctx = Context(calib=_calib(4))
-    res = PruneChannels(ratio=0.3, criterion=criterion, round_to=1, recover=False)(m, ctx)
+    res = PruneChannels(ratio=0.3, criterion=criterion, round_to=1, recover=False, latency_check=False)(m, ctx)
     assert abs(res.stats["ratio_achieved"] - 0.3) <= 0.02
     run(res.model, {"x": random_input([1, 3, 12, 12])})
 
