@@ -233,6 +233,9 @@ class PruneChannels(Pass):
         do_recover = p.recover if p.recover is not None else ctx.calib is not None
         if p.refine and ctx.calib is None:
             raise BadInputError("prune refinement (--prune-refine) needs calibration data (--calib)")
+        if p.refine and not do_recover:
+            raise BadInputError("prune refinement (--prune-refine) re-picks channels on the recovered model: "
+                                "it needs recovery on (recover: true)")
         pruned = sel.pruned
         if do_recover:
             if ctx.calib is None:

@@ -218,3 +218,8 @@ def test_int8_spec_builds_a_qdq_conv():
     m = ConvSpec(cin=8, hw=(4, 4), precision="int8").model(8)
     assert [n.op_type for n in m.graph.node].count("QuantizeLinear") == 2
     assert ConvSpec(8, (4, 4)).key(8) != ConvSpec(8, (4, 4), precision="int8").key(8)
+
+
+def test_refinement_needs_recovery():
+    with pytest.raises(BadInputError, match="needs recovery"):
+        PruneChannels(ratio=0.3, round_to=8, refine=1, recover=False)(_chain(), Context(calib=_calib(4), latency_table=StairTable()))
