@@ -2,7 +2,8 @@
 
 The accuracy constraint of the search and the `compare` command both ask "how far did B move from A
 on real inputs?". Labels are often missing, so the main signals are label-free: max/mean abs error,
-relative L2, cosine, centred (Pearson) correlation, SNR and top-1 agreement. Cosine alone hides
+relative L2, cosine, centred (Pearson) correlation, SNR, top-1 agreement and, for sequence
+outputs (a CTC recognizer), agreement of the greedy-decoded sequences (`sequence`). Cosine alone hides
 destruction on an output with a large mean (a heatmap offset by a constant keeps cosine 0.98 while
 its Pearson correlation is 0.02), so the fidelity floor of `compress` reads pearson and rel_l2. They are aggregated GLOBALLY over the data set (sums
 of squares and products, not a mean of per-sample ratios): one sample with a tiny norm must not
@@ -10,7 +11,7 @@ dominate the average, and the global figures equal the one-shot computation on t
 outputs, which is what the numbers claim to be.
 
 Metric directions (used by `FidelityReport.worst`): max_abs, mean_abs, rel_l2 and nonfinite are
-worse when higher; cosine, pearson, snr_db, top1 and exact are worse when lower.
+worse when higher; cosine, pearson, snr_db, top1, sequence and exact are worse when lower.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ HIGHER_IS_WORSE: dict[str, bool] = {
     "snr_db": False,
     "top1": False,
     "exact": False,
+    "sequence": False,
 }
+#: the class index CTC decoding drops (PaddleOCR's and ddddocr's blank is class 0)
+CTC_BLANK = 0
 #: the columns of FidelityReport.table(), in order
 TABLE_METRICS = ("max_abs", "mean_abs", "rel_l2", "cosine", "snr_db", "top1")
 
@@ -71,6 +75,8 @@ class _OutputStats:
         self.top1_rows = 0
         self.top1_match = 0
         self.exact_match = 0
+        self.seq_count = 0
+        self.seq_match = 0
 
     def update(self, name: str, a: np.ndarray, b: np.ndarray) -> None:
         a, b = np.asarray(a), np.asarray(b)
@@ -102,6 +108,10 @@ class _OutputStats:
             rows_b = b.reshape(-1, b.shape[-1])
             self.top1_rows += rows_a.shape[0]
             self.top1_match += int(np.count_nonzero(rows_a.argmax(-1) == rows_b.argmax(-1)))
+        ids_a, ids_b = sequence_ids(a), sequence_ids(b)
+        if ids_a is not None and ids_b is not None:
+            self.seq_count += ids_a.shape[0]
+            self.seq_match += sum(ctc_collapse(x) == ctc_collapse(y) for x, y in zip(ids_a, ids_b, strict=True))
 
     def result(self) -> dict[str, float]:
         aa, bb, ab, dd = self.sum_aa, self.sum_bb, self.sum_ab, self.sum_dd
@@ -130,9 +140,51 @@ class _OutputStats:
         }
         if self.top1_rows:
             out["top1"] = self.top1_match / self.top1_rows
+        if self.seq_count:
+            out["sequence"] = self.seq_match / self.seq_count
         if self.float_output is False:
             out["exact"] = self.exact_match / self.count if self.count else 1.0
         return out
+
+
+def sequence_ids(x: np.ndarray) -> np.ndarray | None:
+    """Class ids as rows of sequences [n, T], or None when `x` is no sequence output.
+
+    Float scores of rank >= 3 ([N, T, C], PaddleOCR's recognizer) are argmaxed over the class axis
+    (the last) and read along the axis before it; float [N, C] scores give sequences of length 1 (a
+    classifier's top-1); integer ids of rank >= 1 ([N, T], ddddocr's output, which argmaxes inside
+    the graph) are read along their last axis."""
+    x = np.asarray(x)
+    if x.dtype.kind == "f":
+        if x.ndim < 2 or x.shape[-1] < 2:
+            return None
+        ids = x.argmax(-1)
+        return ids.reshape(-1, 1) if x.ndim == 2 else ids.reshape(-1, ids.shape[-1])
+    if x.dtype.kind in "iu" and x.ndim >= 1 and x.size:
+        return x.reshape(-1, x.shape[-1])
+    return None
+
+
+def ctc_collapse(ids: Sequence[int] | np.ndarray, blank: int = CTC_BLANK) -> tuple[int, ...]:
+    """Greedy CTC decoding of per-frame ids: merge repeats, then drop the blank (in that order, so
+    "a a _ a" reads "a a" while "a a a" reads "a")."""
+    out: list[int] = []
+    prev: int | None = None
+    for v in np.asarray(ids).reshape(-1).tolist():
+        if v != prev and v != blank:
+            out.append(int(v))
+        prev = v
+    return tuple(out)
+
+
+def sequence_agreement(a: np.ndarray, b: np.ndarray, blank: int = CTC_BLANK) -> float:
+    """Fraction of sequences (rows, see sequence_ids) whose CTC-decoded ids are equal in A and B:
+    what a recognizer's user sees, where per-frame top-1 is not (a frame may flip between a blank and
+    a repeat without changing the text, and one flipped frame can change it)."""
+    ia, ib = sequence_ids(a), sequence_ids(b)
+    if ia is None or ib is None:
+        raise BadInputError(f"sequence: output of shape {list(np.shape(a))} is not a sequence of class scores or ids")
+    return float(np.mean([ctc_collapse(x, blank) == ctc_collapse(y, blank) for x, y in zip(ia, ib, strict=True)]))
 
 
 def _pearson(n: int, sa: float, sb: float, aa: float, bb: float, ab: float) -> float:
@@ -659,7 +711,7 @@ def assertion_failures(report: FidelityReport, assertions: Sequence[Assertion]) 
 
 
 #: the built-in names `--metric` accepts (compare: the headline figure; search: the constraint)
-BUILTIN_METRICS = ("accuracy", "top1", "cosine", "rel_l2", "snr_db", "max_abs", "mean_abs")
+BUILTIN_METRICS = ("accuracy", "top1", "sequence", "cosine", "rel_l2", "snr_db", "max_abs", "mean_abs")
 
 
 @dataclass(frozen=True)

@@ -302,3 +302,56 @@ def test_pearson_sees_destruction_that_cosine_hides_on_a_large_mean():
     assert same["pearson"] == pytest.approx(1.0, abs=1e-9)
     const = fidelity(np.full(8, 3.0), np.full(8, 3.0))
     assert const["pearson"] == 1.0 and fidelity(np.full(8, 3.0), np.arange(8.0))["pearson"] == 0.0
+
+
+# ---------------------------------------------------------------- sequence (CTC) agreement
+
+
+def _ctc_logits(frames: list[list[int]], classes: int = 4) -> np.ndarray:
+    """[N, T, C] scores whose per-frame argmax is `frames` (the winner 5.0 above a deterministic
+    background in [0, 1), so argmax is unambiguous)."""
+    rng = np.random.default_rng(0)
+    x = rng.random((len(frames), len(frames[0]), classes)).astype(np.float32)
+    for n, row in enumerate(frames):
+        for t, c in enumerate(row):
+            x[n, t, c] = 5.0
+    return x
+
+
+def test_ctc_collapse_merges_repeats_before_dropping_blanks():
+    from onnxslim_compress.runtime.metrics import ctc_collapse
+
+    assert ctc_collapse([1, 1, 0, 2, 2, 0, 0]) == (1, 2)
+    assert ctc_collapse([1, 0, 1]) == (1, 1)  # a blank between repeats keeps both
+    assert ctc_collapse([1, 1, 1]) == (1,)
+    assert ctc_collapse([0, 0]) == ()
+    assert ctc_collapse([3, 0, 3], blank=3) == (0,)
+
+
+def test_sequence_metric_counts_decoded_sequences_not_frames():
+    """Sample 0: frames differ (a a _ b vs a _ _ b, top-1 3/4) but both read "ab". Sample 1: frames
+    differ in one place too (a _ a b vs a a a b, top-1 3/4) and the text changes ("aab" vs "ab")."""
+    from onnxslim_compress.runtime.metrics import MetricSpec, sequence_agreement
+
+    a = _ctc_logits([[1, 1, 0, 2], [1, 0, 1, 2]])
+    b = _ctc_logits([[1, 0, 0, 2], [1, 1, 1, 2]])
+    m = fidelity(a, b)
+    assert m["top1"] == pytest.approx(6 / 8)
+    assert m["sequence"] == pytest.approx(1 / 2)
+    assert sequence_agreement(a[:1], b[:1]) == 1.0 and fidelity(a[:1], b[:1])["top1"] == pytest.approx(3 / 4)
+    assert sequence_agreement(a[1:], b[1:]) == 0.0
+    # streamed per sample equals the one-shot figure, and --metric sequence reads it from a report
+    acc = FidelityAccumulator(["y"])
+    for k in range(2):
+        acc.update({"y": a[k : k + 1]}, {"y": b[k : k + 1]})
+    rep = FidelityReport(per_output=acc.result(), samples=2)
+    assert MetricSpec.parse("sequence").value(rep) == pytest.approx(0.5)
+
+
+def test_sequence_metric_on_integer_ids_like_ddddocr():
+    """ddddocr argmaxes inside the graph: its output is int64 ids [1, T]."""
+    a = np.array([[5, 5, 0, 7, 0]], dtype=np.int64)
+    same_text = np.array([[5, 0, 0, 7, 7]], dtype=np.int64)
+    other = np.array([[5, 5, 0, 5, 0]], dtype=np.int64)  # one frame: "57" -> "55"
+    assert fidelity(a, same_text)["sequence"] == 1.0 and fidelity(a, same_text)["exact"] == pytest.approx(3 / 5)
+    assert fidelity(a, other)["sequence"] == 0.0 and fidelity(a, other)["exact"] == pytest.approx(4 / 5)
