@@ -193,6 +193,15 @@ def _print_summary(r: dict[str, Any]) -> None:
     elif b:
         cost = f"{b['objective']:.3f}" if isinstance(b["objective"], float) else b["objective"]
         print(f"  best trial {b['number']}: {r['settings']['objective']} ratio {cost}, drop {b['drop']:+.4f}, params {b['params']}")
+    c = r.get("claim")
+    if c and c.get("ci95"):
+        lo, hi = c["speedup_ci95"]
+        print(f"  claimed speedup x{c['speedup']:.2f} (95 % interval x{lo:.2f}-x{hi:.2f}; latency ratio {c['latency_ratio']:.3f}, "
+              f"{c['runs']} interleaved runs, {c['source']})")
+    if r.get("finalists"):
+        print("  finalists: " + ", ".join(
+            f"trial {f['number']} x{1 / f['ratio']:.2f}" + (" (beats the original)" if f["beats_original"] else "")
+            for f in r["finalists"] if f.get("ratio")))
         if r.get("vs_best_preset"):
             print(f"  {r['vs_best_preset']:.2f}x better than the best single preset (trial {r['best_preset']['number']})")
     if r.get("trials_to_best"):

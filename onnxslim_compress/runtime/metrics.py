@@ -228,6 +228,18 @@ class FidelityAccumulator:
     def result(self) -> dict[str, dict[str, float]]:
         return {n: self._stats[n].result() for n in (self.names or []) if n in self._stats}
 
+    def counts(self, metric: str) -> dict[str, tuple[int, int]]:
+        """(matched, counted) rows so far per output for the counting metrics `top1` and `sequence`:
+        what an early stop needs to bound the final figure before the data is through."""
+        if metric not in ("top1", "sequence"):
+            raise BadInputError(f"counts: {metric!r} is not a counting metric (top1, sequence)")
+        out = {}
+        for n, st in self._stats.items():
+            matched, counted = (st.top1_match, st.top1_rows) if metric == "top1" else (st.seq_match, st.seq_count)
+            if counted:
+                out[n] = (int(matched), int(counted))
+        return out
+
 
 def fidelity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """All metrics of one pair of arrays (the one-shot form of FidelityAccumulator)."""

@@ -33,13 +33,16 @@ from onnxslim_compress.passes.context import Context
 from onnxslim_compress.runtime.metrics import load_labels_any
 from onnxslim_compress.runtime.session import Target
 from onnxslim_compress.search.build import TrialBuilder
-from onnxslim_compress.search.objective import EvaluateFn, Evaluator, default_metric
+from onnxslim_compress.search.objective import EvaluateFn, Evaluator, LatencyTimer, default_metric
 from onnxslim_compress.search.report import (
     LiveTable,
     TrialRecord,
     best_feasible,
+    claim,
+    measured,
     pareto_front,
     pareto_plot,
+    pick_on_intervals,
     trials_to_best,
     trials_to_feasible,
 )
@@ -155,6 +158,8 @@ def _prepare(
     image: Any,
     registry: Registry | None,
     reuse: bool,
+    timer: LatencyTimer | None = None,
+    early_stop: bool = True,
 ) -> _Prepared:
     space = SearchSpace.from_recipe(recipe, registry)
     img = _image_options(image)
@@ -176,6 +181,7 @@ def _prepare(
     evaluator = Evaluator(
         model, target=target, eval_data=eval_src, metric=metric, max_drop=max_drop, objective=objective,  # type: ignore[arg-type]
         labels=label_arr, evaluate=evaluate, input_shapes=input_shapes, warmup=warmup, runs=runs,
+        timer=timer, early_stop=early_stop,
     )
     ctx = Context(target=target, calib=calib_src, input_shapes=dict(input_shapes), seed=seed)
     builder = TrialBuilder(model, ctx, reuse=reuse)
@@ -231,6 +237,10 @@ def search(
     run_trials: bool = True,
     heartbeat: float = HEARTBEAT_S,
     worker_idle: float = 600.0,
+    finalists: int = 3,
+    final_runs: int | None = None,
+    timer: LatencyTimer | None = None,
+    early_stop: bool = True,
 ) -> SearchResult:
     """Search pass parameters for the fastest model whose metric drop stays within `max_drop`.
 
@@ -244,7 +254,18 @@ def search(
     `worker_idle` seconds in which no trial ran it picks from what finished, and says so in the
     report's notes. `heartbeat`: seconds between a running trial's heartbeats in an RDB storage; a
     trial without one for 4x that is failed and re-queued (its worker was killed).
+
+    Latency pick (ARCHITECTURE.md "Data flow / search"): the `finalists` best feasible candidates
+    are re-timed against the original with `final_runs` interleaved rounds (default 4x `runs`), and
+    the pick is the fastest whose 95 % interval lies wholly below 1 (faster than the original for
+    sure); none such: the original. The report's `claim` is the pick's ratio and interval.
+    `timer` replaces profiler.compare (tests: a fake timer); `early_stop` stops evaluating a
+    candidate whose counting metric has already broken the constraint (objective.py).
     """
+    if finalists < 0:
+        raise BadInputError("--finalists must be >= 0")
+    if final_runs is not None and final_runs < 1:
+        raise BadInputError("--final-runs must be >= 1")
     if trials < 1:
         raise BadInputError("--trials must be >= 1")
     if max_drop < 0:
@@ -265,6 +286,8 @@ def search(
         work, space_data, target=tgt, calib=calib, eval_data=eval_data, labels=labels, metric=metric,
         evaluate=evaluate, max_drop=max_drop, objective=objective, seed=seed, runs=runs, warmup=warmup,
         input_shapes=dict(input_shapes or {}), num_samples=num_samples, image=image, registry=registry, reuse=reuse,
+        # the Pareto front needs every candidate's true drop, not a bound
+        timer=timer, early_stop=early_stop and not multi_objective,
     )
     settings = StudySettings(
         model=_path_or_none(model) or "<in memory>",
@@ -308,6 +331,7 @@ def search(
     return _finish(
         study, prep, settings, output=output, storage=storage, study_name=name, loop=loop, wall=wall,
         n_before=n_before, report_path=report_path, plot_path=plot_path, input_desc=_path_or_none(model), notes=notes,
+        finalists=finalists if run_trials else 0, final_runs=final_runs or 4 * runs,
     )
 
 
@@ -357,8 +381,45 @@ def _records(study, space: SearchSpace) -> list[TrialRecord]:
     return sorted(out, key=lambda r: r.number)
 
 
+def _finalists(study, prep: _Prepared, records: list[TrialRecord], best_preset: TrialRecord | None, k: int,
+               runs: int) -> list[dict[str, Any]]:
+    """The k fastest distinct feasible candidates (and the best preset, so the pick is never worse
+    than it), re-timed against the original with `runs` interleaved rounds; k == 0 keeps the trials'
+    own figures (a coordinator that is not the target machine must not time anything)."""
+    space = prep.space
+    ok = sorted((r for r in measured(records) if r.feasible and r.duplicate_of is None and not r.screened),
+                key=lambda r: (r.objective, r.drop, r.number))
+    pool = ok[: max(k, 1)]
+    if best_preset is not None and all(r.number != best_preset.number for r in pool):
+        pool.append(best_preset)
+    rows = []
+    for r in pool:
+        row: dict[str, Any] = {"number": r.number, "params": r.params, "trial_ratio": r.objective,
+                               "trial_ci95": r.latency_ci95, "drop": r.drop}
+        if k > 0:
+            values = {**{d.name: d.midpoint() for d in space.dims}, **_trial_params(study, r)}
+            built = prep.builder.build(space.passes(values))
+            ab = prep.evaluator.latency(built.model, runs)
+            row.update(ratio=ab.ratio, ci95=list(ab.ratio_ci95), runs=runs, source="finalist re-measure",
+                       baseline_ms=ab.a.median, latency_ms=ab.b.median, model=built.model)
+        else:
+            row.update(ratio=r.objective, ci95=r.latency_ci95, runs=settings_runs(study), source="trial")
+        row["beats_original"] = bool(row.get("ci95")) and float(row["ci95"][1]) < 1.0
+        rows.append(row)
+    return rows
+
+
+def settings_runs(study) -> int | None:
+    """The per-trial interleaved rounds the study was run with (a trial's figure's sample size)."""
+    try:
+        return int(load_settings(study._storage, study.study_name).runs)  # noqa: SLF001 - Optuna keeps the storage private
+    except Exception:  # noqa: BLE001 - informative only
+        return None
+
+
 def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage, study_name, loop: TrialLoop, wall: float,
-            n_before: int, report_path, plot_path, input_desc, notes: list[str] | None = None) -> SearchResult:
+            n_before: int, report_path, plot_path, input_desc, notes: list[str] | None = None, finalists: int = 3,
+            final_runs: int = 200) -> SearchResult:
     space = prep.space
     records = _records(study, space)
     best = best_feasible(records)
@@ -404,26 +465,53 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
     model_out: onnx.ModelProto | None = None
     out_path: Path | None = None
     report["picked"] = "trial" if best is not None else None
-    if best is not None and not multi and finite(best.objective) and best.objective >= 1.0:
+    prebuilt: onnx.ModelProto | None = None
+    if best is not None and not multi and settings.objective == "latency":
+        rows = _finalists(study, prep, records, best_preset, finalists, final_runs)
+        if finalists == 0:
+            report["notes"].append("finalists not re-measured (this process only coordinated: it may not be the "
+                                   "target machine); the pick is made on the trials' intervals")
+        chosen = pick_on_intervals(rows)
+        report["finalists"] = [{k: v for k, v in r.items() if k != "model"} for r in rows]
+        by_number = {r.number: r for r in records}
+        if chosen is None:
+            report["notes"].append(
+                "no finalist's 95 % latency interval lies below the original's (1.0): "
+                + "; ".join(f"trial {r['number']} ratio {r['ratio']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
+                            if r.get("ci95") else f"trial {r['number']} ratio {r['ratio']}" for r in rows)
+                + "; the result is the original model")
+            best = _as_original(report, best)
+            model_out = onnx.ModelProto()
+            model_out.CopyFrom(prep.model)
+            report["claim"] = claim(1.0, None, None, "original")
+        else:
+            if chosen["number"] != best.number:
+                report["notes"].append(
+                    f"finalist re-measure changed the pick: trial {chosen['number']} (ratio {chosen['ratio']:.3f}) over "
+                    f"trial {best.number} (trial ratio {best.objective:.3f}, re-measured "
+                    f"{next(r['ratio'] for r in rows if r['number'] == best.number):.3f})")
+            best = by_number[chosen["number"]]
+            report["best"] = {**best.as_dict(), "final_ratio": chosen["ratio"], "final_ci95": chosen["ci95"]}
+            report["claim"] = claim(chosen["ratio"], chosen["ci95"], chosen.get("runs"), chosen["source"])
+            prebuilt = chosen.get("model")
+            bp = next((r for r in rows if best_preset is not None and r["number"] == best_preset.number), None)
+            report["vs_best_preset"] = (bp["ratio"] / chosen["ratio"]) if bp and chosen["ratio"] else None
+    elif best is not None and not multi and finite(best.objective) and best.objective >= 1.0:
         # the original model is always a candidate (ratio 1.0, drop 0): a pick that is no better
         # than it (every candidate slower, or bigger) would make the model worse, so it is the result
         report["notes"].append(
             f"no candidate beat the original model (best trial {best.number}: {settings.objective} ratio "
             f"{best.objective:.3f} >= 1); the result is the original model"
         )
-        report["picked"] = "original"
-        report["rejected_best"] = report["best"]
-        report["best"] = {"number": None, "original": True, "objective": 1.0, "drop": 0.0, "params": {}, "feasible": True}
-        report["vs_best_preset"] = None
+        best = _as_original(report, best)
         model_out = onnx.ModelProto()
         model_out.CopyFrom(prep.model)
-        best = None
-    elif best is not None:
+    if best is not None:
         values = {**{d.name: d.midpoint() for d in space.dims}, **_trial_params(study, best)}
         report["best_recipe"] = space.recipe(values)
-        built = prep.builder.build(space.passes(values))
+        built_model = prebuilt if prebuilt is not None else prep.builder.build(space.passes(values)).model
         model_out = onnx.ModelProto()
-        model_out.CopyFrom(built.model)
+        model_out.CopyFrom(built_model)
         _, drop, _ = ev.quality(model_out)
         if best.drop is not None and math.isfinite(drop) and abs(drop - best.drop) > 1e-6:
             report["notes"].append(f"the rebuilt model's drop {drop:.6f} differs from trial {best.number}'s {best.drop:.6f}")
@@ -438,7 +526,7 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
         if note:
             report["notes"].append(note)
     if model_out is not None:
-        summary = {k: report[k] for k in ("tool", "version", "study", "baseline", "best", "best_recipe", "trials_to_best")}
+        summary = {k: report.get(k) for k in ("tool", "version", "study", "baseline", "best", "best_recipe", "trials_to_best", "claim")}
         summary["settings"] = {k: v for k, v in settings.as_dict().items() if k not in ("recipe",)}
         set_report(model_out, json_safe(summary))
         if output is not None:
@@ -459,6 +547,15 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
         err.result = result  # type: ignore[attr-defined]
         raise err
     return result
+
+
+def _as_original(report: dict[str, Any], best: TrialRecord) -> None:
+    """Record in the report that the original model is the result instead of trial `best`."""
+    report["picked"] = "original"
+    report["rejected_best"] = report["best"]
+    report["best"] = {"number": None, "original": True, "objective": 1.0, "drop": 0.0, "params": {}, "feasible": True}
+    report["vs_best_preset"] = None
+    return None
 
 
 def _key(space: SearchSpace, params: dict[str, Any]) -> str | None:
@@ -513,6 +610,7 @@ def run_worker(
         work, s.recipe, target=tgt, calib=s.calib, eval_data=s.eval, labels=s.labels, metric=s.metric, evaluate=None,
         max_drop=s.max_drop, objective=s.objective, seed=s.seed, runs=s.runs, warmup=s.warmup,
         input_shapes=s.input_shapes, num_samples=s.num_samples, image=s.image, registry=registry, reuse=True,
+        early_stop=not s.multi_objective,
     )
     smp = make_sampler(s.sampler, seed=s.seed + os.getpid() % 1000, n_trials=s.trials,  # type: ignore[arg-type]
                        multi_objective=s.multi_objective, one_knob=prep.space.one_knob(), strategy=s.strategy,  # type: ignore[arg-type]

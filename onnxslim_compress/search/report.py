@@ -42,6 +42,10 @@ class TrialRecord:
     feasible: bool
     latency_ratio: float | None = None
     latency_ms: float | None = None
+    #: 95 % bootstrap interval of the trial's latency ratio
+    latency_ci95: list[float] | None = None
+    #: stopped early: its counting metric had already broken the constraint (no latency measured)
+    screened: bool = False
     macs_ratio: float | None = None
     size_ratio: float | None = None
     seconds: float | None = None
@@ -65,6 +69,8 @@ class TrialRecord:
             feasible=bool(t.user_attrs.get("feasible", False)) and t.state == TrialState.COMPLETE,
             latency_ratio=_num(m.get("latency_ratio")),
             latency_ms=_num(m.get("latency_ms")),
+            latency_ci95=[float(x) for x in m["latency_ci95"]] if m.get("latency_ci95") else None,
+            screened=bool((m.get("extra") or {}).get("screened", False)),
             macs_ratio=_num(m.get("macs_ratio")),
             size_ratio=_num(m.get("size_ratio")),
             seconds=round(dur, 3) if dur is not None else None,
@@ -95,9 +101,33 @@ def best_feasible(records: list[TrialRecord]) -> TrialRecord | None:
     return min(ok, key=lambda r: (r.objective, r.drop, r.number))
 
 
+def pick_on_intervals(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The finalist to pick: the lowest latency ratio among those whose 95 % interval lies wholly
+    below 1.0 (the original's ratio to itself), so the pick is faster than the original for sure on
+    the figures measured; None when no finalist's interval clears 1.0 (then the original is kept).
+    Ties go to the smaller upper bound, then the earlier trial."""
+    ok = [r for r in rows if r.get("ci95") and finite(r.get("ratio")) and float(r["ci95"][1]) < 1.0]
+    if not ok:
+        return None
+    return min(ok, key=lambda r: (float(r["ratio"]), float(r["ci95"][1]), r["number"]))
+
+
+def claim(ratio: float, ci95: list[float] | None, runs: int | None, source: str) -> dict[str, Any]:
+    """The speedup the report claims, with its interval (speedup = 1 / latency ratio)."""
+    out: dict[str, Any] = {"latency_ratio": ratio, "ci95": list(ci95) if ci95 else None,
+                           "speedup": 1.0 / ratio if ratio else None, "runs": runs, "source": source}
+    if ci95:
+        out["speedup_ci95"] = [1.0 / float(ci95[1]), 1.0 / float(ci95[0])]
+    return out
+
+
+def finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(float(x))
+
+
 def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:
     """Trials no other trial beats on both cost and drop (duplicates of a point listed once)."""
-    pts = [r for r in measured(records) if r.duplicate_of is None]
+    pts = [r for r in measured(records) if r.duplicate_of is None and not r.screened]
     front = []
     for r in pts:
         dominated = any(

@@ -592,3 +592,91 @@ def test_the_original_wins_when_every_candidate_is_worse(tmp_path, mm_model, mm_
     written = onnx.load(out)
     assert [n.op_type for n in written.graph.node] == [n.op_type for n in mm_model.graph.node]
     assert np.array_equal(numpy_helper.to_array(written.graph.initializer[0]), numpy_helper.to_array(mm_model.graph.initializer[0]))
+
+
+# --------------------------------------------------------------------------------------- honest latency
+
+
+def _fake_timer(trial_table: dict[int, float], final_table: dict[int, float], final_from: int = 100):
+    """A timer with profiler.compare's signature: B's latency is `ratio` x A's with 2 % deterministic
+    noise, the ratio looked up by B's rank (the inner dim of its weight A) in `trial_table` for short
+    runs and in `final_table` for runs >= final_from (the finalists' re-measure): a trial's timing
+    that misleads, which only the longer re-measure corrects."""
+    from onnxslim_compress.runtime.profiler import ab_from_samples
+
+    calls: list[tuple[int, int]] = []
+
+    def timer(a, b, feeds, target, warmup=10, runs=50):
+        rank = next(int(t.dims[1]) for t in b.graph.initializer if t.name == "A")
+        ratio = (final_table if runs >= final_from else trial_table)[rank]
+        rng = np.random.default_rng(rank * 1000 + runs)
+        ta = list(1.0 + 0.02 * rng.standard_normal(runs))
+        tb = list(ratio * (1.0 + 0.02 * rng.standard_normal(runs)))
+        calls.append((rank, runs))
+        return ab_from_samples(ta, tb, target)
+
+    timer.calls = calls  # type: ignore[attr-defined]
+    return timer
+
+
+def test_finalist_remeasure_changes_a_pick_the_trial_timing_misled(mm_model, mm_eval):
+    """Rank 4 looks fastest in its 20-run trial (x0.5) but re-timed over 200 runs it is x1.0 (its
+    interval crosses the original's 1.0): rank 8 (x0.7 both times) is the pick, and the claim is its
+    re-measured ratio with an interval below 1."""
+    timer = _fake_timer({4: 0.5, 8: 0.7, 12: 0.85}, {4: 1.0, 8: 0.7, 12: 0.85})
+    res = search(mm_model, recipe={"passes": [{"fake_lowrank": {"rank": {"choices": [4, 8, 12]}}}]}, eval_data=mm_eval,
+                 metric="cosine", max_drop=0.5, trials=3, objective="latency", registry=make_registry(), presets=False,
+                 runs=20, final_runs=200, finalists=3, timer=timer)
+    trial_runs = sorted(c for c in timer.calls if c[1] == 20)
+    assert trial_runs == [(4, 20), (8, 20), (12, 20)]
+    assert sorted(c for c in timer.calls if c[1] == 200) == [(4, 200), (8, 200), (12, 200)]
+    fin = {f["params"]["fake_lowrank.rank"]: f for f in res.report["finalists"]}
+    assert fin[4]["trial_ratio"] == pytest.approx(0.5, rel=0.03) and fin[4]["ratio"] == pytest.approx(1.0, rel=0.03)
+    assert fin[4]["beats_original"] is False and fin[4]["ci95"][0] < 1.0 < fin[4]["ci95"][1]
+    assert fin[8]["beats_original"] and fin[12]["beats_original"]
+    assert res.best is not None and res.best.params["fake_lowrank.rank"] == 8
+    c = res.report["claim"]
+    assert c["source"] == "finalist re-measure" and c["runs"] == 200
+    assert c["latency_ratio"] == pytest.approx(0.7, rel=0.02) and c["ci95"][0] <= c["latency_ratio"] <= c["ci95"][1] < 1.0
+    assert c["speedup"] == pytest.approx(1 / c["latency_ratio"])
+    assert c["speedup_ci95"] == pytest.approx([1 / c["ci95"][1], 1 / c["ci95"][0]])
+    assert any("re-measure changed the pick" in n for n in res.report["notes"])
+    assert next(t.dims[1] for t in res.model.graph.initializer if t.name == "A") == 8
+
+
+def test_every_candidate_slower_returns_the_original(tmp_path, mm_model, mm_eval):
+    """Rank 4's trial says x0.9 but 200 runs say x1.05; rank 8 is x1.3 throughout: no finalist is
+    faster than the original for sure, so the written model is the original."""
+    timer = _fake_timer({4: 0.9, 8: 1.3}, {4: 1.05, 8: 1.3})
+    out = tmp_path / "o.onnx"
+    res = search(mm_model, out, recipe={"passes": [{"fake_lowrank": {"rank": {"choices": [4, 8]}}}]}, eval_data=mm_eval,
+                 metric="cosine", max_drop=0.5, trials=2, objective="latency", registry=make_registry(), presets=False,
+                 runs=20, final_runs=200, timer=timer)
+    assert res.report["picked"] == "original" and res.best is None
+    assert res.report["claim"] == {"latency_ratio": 1.0, "ci95": None, "speedup": 1.0, "runs": None, "source": "original"}
+    assert sorted(f["ratio"] for f in res.report["finalists"]) == pytest.approx([1.05, 1.3], rel=0.03)
+    assert any("no finalist's 95 % latency interval" in n for n in res.report["notes"])
+    written = onnx.load(out)
+    assert [n.op_type for n in written.graph.node] == ["MatMul"]
+    assert np.array_equal(numpy_helper.to_array(written.graph.initializer[0]), _weight(mm_model))
+
+
+def test_early_stop_screens_a_candidate_that_broke_top1_for_sure(mm_model, mm_eval):
+    """top1 with max drop 0.05 over 64 samples: a candidate is infeasible for sure after 4
+    disagreements. Rank 1 disagrees on most samples, so it stops early with a drop lower bound above
+    0.05 and no latency measured; rank 16 (exact) runs through."""
+    timer = _fake_timer({1: 0.2, 16: 0.99}, {1: 0.2, 16: 0.99})
+    ev = Evaluator(mm_model, target=Target(), eval_data=mm_eval, metric="top1", max_drop=0.05, objective="latency",
+                   runs=20, timer=timer)
+    ev.baseline_outputs()
+    reg = make_registry()
+    low = reg["fake_lowrank"](rank=1)(mm_model, Context()).model
+    m = ev.measure(low)
+    full = _agreement(mm_model, mm_eval, 1)
+    assert 1 - full > 0.05
+    assert m.extra["screened"] and not m.feasible and m.latency_ratio is None and timer.calls == []
+    assert 0.05 < m.drop <= 1 - full + 1e-9 and m.extra["screened_after"] < len(mm_eval)
+    assert m.drop == pytest.approx(4 / 64)  # stopped at the 4th disagreement (4/64 > 0.05 >= 3/64)
+    exact = reg["fake_lowrank"](rank=16)(mm_model, Context()).model
+    m2 = ev.measure(exact)
+    assert "screened" not in m2.extra and m2.feasible and m2.drop == pytest.approx(0.0) and timer.calls == [(16, 20)]
