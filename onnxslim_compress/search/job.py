@@ -308,7 +308,11 @@ def search(
     study = create_or_resume(rdb, name, settings, smp)
     _check_baseline(prep)
     if presets and not isinstance(smp, BisectionSampler) and not study.get_trials(deepcopy=False):
-        for v in prep.space.presets()[: max(1, trials // 3)]:
+        named = prep.space.named_presets()
+        n_fixed = len(prep.space.fixed_presets())
+        # every fixed preset first (the pick is then never worse than the best of them), then the
+        # central points up to a third of the budget; never more than the budget
+        for _, v in named[: min(trials, max(n_fixed, trials // 3, 1))]:
             study.enqueue_trial(v, skip_if_exists=True)
     t0 = time.perf_counter()
     n_before = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
@@ -425,8 +429,8 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
     best = best_feasible(records)
     multi = bool(settings.multi_objective)
     front = pareto_front(records)
-    preset_keys = {space.key(v) for v in space.presets()}
-    preset_recs = [r for r in records if r.duplicate_of is None and r.state == "COMPLETE" and _key(space, r.params) in preset_keys]
+    preset_names = {space.key(v): n for n, v in space.named_presets()}
+    preset_recs = [r for r in records if r.duplicate_of is None and r.state == "COMPLETE" and _key(space, r.params) in preset_names]
     best_preset = best_feasible(preset_recs)
     computed = [r for r in records if r.duplicate_of is None and r.state == "COMPLETE"]
     per_trial = [r.build.get("trial_seconds") for r in computed if r.build.get("trial_seconds") is not None]
@@ -454,7 +458,8 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
         "pareto": [r.number for r in front],
         "trials_to_feasible": trials_to_feasible(records),
         "trials_to_best": trials_to_best(records, best),
-        "best_preset": best_preset.as_dict() if best_preset else None,
+        "best_preset": {**best_preset.as_dict(), "preset": preset_names.get(_key(space, best_preset.params))} if best_preset else None,
+        "presets": {preset_names[k]: next((r.number for r in preset_recs if _key(space, r.params) == k), None) for k in preset_names},
         "vs_best_preset": (best_preset.objective / best.objective) if (best and best_preset and best.objective) else None,
         "cache": {**prep.builder.cache_stats(), "trials_computed_here": len(loop.computed),
                   "duplicates": sum(1 for r in records if r.duplicate_of is not None)},

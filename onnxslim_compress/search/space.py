@@ -332,36 +332,105 @@ class SearchSpace:
         return {"passes": entries}
 
     def presets(self) -> list[dict[str, Any]]:
-        """Warm-start points: each optional pass alone at central settings, then all of them together.
+        """The warm-start points (see named_presets), without their names."""
+        return [v for _, v in self.named_presets()]
 
-        These are the "fixed presets" a user would try by hand; starting the search from them means
-        it never ends worse than the best of them, and gives the surrogate model informative first
-        points instead of random ones.
+    def named_presets(self) -> list[tuple[str, dict[str, Any]]]:
+        """Warm-start points, each with a name: first the fixed presets a user would try by hand
+        (FIXED_PRESETS: int8 alone, prune 0.3 + int8, prune 0.3, low rank 0.9, fp16, whichever this
+        space can express), then each optional pass alone at central settings, then all together.
+
+        The search enqueues them before any sampled trial, so its pick is never worse than the best
+        of them at the constraint, and the surrogate model gets informative first points instead
+        of random ones.
         """
         base = {d.name: d.midpoint() for d in self.dims}
         optional = [s for s in self.slots if s.enabled_dim is not None]
+        out: list[tuple[str, dict[str, Any]]] = self.fixed_presets()
         if not optional:
-            return [base]
-        out = []
+            out.append(("central", base))
         for s in optional:
             v = dict(base)
             for o in optional:
                 v[o.enabled_dim.name] = o is s  # type: ignore[union-attr]
-            out.append(v)
+            out.append((f"{s.slot} alone (central)", v))
         if len(optional) > 1:
             v = dict(base)
             for o in optional:
                 v[o.enabled_dim.name] = True  # type: ignore[union-attr]
-            out.append(v)
-        for v in out:  # a preset must be a legal point even if a choice list lacks True/False
+            out.append(("all passes (central)", v))
+        for _, v in out:  # a preset must be a legal point even if a choice list lacks True/False
             for o in optional:
                 d = o.enabled_dim
                 if d is not None and v[d.name] not in d.choices:
                     v[d.name] = d.choices[0]
-        uniq: dict[str, dict[str, Any]] = {}
-        for v in out:
-            uniq.setdefault(self.key(v), v)
+        uniq: dict[str, tuple[str, dict[str, Any]]] = {}
+        for name, v in out:
+            uniq.setdefault(self.key(v), (name, v))
         return list(uniq.values())
+
+    def fixed_presets(self) -> list[tuple[str, dict[str, Any]]]:
+        """The FIXED_PRESETS this space can express, in order (they lead named_presets)."""
+        base = {d.name: d.midpoint() for d in self.dims}
+        out = []
+        for name, spec in FIXED_PRESETS:
+            v = self._preset_point(base, spec)
+            if v is not None:
+                out.append((name, v))
+        return out
+
+    def _preset_point(self, base: Mapping[str, Any], spec: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+        """`spec` ({pass: {param: value}}: these passes on, every other optional pass off) as a point
+        of this space, or None when the space cannot express it (a pass missing or pinned off, a
+        value outside a range or the choices, or a pinned parameter that differs)."""
+        v = dict(base)
+        named = set(spec)
+        if not named <= {s.pass_name for s in self.slots}:
+            return None
+        for s in self.slots:
+            on = s.pass_name in named
+            if s.enabled_dim is not None:
+                if on not in s.enabled_dim.choices:
+                    return None
+                v[s.enabled_dim.name] = on
+            elif on and not s.enabled:
+                return None
+            if not on:
+                continue
+            dims = {d.param: d for d in s.dims}
+            for k, want in spec[s.pass_name].items():
+                if k in dims:
+                    d = dims[k]
+                    if d.kind == "choice":
+                        if want not in d.choices:
+                            return None
+                        v[d.name] = want
+                    elif not float(d.low) <= float(want) <= float(d.high):
+                        return None
+                    else:
+                        v[d.name] = d.snap(float(want))
+                elif s.fixed.get(k, _default_of(self.registry[s.pass_name], k)) != want:
+                    return None
+        return v
+
+
+def _default_of(cls: type[Pass], name: str) -> Any:
+    """The declared default of parameter `name` of a pass (None if it has no such parameter)."""
+    for spec in param_specs(cls.Params):
+        if spec.name == name:
+            return spec.default
+    return None
+
+
+#: the fixed presets a user would try by hand (the named warm-start points of every search):
+#: {pass: {param: value}}, the named passes on and every other optional pass off
+FIXED_PRESETS: tuple[tuple[str, dict[str, dict[str, Any]]], ...] = (
+    ("int8", {"quantize": {"mode": "int8"}}),
+    ("prune 0.3 + int8", {"prune_channels": {"ratio": 0.3}, "quantize": {"mode": "int8"}}),
+    ("prune 0.3", {"prune_channels": {"ratio": 0.3}}),
+    ("low rank 0.9", {"low_rank": {"value": 0.9}}),
+    ("fp16", {"quantize": {"mode": "fp16"}}),
+)
 
 
 def _validate_slot(slot: Slot, cls: type[Pass], where: str) -> None:

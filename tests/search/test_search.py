@@ -680,3 +680,39 @@ def test_early_stop_screens_a_candidate_that_broke_top1_for_sure(mm_model, mm_ev
     exact = reg["fake_lowrank"](rank=16)(mm_model, Context()).model
     m2 = ev.measure(exact)
     assert "screened" not in m2.extra and m2.feasible and m2.drop == pytest.approx(0.0) and timer.calls == [(16, 20)]
+
+
+# --------------------------------------------------------------------------------------- presets
+
+
+def test_fixed_presets_of_the_default_cpu_space():
+    """int8 alone, prune 0.3 + int8, prune 0.3 and low rank 0.9 are points of the default space (fp16
+    is not: its quantize mode is pinned to int8), each with only its passes on."""
+    space = SearchSpace.from_recipe(default_recipe("cpu"))
+    fixed = dict(space.fixed_presets())
+    assert list(fixed) == ["int8", "prune 0.3 + int8", "prune 0.3", "low rank 0.9"]
+    on = {n: [p for p, _ in space.steps(v) if p in ("prune_channels", "low_rank", "quantize")] for n, v in fixed.items()}
+    assert on == {"int8": ["quantize"], "prune 0.3 + int8": ["prune_channels", "quantize"], "prune 0.3": ["prune_channels"],
+                  "low rank 0.9": ["low_rank"]}
+    steps = dict(space.steps(fixed["prune 0.3 + int8"]))
+    assert steps["prune_channels"]["ratio"] == pytest.approx(0.3) and steps["quantize"]["mode"] == "int8"
+    assert dict(space.steps(fixed["low rank 0.9"]))["low_rank"]["value"] == pytest.approx(0.9)
+    names = [n for n, _ in space.named_presets()]
+    assert names[:4] == list(fixed) and len(set(names)) == len(names)
+    fp16 = SearchSpace.from_recipe({"passes": [{"quantize": {"enabled": {"choices": [True, False]}, "mode": {"choices": ["int8", "fp16"]}}}]})
+    assert [n for n, _ in fp16.fixed_presets()] == ["int8", "fp16"]
+
+
+def test_fixed_presets_are_enqueued_first_and_reported(monkeypatch, mm_model, mm_eval):
+    from onnxslim_compress.search import space as space_mod
+
+    monkeypatch.setattr(space_mod, "FIXED_PRESETS", (("rank 6", {"fake_lowrank": {"rank": 6}}), ("rank 99", {"fake_lowrank": {"rank": 99}})))
+    recipe = {"passes": [{"fake_lowrank": {"enabled": {"choices": [True, False]}, "rank": {"search": [1, N_OUT]}}}]}
+    res = search(mm_model, recipe=recipe, eval_data=mm_eval, metric="cosine", max_drop=0.5, trials=4, objective="size",
+                 registry=make_registry(), sampler="random", strategy="optuna")
+    first = min(res.trials, key=lambda r: r.number)
+    assert first.params == {"fake_lowrank.enabled": True, "fake_lowrank.rank": 6}  # rank 99 is out of range: dropped
+    assert res.report["presets"]["rank 6"] == first.number
+    assert "rank 99" not in res.report["presets"]
+    assert res.report["best_preset"]["preset"] in res.report["presets"]
+    assert res.best is not None and res.best.objective <= res.report["best_preset"]["objective"]
