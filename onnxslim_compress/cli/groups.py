@@ -27,6 +27,7 @@ from onnxslim_compress.errors import BadInputError
 from onnxslim_compress.graph.shapes import parse_input_shapes
 from onnxslim_compress.jobs.compress import json_default
 from onnxslim_compress.passes.base import Flag, ParamSpec, Pass, param_specs
+from onnxslim_compress.runtime.metrics import BUILTIN_METRICS, METRIC_HELP, MetricSpec
 from onnxslim_compress.runtime.session import Target
 
 PROG = "onnxslim-compress"
@@ -280,6 +281,35 @@ class LabelsArgs(ArgGroup):
 
     def load(self) -> Any:
         return load_labels(self.path) if self.path else None
+
+
+class MetricArgs(ArgGroup):
+    """--metric NAME|MODULE:FUNC, declared once for every command that takes it (compare, search):
+    a built-in metric or the user's f(outputs_a, outputs_b) -> float, read into a MetricSpec
+    (runtime.metrics), so `compare --metric m:f` and `search --metric m:f` load the same function
+    the same way. `allowed` narrows the built-in names (the search constrains fewer than compare shows)."""
+
+    spec: MetricSpec | None = None
+
+    def __init__(self, help_tail: str = "", allowed: tuple[str, ...] = BUILTIN_METRICS):
+        self.help_tail, self.allowed = help_tail, allowed
+
+    def add(self, p: argparse.ArgumentParser) -> None:
+        names = ", ".join(self.allowed)
+        p.add_argument("--metric", metavar="NAME|MODULE:FUNC",
+                       help=(METRIC_HELP if self.allowed == BUILTIN_METRICS else
+                             f"a built-in metric ({names}) or MODULE:FUNC / file.py:FUNC, f(outputs_a, outputs_b) -> float")
+                       + self.help_tail)
+
+    def parse(self, ns: argparse.Namespace) -> None:
+        self.spec = MetricSpec.parse(ns.metric) if ns.metric else None
+        if self.spec is not None and not self.spec.custom and self.spec.name not in self.allowed:
+            raise BadInputError(f"--metric {self.spec.name}: expected one of {', '.join(self.allowed)} or MODULE:FUNC")
+
+    @property
+    def builtin(self) -> str | None:
+        """The built-in metric's name (None for none or a user's function)."""
+        return self.spec.name if self.spec is not None and not self.spec.custom else None
 
 
 class TimingArgs(ArgGroup):

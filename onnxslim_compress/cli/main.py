@@ -28,6 +28,7 @@ from onnxslim_compress.cli.groups import (
     DataArgs,
     DataFlags,
     LabelsArgs,
+    MetricArgs,
     ModelArgs,
     OutputArgs,
     OutputModelArgs,
@@ -53,10 +54,8 @@ from onnxslim_compress.passes.recipe import canonical_pipeline, dump_recipe, loa
 from onnxslim_compress.report import html
 from onnxslim_compress.runtime.latency_table import default_round_to
 from onnxslim_compress.runtime.metrics import (
-    METRIC_HELP,
     Assertion,
     FidelityReport,
-    MetricSpec,
     assertion_failures,
     compare_models,
 )
@@ -219,19 +218,19 @@ class CompareCommand(Command):
         self.model = ModelArgs("required")
         self.labels = LabelsArgs("labels (.npy or one per line) for accuracy of each model")
         self.target, self.out = TargetArgs(), OutputArgs()
+        self.metric = MetricArgs("; printed as the headline figure")
         self.data = DataArgs(DataFlags("data", "evaluation data; default: generated from the signature (weak)"))
 
     def groups(self) -> list[ArgGroup]:
-        return [self.model, self.labels, self.target, self.data, self.out]
+        return [self.model, self.labels, self.metric, self.target, self.data, self.out]
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--metric", metavar="NAME|MODULE:FUNC", help=METRIC_HELP + "; printed as the headline figure")
         p.add_argument("--assert", dest="asserts", action="append", metavar="METRIC>=V",
                        help="CI gate, repeatable: exit 3 unless the figure holds, e.g. cosine>=0.99, max_abs[logits]<=1e-3")
 
     def run(self, ns: argparse.Namespace) -> int:
         asserts = [Assertion.parse(t) for t in ns.asserts or []]  # a typo fails before any work
-        spec = MetricSpec.parse(ns.metric) if ns.metric else None
+        spec = self.metric.spec
         a, b = load_model(self.model.path), load_model(self.model.path_b)
         data = self.data.open("data", a, self.model.shapes, seed=self.common.seed)
         labels = self.labels.load()

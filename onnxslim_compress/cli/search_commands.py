@@ -23,6 +23,7 @@ from onnxslim_compress.cli.groups import (
     DataArgs,
     DataFlags,
     LabelsArgs,
+    MetricArgs,
     ModelArgs,
     OutputArgs,
     OutputModelArgs,
@@ -38,7 +39,7 @@ from onnxslim_compress.runtime.metrics import MetricSpec, OutputsMetricEvaluate
 from onnxslim_compress.runtime.session import Target
 
 #: the built-in metrics a search can constrain (the label-free agreement ones and labelled accuracy)
-SEARCH_METRICS = ("accuracy", "top1", "cosine")
+SEARCH_METRICS = ("accuracy", "top1", "sequence", "cosine")
 
 
 def _quiet_optuna(debug: bool) -> None:
@@ -86,19 +87,19 @@ class SearchCommand(Command):
                                  "print the search recipe as YAML and exit")
         self.labels = LabelsArgs("labels (.npy or one per line) of the --eval samples")
         self.timing, self.target, self.out = TimingArgs(), TargetArgs(), OutputArgs()
+        self.metric = MetricArgs(
+            "; the constraint, its drop measured from the input model's own score (default: accuracy with "
+            "--labels, else top1 for [N, C] outputs, else cosine; sequence: CTC-decoded sequences equal)",
+            allowed=SEARCH_METRICS)
         self.data = DataArgs(
             DataFlags("calib", "calibration data for recovery/quantization"),
             DataFlags("eval", "evaluation data for the constraint (default: --calib)"),
         )
 
     def groups(self) -> list[ArgGroup]:
-        return [self.model, self.output, self.recipe, self.labels, self.timing, self.target, self.data, self.out]
+        return [self.model, self.output, self.recipe, self.labels, self.metric, self.timing, self.target, self.data, self.out]
 
     def add_arguments(self, s: argparse.ArgumentParser) -> None:
-        s.add_argument("--metric", metavar="NAME|MODULE:FUNC",
-                       help=f"constraint metric: {', '.join(SEARCH_METRICS)}, or MODULE:FUNC / file.py:FUNC f(outputs_a, "
-                       "outputs_b) -> float, higher is better, its drop measured from the input model's own score "
-                       "(default: accuracy with --labels, else top1 for [N, C] outputs, else cosine)")
         s.add_argument("--max-drop", type=float, default=0.01, help="largest allowed metric drop vs the input model (default 0.01)")
         s.add_argument("--trials", type=int, default=20, help="trials in the study (default 20; a resumed study counts earlier ones)")
         s.add_argument("--timeout", type=float, metavar="S", help="stop starting new trials after S seconds")
@@ -117,6 +118,10 @@ class SearchCommand(Command):
         s.add_argument("--worker-idle", type=float, default=600.0, metavar="S",
                        help="with --wait-for-workers: stop waiting after S s in which no trial ran (default 600)")
         _heartbeat_arg(s)
+        s.add_argument("--finalists", type=int, default=3, metavar="K",
+                       help="re-time the K fastest feasible candidates (and the best preset) against the input with "
+                       "--final-runs interleaved runs and pick on those 95 %% intervals (0: pick on the trials' own)")
+        s.add_argument("--final-runs", type=int, metavar="N", help="interleaved runs of the finalists' re-measure (default 4x --runs)")
         s.add_argument("--no-cache", action="store_true", help="do not reuse work between trials (for benchmarking the cache)")
 
     def run(self, ns: argparse.Namespace) -> int:
@@ -125,10 +130,8 @@ class SearchCommand(Command):
         from onnxslim_compress.search.space import SearchSpace
 
         target = self.target.target
-        spec = MetricSpec.parse(ns.metric) if ns.metric else None
-        if spec is not None and not spec.custom and spec.name not in SEARCH_METRICS:
-            raise BadInputError(f"--metric {spec.name}: the search constrains {', '.join(SEARCH_METRICS)} or a MODULE:FUNC metric")
-        metric, evaluate = (None, self._evaluate(spec)) if spec is not None and spec.custom else (ns.metric, None)
+        spec = self.metric.spec
+        metric, evaluate = (None, self._evaluate(spec)) if spec is not None and spec.custom else (self.metric.builtin, None)
         if self.recipe.print_only:
             goal = fidelity_goal(metric or ("accuracy" if self.labels.path else None), ns.max_drop)
             data = recipe_data(self.recipe.path, target, None, goal)
@@ -150,6 +153,7 @@ class SearchCommand(Command):
                 num_samples=self.data.limit, image=self.data.image, reuse=not ns.no_cache,
                 progress=self.common.progress(as_json), table=self.common.table(as_json), debug=self.common.debug,
                 run_trials=not ns.wait_for_workers, heartbeat=ns.heartbeat, worker_idle=ns.worker_idle,
+                finalists=ns.finalists, final_runs=ns.final_runs,
             )
         except AccuracyGateError as e:
             if ns.report and hasattr(e, "report"):

@@ -339,7 +339,7 @@ def _compress(
 
 #: metric -> how its drop is read from a fidelity report (the input model scores 1 on the
 #: agreement metrics and 0 on the error metrics against itself)
-DROP_METRICS = ("accuracy", "top1", "cosine", "rel_l2", "max_abs", "mean_abs")
+DROP_METRICS = ("accuracy", "top1", "sequence", "cosine", "rel_l2", "max_abs", "mean_abs")
 
 
 def parse_max_drop(specs: list[str] | str | None) -> dict[str, float]:
@@ -372,7 +372,7 @@ def max_drop_failures(fidelity: dict[str, Any], limits: dict[str, float]) -> lis
         else:
             where = rep.worst_output(name)
             v = rep.per_output[where][name]
-            drop = (1.0 - v) if name in ("top1", "cosine") else v
+            drop = (1.0 - v) if name in ("top1", "sequence", "cosine") else v
             shown = f"{name} {v:.6g} (output {where})"
         if not drop <= limit:  # NaN fails
             fails.append(f"--max-drop {name}={limit:g} failed: {shown}, drop {drop:.6g}")
