@@ -38,6 +38,7 @@ from onnxslim_compress.passes.base import (
     When,
     param,
 )
+from onnxslim_compress.passes.context import fingerprint
 from onnxslim_compress.passes.fold_batchnorm import FoldBatchNorm
 from onnxslim_compress.passes.quantize import calibration as cal
 from onnxslim_compress.passes.quantize import placement as qp
@@ -441,15 +442,28 @@ class Quantize(Pass):
         all_chosen, groups = qp.choose_tensors(model, [u for u in units if not u.dynamic], kind, is_float)
         axes = {model.graph.node[i].input[0]: (1 if u.op == "Conv" else -1) for i, u in _weighted(model, units)}
         consumers = cal.consumer_matrices(model, sorted(all_chosen)) if p.calibration == "auto" and mode == "int8" else {}
-        rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        absmax: dict[str, np.ndarray] = {}
         dyn_x = {model.graph.node[i].input[0]: -1 for i, u in _weighted(model, units) if u.dynamic}
-        hists, means = cal.collect_histograms(model, sorted(all_chosen), data, limit=p.calib_samples,
-                                              channel_axes=(axes if p.bias_correction else dyn_x) if p.outlier_split else
-                                              (axes if p.bias_correction else None),
-                                              progress=ctx.ticker("calibration samples", _total(data, p.calib_samples)),
-                                              row_axes={t: a for t, (a, _) in consumers.items()}, rows_out=rows,
-                                              absmax_out=absmax)
+        channel_axes = (axes if p.bias_correction else dyn_x) if p.outlier_split else (axes if p.bias_correction else None)
+        row_axes = {t: a for t, (a, _) in consumers.items()}
+
+        def collect() -> tuple[dict[str, cal.Histogram], dict[str, np.ndarray], dict, dict]:
+            rows_c: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            absmax_c: dict[str, np.ndarray] = {}
+            h, m = cal.collect_histograms(model, sorted(all_chosen), data, limit=p.calib_samples, channel_axes=channel_axes,
+                                          progress=ctx.ticker("calibration samples", _total(data, p.calib_samples)),
+                                          row_axes=row_axes, rows_out=rows_c, absmax_out=absmax_c)
+            return h, m, rows_c, absmax_c
+
+        if data is ctx.calib:
+            # the statistics depend on the model, the tensors, the samples and nothing else: search
+            # trials that differ only in the calibration method (or percentile, or a later pass)
+            # share one calibration run through the Context cache (all of it is read-only after it)
+            key = ("quantize.histograms", fingerprint(model), tuple(sorted(all_chosen)), p.calib_samples,
+                   tuple(sorted(channel_axes.items())) if channel_axes else None, tuple(sorted(row_axes.items())),
+                   id(ctx.calib))
+            hists, means, rows, absmax = ctx.cache.get_or_compute(key, collect)
+        else:
+            hists, means, rows, absmax = collect()
         if not p.bias_correction:
             means = {}
         if p.outlier_split:

@@ -391,3 +391,28 @@ def test_embedding_table_stored_as_uint8_and_run_as_uint8_gather(tmp_path):
     ref = (table[feeds[0]["ids"]] @ w)
     out = sess.run(None, feeds[0])[0]
     assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_calibration_statistics_are_shared_through_the_context_cache(monkeypatch):
+    """Two quantize runs that differ only in the calibration method, on one Context: one streamed
+    calibration run (the histograms come from the cache the second time), and each model equals
+    the one a fresh Context builds."""
+    from builders import random_input, resnet_like
+
+    from onnxslim_compress.passes.context import Context
+    from onnxslim_compress.passes.quantize import calibration as cal_mod
+    from onnxslim_compress.passes.quantize.quantize import Quantize
+
+    model = resnet_like()
+    calib = [{"input": random_input((1, 3, 16, 16), seed=s)} for s in range(4)]
+    runs = []
+    real = cal_mod.collect_histograms
+    monkeypatch.setattr(cal_mod, "collect_histograms", lambda *a, **k: runs.append(1) or real(*a, **k))
+    shared = Context(calib=calib)
+    got = [Quantize(mode="int8", calibration=m)(model, shared).model for m in ("minmax", "entropy")]
+    assert len(runs) == 1 and shared.cache.hits == 1
+    fresh = [Quantize(mode="int8", calibration=m)(model, Context(calib=calib)).model for m in ("minmax", "entropy")]
+    assert len(runs) == 3
+    for g, f in zip(got, fresh, strict=True):
+        assert g.SerializeToString() == f.SerializeToString()
+    assert got[0].SerializeToString() != got[1].SerializeToString()  # the methods really differ
