@@ -221,11 +221,12 @@ class LiveTable:
         if r.feasible and r.objective is not None and (self.best is None or r.objective < self.best):
             self.best = r.objective
         if self.rows:
-            cost = f"{r.objective:.3f}" if r.objective is not None else "-"
-            drop = f"{r.drop:+.4f}" if r.drop is not None else "-"
+            # a screened trial's cost is a stand-in (no latency measured) and its drop a lower bound
+            cost = "-" if r.screened else (f"{r.objective:.3f}" if r.objective is not None else "-")
+            drop = (">=" if r.screened else "") + (f"{r.drop:+.4f}" if r.drop is not None else "-")
             sec = f"{r.seconds:.1f}" if r.seconds is not None else "-"
             params = ", ".join(f"{k}={_short(v)}" for k, v in r.params.items())
-            note = f" (= trial {r.duplicate_of})" if r.duplicate_of is not None else ""
+            note = f" (= trial {r.duplicate_of})" if r.duplicate_of is not None else (" (screened: stopped early)" if r.screened else "")
             err = f"  error: {r.error}" if r.error else ""
             self._write(f"{r.number:>5}  {r.state[:8]:<8} {cost:>7} {drop:>8} {'yes' if r.feasible else 'no':>3} {sec:>6}  {params}{note}{err}")
         if self.bar is not None:

@@ -337,8 +337,8 @@ class SearchSpace:
 
     def named_presets(self) -> list[tuple[str, dict[str, Any]]]:
         """Warm-start points, each with a name: first the fixed presets a user would try by hand
-        (FIXED_PRESETS: int8 alone, prune 0.3 + int8, prune 0.3, low rank 0.9, fp16, whichever this
-        space can express), then each optional pass alone at central settings, then all together.
+        (FIXED_PRESETS: int8 alone, int8 with the sensitive layers float, prune 0.3 + int8, prune 0.3,
+        low rank 0.9, fp16, whichever this space can express), then each optional pass alone at central settings, then all together.
 
         The search enqueues them before any sampled trial, so its pick is never worse than the best
         of them at the constraint, and the surrogate model gets informative first points instead
@@ -402,6 +402,10 @@ class SearchSpace:
                 if k in dims:
                     d = dims[k]
                     if d.kind == "choice":
+                        if want is ANY_SET:
+                            want = next((c for c in d.choices if c is not None), None)
+                            if want is None:
+                                return None
                         if want not in d.choices:
                             return None
                         v[d.name] = want
@@ -409,7 +413,7 @@ class SearchSpace:
                         return None
                     else:
                         v[d.name] = d.snap(float(want))
-                elif s.fixed.get(k, _default_of(self.registry[s.pass_name], k)) != want:
+                elif want is ANY_SET or s.fixed.get(k, _default_of(self.registry[s.pass_name], k)) != want:
                     return None
         return v
 
@@ -422,10 +426,15 @@ def _default_of(cls: type[Pass], name: str) -> Any:
     return None
 
 
+#: a preset value meaning "the knob's first non-null choice" (e.g. quantize's min_fidelity: the
+#: fidelity goal the default recipe derives from the constraint, which keeps sensitive layers float)
+ANY_SET = object()
+
 #: the fixed presets a user would try by hand (the named warm-start points of every search):
 #: {pass: {param: value}}, the named passes on and every other optional pass off
 FIXED_PRESETS: tuple[tuple[str, dict[str, dict[str, Any]]], ...] = (
     ("int8", {"quantize": {"mode": "int8"}}),
+    ("int8, sensitive layers float", {"quantize": {"mode": "int8", "min_fidelity": ANY_SET}}),
     ("prune 0.3 + int8", {"prune_channels": {"ratio": 0.3}, "quantize": {"mode": "int8"}}),
     ("prune 0.3", {"prune_channels": {"ratio": 0.3}}),
     ("low rank 0.9", {"low_rank": {"value": 0.9}}),

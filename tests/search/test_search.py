@@ -689,16 +689,20 @@ def test_fixed_presets_of_the_default_cpu_space():
     """int8 alone, prune 0.3 + int8, prune 0.3 and low rank 0.9 are points of the default space (fp16
     is not: its quantize mode is pinned to int8), each with only its passes on."""
     space = SearchSpace.from_recipe(default_recipe("cpu"))
+    assert [n for n, _ in space.fixed_presets()] == ["int8", "prune 0.3 + int8", "prune 0.3", "low rank 0.9"]  # no goal: no min_fidelity knob
+    space = SearchSpace.from_recipe(default_recipe("cpu", None, fidelity_goal("sequence", 0.05)))
     fixed = dict(space.fixed_presets())
-    assert list(fixed) == ["int8", "prune 0.3 + int8", "prune 0.3", "low rank 0.9"]
+    assert list(fixed) == ["int8", "int8, sensitive layers float", "prune 0.3 + int8", "prune 0.3", "low rank 0.9"]
+    assert dict(space.steps(fixed["int8, sensitive layers float"]))["quantize"]["min_fidelity"] == "top1=0.975"
+    assert dict(space.steps(fixed["int8"]))["quantize"]["min_fidelity"] is None
     on = {n: [p for p, _ in space.steps(v) if p in ("prune_channels", "low_rank", "quantize")] for n, v in fixed.items()}
-    assert on == {"int8": ["quantize"], "prune 0.3 + int8": ["prune_channels", "quantize"], "prune 0.3": ["prune_channels"],
+    assert on == {"int8": ["quantize"], "int8, sensitive layers float": ["quantize"], "prune 0.3 + int8": ["prune_channels", "quantize"], "prune 0.3": ["prune_channels"],
                   "low rank 0.9": ["low_rank"]}
     steps = dict(space.steps(fixed["prune 0.3 + int8"]))
     assert steps["prune_channels"]["ratio"] == pytest.approx(0.3) and steps["quantize"]["mode"] == "int8"
     assert dict(space.steps(fixed["low rank 0.9"]))["low_rank"]["value"] == pytest.approx(0.9)
     names = [n for n, _ in space.named_presets()]
-    assert names[:4] == list(fixed) and len(set(names)) == len(names)
+    assert names[:5] == list(fixed) and len(set(names)) == len(names)
     fp16 = SearchSpace.from_recipe({"passes": [{"quantize": {"enabled": {"choices": [True, False]}, "mode": {"choices": ["int8", "fp16"]}}}]})
     assert [n for n, _ in fp16.fixed_presets()] == ["int8", "fp16"]
 
