@@ -42,6 +42,7 @@ TASKS = {
     "ppocr_rec": ("sequence", 0.05, 32),  # CTC-decoded text equal to the original's
     "ddddocr": ("sequence", 0.05, 32),
     "minilm": ("cosine", 0.01, 16),
+    "ppocr_det": ("cosine", 0.02, 16),
     "digits": ("accuracy", 0.01, None),
 }
 #: the claim agrees with an independent `profile A B` run within this relative difference

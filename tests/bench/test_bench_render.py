@@ -68,13 +68,15 @@ SEARCH = {
         "metric": "cosine", "max_drop": 0.01, "baseline_metric": 1.0,
         "ort_quantize_static": {"latency_ratio": 0.66, "drop": 0.0016, "feasible": True},
         "search": {"evaluated": 10, "best_trial": 6, "trials_to_feasible": 1, "trials_to_best": 7, "best_drop": 0.00995,
-                   "wall_seconds": 1566.1,
+                   "wall_seconds": 1566.1, "picked": "trial",
+                   "claim": {"latency_ratio": 0.505, "speedup": 1.98, "ci95": [0.488, 0.526], "speedup_ci95": [1.90, 2.05]},
                    "best_params": {"prune_channels.enabled": False, "low_rank.enabled": True, "low_rank.value": 0.81159,
                                    "quantize.enabled": True, "quantize.calibration": "percentile"}},
         "final": {"best_preset": "lowrank energy 0.9",
                   "search best": {"latency_ratio": 0.501, "speedup": 1.995, "p10_p90": [0.384, 0.66]},
                   "lowrank energy 0.9": {"latency_ratio": 0.574, "speedup": 1.741, "p10_p90": [0.45, 0.77]},
                   "ort quantize_static": {"latency_ratio": 0.645, "speedup": 1.55, "p10_p90": [0.484, 0.91]}},
+        "profile_ab": {"ratio": 0.513, "claim_over_profile": 0.984, "agrees": True},
         "cache_bench": {"with_cache": {"mean_s": 10.79, "per_trial_s": [17.83, 3.78]},
                         "without_cache": {"mean_s": 20.08, "per_trial_s": [13.34, 15.71]}},
     },
@@ -140,7 +142,7 @@ def test_prune_and_round_to_tables_split_rows():
 def test_search_tables():
     rows = _rows(render.t_search(_res(search=SEARCH)))
     assert rows == [["YOLOv8n", "cos drop <= 0.01", "low rank 0.812 + int8 percentile (6)", "0.00995", "1 / 7 (of 10)",
-                     "**2.00x**", "1.74x (lowrank energy 0.9)", "1.55x"]]
+                     "1.98x (1.90-2.05)", "1.95x (agrees: 2%)", "**2.00x**", "1.74x (lowrank energy 0.9)", "1.55x"]]
     cache = _rows(render.t_search_cache(_res(search=SEARCH)))
     assert cache == [["YOLOv8n", "10.8 (17.8, 3.8)", "20.1 (13.3, 15.7)"]]
 
