@@ -99,3 +99,19 @@ def test_python_m_search_is_the_same_main(tmp_path):
     r = subprocess.run([sys.executable, "-m", "onnxslim_compress.search", "search", "--help"], capture_output=True,
                        text=True, env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("usage: python -m onnxslim_compress.search search")
+
+
+def test_search_times_like_profile_by_default():
+    """A trial's latency must be what `profile A B` measures: the same Target (EP, threads, session
+    options) and the same warmup/runs unless told otherwise, from the one TargetArgs/TimingArgs."""
+    p = build_parser()
+    prof = p.parse_args(["profile", "a.onnx", "b.onnx"])
+    srch = p.parse_args(["search", "a.onnx", "-o", "o.onnx"])
+    for ns in (prof, srch):
+        ns._command.parse(ns)
+    pc, sc = prof._command, srch._command
+    assert pc.target.target == sc.target.target and sc.target.target.threads == 0
+    assert (pc.timing.warmup, pc.timing.runs) == (sc.timing.warmup, sc.timing.runs) == (10, 50)
+    ns = p.parse_args(["search", "a.onnx", "-o", "o.onnx", "--threads", "1"])
+    ns._command.parse(ns)
+    assert ns._command.target.target.threads == 1
