@@ -386,7 +386,7 @@ def _records(study, space: SearchSpace) -> list[TrialRecord]:
 
 
 def _finalists(study, prep: _Prepared, records: list[TrialRecord], best_preset: TrialRecord | None, k: int,
-               runs: int) -> list[dict[str, Any]]:
+               runs: int, trial_runs: int) -> list[dict[str, Any]]:
     """The k fastest distinct feasible candidates (and the best preset, so the pick is never worse
     than it), re-timed against the original with `runs` interleaved rounds; k == 0 keeps the trials'
     own figures (a coordinator that is not the target machine must not time anything)."""
@@ -407,18 +407,10 @@ def _finalists(study, prep: _Prepared, records: list[TrialRecord], best_preset: 
             row.update(ratio=ab.ratio, ci95=list(ab.ratio_ci95), runs=runs, source="finalist re-measure",
                        baseline_ms=ab.a.median, latency_ms=ab.b.median, model=built.model)
         else:
-            row.update(ratio=r.objective, ci95=r.latency_ci95, runs=settings_runs(study), source="trial")
+            row.update(ratio=r.objective, ci95=r.latency_ci95, runs=trial_runs, source="trial")
         row["beats_original"] = bool(row.get("ci95")) and float(row["ci95"][1]) < 1.0
         rows.append(row)
     return rows
-
-
-def settings_runs(study) -> int | None:
-    """The per-trial interleaved rounds the study was run with (a trial's figure's sample size)."""
-    try:
-        return int(load_settings(study._storage, study.study_name).runs)  # noqa: SLF001 - Optuna keeps the storage private
-    except Exception:  # noqa: BLE001 - informative only
-        return None
 
 
 def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage, study_name, loop: TrialLoop, wall: float,
@@ -472,7 +464,7 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
     report["picked"] = "trial" if best is not None else None
     prebuilt: onnx.ModelProto | None = None
     if best is not None and not multi and settings.objective == "latency":
-        rows = _finalists(study, prep, records, best_preset, finalists, final_runs)
+        rows = _finalists(study, prep, records, best_preset, finalists, final_runs, settings.runs)
         if finalists == 0:
             report["notes"].append("finalists not re-measured (this process only coordinated: it may not be the "
                                    "target machine); the pick is made on the trials' intervals")

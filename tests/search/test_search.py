@@ -720,3 +720,15 @@ def test_fixed_presets_are_enqueued_first_and_reported(monkeypatch, mm_model, mm
     assert "rank 99" not in res.report["presets"]
     assert res.report["best_preset"]["preset"] in res.report["presets"]
     assert res.best is not None and res.best.objective <= res.report["best_preset"]["objective"]
+
+
+def test_without_finalists_the_pick_is_made_on_the_trials_intervals(mm_model, mm_eval):
+    """finalists=0 (what a coordinator does): nothing is re-timed, the trials' own intervals decide."""
+    timer = _fake_timer({4: 0.5, 8: 0.7}, {4: 1.0, 8: 0.7})
+    res = search(mm_model, recipe={"passes": [{"fake_lowrank": {"rank": {"choices": [4, 8]}}}]}, eval_data=mm_eval,
+                 metric="cosine", max_drop=0.5, trials=2, objective="latency", registry=make_registry(), presets=False,
+                 runs=20, finalists=0, timer=timer)
+    assert all(runs == 20 for _, runs in timer.calls)
+    assert res.best is not None and res.best.params["fake_lowrank.rank"] == 4
+    c = res.report["claim"]
+    assert c["source"] == "trial" and c["runs"] == 20 and c["latency_ratio"] == pytest.approx(0.5, rel=0.03)
