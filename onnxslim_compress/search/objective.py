@@ -234,6 +234,7 @@ class Evaluator:
     def _rows(self, key: str) -> dict[str, int] | None:
         """Rows per output the counting metric `key` will see over the whole eval set (from the kept
         baseline outputs), or None when they are not kept (then no early stop)."""
+        self.baseline_outputs()  # kept on first use (the agreement metrics' baseline value needs no run)
         if self._base_outputs is None:
             return None
         if key not in self._row_counts:
@@ -277,6 +278,7 @@ class Evaluator:
 
     def _accuracy_streamed(self, model: onnx.ModelProto, base: float, extra: dict[str, Any]) -> float:
         """Labelled accuracy, stopping once even all-correct unseen samples could not meet the constraint."""
+        self.baseline_outputs()
         if not self.early_stop or self._base_outputs is None:
             return self._accuracy(self._run_all(model))
         first = self._out_names[0]
