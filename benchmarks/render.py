@@ -434,7 +434,9 @@ def t_search(res: Results) -> str | None:
                 ort_txt += f" ({short} drop {o['drop']:.3f}: fails)"
         claim = s.get("claim") or {}
         claim_txt = "-"
-        if claim.get("speedup_ci95"):
+        if claim.get("source") == "original":
+            claim_txt = "1.00x (the original)"
+        elif claim.get("speedup_ci95"):
             lo, hi = claim["speedup_ci95"]
             claim_txt = f"{claim['speedup']:.2f}x ({lo:.2f}-{hi:.2f})"
         prof = row.get("profile_ab") or {}

@@ -489,6 +489,7 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
                     f"{next(r['ratio'] for r in rows if r['number'] == best.number):.3f})")
             best = by_number[chosen["number"]]
             report["best"] = {**best.as_dict(), "final_ratio": chosen["ratio"], "final_ci95": chosen["ci95"]}
+            report["trials_to_best"] = trials_to_best(records, best)
             prebuilt = chosen.get("model")
             if prebuilt is not None:
                 # the minimum of several noisy figures is biased low (the winner's curse): the claim

@@ -644,6 +644,7 @@ def test_finalist_remeasure_changes_a_pick_the_trial_timing_misled(mm_model, mm_
     assert c["speedup"] == pytest.approx(1 / c["latency_ratio"])
     assert c["speedup_ci95"] == pytest.approx([1 / c["ci95"][1], 1 / c["ci95"][0]])
     assert any("re-measure changed the pick" in n for n in res.report["notes"])
+    assert res.report["trials_to_best"] == next(r.number for r in res.trials if r.params["fake_lowrank.rank"] == 8) + 1
     assert next(t.dims[1] for t in res.model.graph.initializer if t.name == "A") == 8
 
 
