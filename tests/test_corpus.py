@@ -222,7 +222,11 @@ def test_pass_on_real_model(model_name: str, pass_name: str):
         _CACHE[key] = _real(model_name)
     cm = _CACHE[key]
     pipeline, lossless = _pipelines()[pass_name]
-    res = compress(cm.model, pipeline=pipeline, calib=cm.feeds, seed=0, input_shapes=REAL_SHAPES[model_name])
+    # the question here is whether the pass handles the real graph (checker, shapes, finite outputs);
+    # a fidelity floor read on the 2 samples at hand says nothing about a detector's heatmap, and the
+    # floor has its own tests (tests/jobs/test_no_harm.py)
+    res = compress(cm.model, pipeline=pipeline, calib=cm.feeds, seed=0, input_shapes=REAL_SHAPES[model_name],
+                   min_fidelity=None if lossless else "none")
     for step in res.report["passes"]:
         skipped_entries_are_well_formed(step["stats"])
     out = res.model
