@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["merged"] = [*prev_meta.get("merged", []),
                           {k: prev_meta.get(k) for k in ("started", "finished", "total_s", "loadavg_start", "loadavg_end")}]
         meta["total_s"] = round(meta["total_s"] + (prev_meta.get("total_s") or 0), 1)
+    meta["order"] = [n for n in ZOO if n in results]  # the zoo's order, however the runs were split
     results["_meta"] = meta
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=1, default=str))

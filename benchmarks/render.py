@@ -762,9 +762,9 @@ def t_zoo(res: Results) -> str | None:
     if not d:
         return None
     rows, notes = [], []
-    for name, row in d.items():
-        if name.startswith("_"):
-            continue
+    order = (d.get("_meta") or {}).get("order") or []
+    for name in sorted((n for n in d if not n.startswith("_")), key=lambda n: (order.index(n) if n in order else len(order))):
+        row = d[name]
         primary = row.get("primary", "")
         ok = {t: row[t] for t in ZOO_TOOLS if isinstance(row.get(t), dict) and "error" not in row[t]}
         fid = {t: (v.get("fidelity") or {}).get(primary) for t, v in ok.items()}
@@ -793,9 +793,9 @@ def t_zoo(res: Results) -> str | None:
                     said.append(f"{'ORT' if tool != 'ours' else 'ours'}: {n}")
             if mine and (t.get("stats") or {}).get("subgraphs_untouched"):
                 bodies = t["stats"]["subgraphs_untouched"]
-                what = ", ".join(f"{b.get('node')} ({b.get('body_nodes')} nodes)" if isinstance(b, dict) else str(b)
-                                 for b in bodies)
-                said.append(f"ours left control-flow bodies float: {what}")
+                tops = [b for b in bodies if isinstance(b, dict) and str(b.get("node", "")).count("/") == 0]
+                what = ", ".join(f"{b.get('node')} ({b.get('body_nodes')} nodes)" for b in tops) or "nested ones"
+                said.append(f"ours left {len(bodies)} control-flow bodies float (top level: {what})")
         rows.append(cells)
         if said:
             notes.append(f"- {name}: " + "; ".join(x.replace("|", "/") for x in said))

@@ -69,7 +69,7 @@ def test_zoo_table_bold_where_ours_ties_or_beats_both_anchors_and_failures_liste
     assert rows[1][3:9] == ["**0.82 [0.20-1.10]**", "**agree 1.000**", "failed", "-", "3.07 [1.70-4.90]", "agree 1.000"]
     notes = [ln for ln in text.splitlines() if ln.startswith("- ")]
     assert notes == ["- mtcnn_pnet: ORT: opset 12 -> 13 first (per-axis DequantizeLinear needs 13)",
-                     "- magika: ours left control-flow bodies float: If_0 (90 nodes); "
+                     "- magika: ours left 1 control-flow bodies float (top level: If_0 (90 nodes)); "
                      "ORT static failed: quantize_static: ValueError: ambiguous / truth"]
 
 
