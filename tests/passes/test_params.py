@@ -116,10 +116,11 @@ def test_default_search_recipe_is_the_one_it_was_before_the_declarations():
         "eliminate_dead",
         {"quantize": {"enabled": {"choices": [True, False]}, "mode": "int8",
                       "calibration": {"choices": ["percentile", "minmax", "entropy"]},
-                      "min_fidelity": {"choices": [None, "cosine=0.995"]}}},
+                      "min_fidelity": {"choices": [None, "cosine=0.995"]},
+                      "speed_check": False}},  # trials are timed by the search itself
     ]}
     assert [list(e.get("quantize", {})) for e in cpu["passes"] if isinstance(e, dict)][-1] == \
-        ["enabled", "mode", "calibration", "min_fidelity"]
+        ["enabled", "mode", "calibration", "min_fidelity", "speed_check"]
     cuda = default_recipe("cuda", REGISTRY)
     steps = {next(iter(e)): next(iter(e.values())) for e in cuda["passes"] if isinstance(e, dict)}
     assert steps["quantize"] == {"enabled": {"choices": [True, False]}, "mode": "fp16"}  # When(mode=int8) drops the rest

@@ -150,6 +150,9 @@ class QuantizeParams:
         True, help="CPU int8: time the result against the float model (interleaved) and leave float the units whose "
         "integer kernels lose; a model int8 cannot speed up comes back unchanged, with the ratio as the reason",
         flag=Flag("--speed-check", help="CPU int8: keep only what measures faster than fp32 (--no-speed-check: skip the timing)"),
+        # off in search trials: the search times every candidate itself against the original (always a
+        # candidate), so a second timing inside each trial would only double the cost
+        search=When("mode", ("int8",), Pinned(False)),
     )
     quantize_embeddings: bool = param(
         True, help="CPU int8: store large embedding tables (Gather) as uint8; ORT runs a uint8 Gather (MiniLM: 53 -> 17.5 MB)",
