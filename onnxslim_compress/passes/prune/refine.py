@@ -6,7 +6,8 @@ selection, the groups are cut into partitions in graph order; for one partition 
 channels are regrown (the rest stay pruned and are refitted), every regrown channel is scored by
 the output energy it feeds its consumers in THAT model, ||W[:, c]||^2 * E[x_c^2] (the error its
 removal adds, to first order, now that upstream pruning and refits have changed its inputs), and
-the partition is pruned back to the same counts per group. Counts are unchanged, so the measured
+the partition is pruned back to the same counts per group - per constraint class inside a group
+(units every segment counts alike), so a Split half or a head keeps its count too. Counts are unchanged, so the measured
 latency is too; the new mask is kept only if the recovered model's output error on held-out
 calibration samples drops (docs: ../shared notes "GaP").
 """
@@ -21,7 +22,14 @@ import onnx
 
 from onnxslim_compress.graph import weights
 from onnxslim_compress.passes.prune.groups import ChannelAnalysis
-from onnxslim_compress.passes.prune.select import Policy, activation_stats, enforce, segments, weight_spaces
+from onnxslim_compress.passes.prune.select import (
+    Policy,
+    activation_stats,
+    constraint_classes,
+    enforce,
+    segments,
+    weight_spaces,
+)
 
 #: an error must drop by this share to count as a drop (held-out rel_l2 jitters in the last digits)
 MIN_GAIN = 1e-4
@@ -89,6 +97,7 @@ def refine(an: ChannelAnalysis, pruned: np.ndarray, cand: np.ndarray, imp: np.nd
     model, err = recover(pruned)
     start = err
     segs = segments(an)
+    cls = constraint_classes(segs, an.n_units)
     rows: list[dict] = []
     plan = partitions(an, pruned, parts)
     step = 0
@@ -102,15 +111,20 @@ def refine(an: ChannelAnalysis, pruned: np.ndarray, cand: np.ndarray, imp: np.nd
             grown_model, _ = recover(grown)
             score = output_energy(an, grown_model, np.nonzero(in_part)[0], data, limit)
             new = grown.copy()
-            for g in gids:
-                units = np.nonzero((an.group == g) & cand)[0]
+            # re-pick per constraint class, not per group: the same count in every class keeps every
+            # segment's count (a Split half, a head) where the one-shot selection and round_to put it
+            for c in np.unique(cls[in_part]):
+                units = np.nonzero(in_part & (cls == c))[0]
                 k = int(pruned[units].sum())
                 new[units[np.argsort(score[units], kind="stable")][:k]] = True
             new = enforce(segs, new, cand, score + 1e-12 * imp, pol)
             row = {"round": r + 1, "groups": gids, "error_before": err}
-            if (new == pruned).all() or any(int(new[an.group == g].sum()) != int(pruned[an.group == g].sum())
-                                            for g in gids):
-                row["kept"] = "unchanged (same channels, or the counts moved)"
+            moved = {g: (int(pruned[an.group == g].sum()), int(new[an.group == g].sum())) for g in gids
+                     if int(new[an.group == g].sum()) != int(pruned[an.group == g].sum())}
+            if (new == pruned).all() or moved:
+                row["kept"] = ("unchanged (the same channels)" if not moved else
+                               "unchanged (the group constraints moved the counts: "
+                               + ", ".join(f"group {g} {a}->{b}" for g, (a, b) in moved.items()) + ")")
                 rows.append(row)
                 continue
             m2, e2 = recover(new)

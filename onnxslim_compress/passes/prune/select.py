@@ -173,6 +173,20 @@ def segments(an: ChannelAnalysis) -> list[_Segment]:
     return out
 
 
+def constraint_classes(segs: list[_Segment], n_units: int) -> np.ndarray:
+    """Per unit, a label shared by the units that every segment constrains alike (same segments, same widths).
+
+    Swapping a pruned unit for a kept one of the same class leaves every segment's kept count (so
+    min_channels, max_ratio and round_to) as it was; across classes it need not - a C2f Split half
+    losing one channel more than the other moves both halves off the probed step."""
+    sig: list[list[tuple[int, int]]] = [[] for _ in range(n_units)]
+    for i, s in enumerate(segs):
+        for u, w in zip(s.units.tolist(), s.width.tolist(), strict=True):
+            sig[u].append((i, int(w)))
+    labels: dict[tuple, int] = {}
+    return np.array([labels.setdefault(tuple(x), len(labels)) for x in sig], dtype=int)
+
+
 def enforce(
     segs: list[_Segment], pruned: np.ndarray, cand: np.ndarray, imp: np.ndarray, pol: dict[int, Policy]
 ) -> np.ndarray:

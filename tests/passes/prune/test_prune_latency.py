@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import GraphBuilder, StairTable, cbr_dead, random_input
+from onnx import numpy_helper
 
 from onnxslim_compress.errors import BadInputError
 from onnxslim_compress.passes import PruneChannels
@@ -223,3 +224,57 @@ def test_int8_spec_builds_a_qdq_conv():
 def test_refinement_needs_recovery():
     with pytest.raises(BadInputError, match="needs recovery"):
         PruneChannels(ratio=0.3, round_to=8, refine=1, recover=False)(_chain(), Context(calib=_calib(4), latency_table=StairTable()))
+
+
+def _scale(b: GraphBuilder, name: str, idx: slice, k: float, axis: int) -> None:
+    w = next(t for t in b.inits if t.name == name)
+    arr = np.moveaxis(numpy_helper.to_array(w).copy(), axis, 0)
+    arr[idx] *= k
+    w.CopyFrom(numpy_helper.from_array(np.moveaxis(arr, 0, axis), name))
+
+
+def _split_block(seed: int = 0) -> onnx.ModelProto:
+    """A C2f-like block: conv -> Split into halves -> conv on the second half -> Concat(all three) -> conv.
+
+    The first conv's channels and the inner conv's outputs are one group (all three meet in the
+    Concat); each Split half is a segment of its own, and the second half is the inner conv's input,
+    so its count is that conv's latency. Scaled weights make the one-shot criterion (L1) and the
+    re-pick's score (output energy) disagree about which half's channels are weak."""
+    b = GraphBuilder(seed)
+    a = b.conv_bn_relu("x", 3, 32)
+    _scale(b, b.nodes[-3].input[1], slice(0, 16), 0.1, axis=0)
+    h1, h2 = b.node("Split", [a, b.init("split", np.array([16, 16], np.int64))], n_out=2, axis=1)
+    c = b.node("Relu", [b.conv(h2, 16, 16)])
+    _scale(b, b.nodes[-2].input[1], slice(0, 16), 0.01, axis=1)
+    cat = b.node("Concat", [h1, h2, c], axis=1)
+    d = b.conv_bn_relu(cat, 48, 32)
+    _scale(b, b.nodes[-3].input[1], slice(16, 32), 0.01, axis=1)
+    out = b.gemm(b.node("Flatten", [b.node("GlobalAveragePool", [d])]), 32, 10)
+    return b.model([("x", [1, 3, 10, 10])], [(out, [1, 10])])
+
+
+def _splits(m: onnx.ModelProto) -> list[list[int]]:
+    inits = {t.name: t for t in m.graph.initializer}
+    return [numpy_helper.to_array(inits[n.input[1]]).tolist() for n in m.graph.node if n.op_type == "Split"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_refinement_re_picks_inside_split_halves_without_moving_their_counts(seed):
+    """Failing before: the re-pick chose the k weakest units of the whole group, so the total stayed
+    while the per-conv counts moved (here the first conv kept 28 and the inner one 8, not 20 and 16:
+    no longer the one-shot latency), and where round_to then moved the total, the whole partition was
+    thrown away (every YOLOv8n partition: "the group constraints moved the counts")."""
+    m = _split_block(seed)
+    calib = _calib(24)
+    kw = dict(ratio=0.4, round_to=4, calib_samples=24, recover_stages=2, sensitivity_samples=0, max_group_error=1.0,
+              criterion="l1")
+    one = PruneChannels(**kw)(m, Context(calib=calib, latency_table=StairTable(step=4)))
+    ref = PruneChannels(**kw, refine=2, refine_partitions=1)(m, Context(calib=calib, latency_table=StairTable(step=4)))
+    steps = ref.stats["refine"]["steps"]
+    assert not any("moved the counts" in s["kept"] for s in steps), steps
+    assert any("error_after" in s for s in steps), steps  # a re-pick was built and measured
+    assert _splits(ref.model) == _splits(one.model) and _outs(ref.model) == _outs(one.model)
+    assert all(x % 4 == 0 for sp in _splits(ref.model) for x in sp)
+    held = calib[21:]
+    e_one, e_ref = (r["rel_l2"] for r in pooled_fidelity(m, [one.model, ref.model], held, 3))
+    assert e_ref <= e_one + 1e-6
