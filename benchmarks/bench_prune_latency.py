@@ -107,6 +107,8 @@ def run_model(name: str, args, table: LatencyTable) -> dict:
         r = {"seconds": round(time.perf_counter() - t0, 1), "round_to": st["round_to"],
              "achieved": st["ratio_achieved"], "speed": round(1 / ab.ratio, 3),
              "speed_p10_p90": [round(1 / ab.ratio_p90, 3), round(1 / ab.ratio_p10, 3)],
+             # the bootstrap 95 % interval of the median ratio: what says whether a speedup is real
+             "speed_ci95": [round(1 / ab.ratio_ci95[1], 3), round(1 / ab.ratio_ci95[0], 3)],
              "task": task_metric(name, ref, outputs(res.model, ev, key), meta),
              "groups_no_gain": sum("saves no measured time" in s["reason"] for s in st["skipped"]),
              "per_group": st.get("per_group", [])}

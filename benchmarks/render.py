@@ -292,12 +292,14 @@ def t_prune_latency(res: Results) -> str | None:
             ref = "-"
             if "refine" in x:
                 ref = f"{x['refine']['error_one_shot']:.4f} -> {x['refine']['error_refined']:.4f}"
+            spread = x.get("speed_ci95") or x["speed_p10_p90"]
             out.append([r["model"], label, str(x["round_to"]), f"{x['achieved']:.3f}",
-                        f"x{x['speed']:.2f} ({x['speed_p10_p90'][0]:.2f}-{x['speed_p10_p90'][1]:.2f})",
+                        f"x{x['speed']:.2f} ({'[' if 'speed_ci95' in x else ''}{spread[0]:.2f}-{spread[1]:.2f}"
+                        f"{']' if 'speed_ci95' in x else ''})",
                         f"{t[prim]:.3f} ({o[prim]:.3f})", dp, ref])
         if "gap_vs_one_shot_latency" in r:
             out.append([r["model"], "GaP / one-shot latency", "", "", f"{r['gap_vs_one_shot_latency']:.3f}", "", "", ""])
-    return "\n".join(head) + "\n" + _table(["model", "variant", "round_to", "achieved", "fp32 speed vs original (p10-p90)",
+    return "\n".join(head) + "\n" + _table(["model", "variant", "round_to", "achieved", "fp32 speed vs original (p10-p90, or [95 % CI])",
                                       "top-1 or cos (original)", "mean abs dp", "GaP held-out rel. L2 one-shot -> refined"], out)
 
 
