@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -178,11 +180,16 @@ def ref_macs(m: onnx.ModelProto) -> int:
 
 
 class StairTable:
-    """A fake latency table: ms = (cout rounded up to `step`) * cin/group * k^2 * output positions
-    * 1e-6 + 1e-3, i.e. linear in MACs with stair-steps of `step` channels. Deterministic."""
+    """A fake latency table: ms = (cout rounded up to `step`) * (cin rounded up to `step`; cin/group
+    for grouped convs) * k^2 * output positions * 1e-6 + 1e-3, i.e. linear in MACs with stair-steps
+    of `step` channels in both channel dimensions. Deterministic.
 
-    def __init__(self, target=None, step: int = 8, flat: bool = False, **_):
+    `noise` (relative) gives every entry `rounds` repeats spread deterministically (seeded by the
+    key) within +-noise of it, and a measured noise of noise x the entry; 0 is an exact table."""
+
+    def __init__(self, target=None, step: int = 8, flat: bool = False, noise: float = 0.0, rounds: int = 5, **_):
         self.step, self.flat, self.measured = step, flat, 0
+        self.noise_share, self.rounds = noise, rounds
         self.calls = 0
 
     def latency(self, spec, cout: int) -> float:
@@ -190,8 +197,19 @@ class StairTable:
         if self.flat:
             return 1.0
         c = -(-cout // self.step) * self.step
+        cin = -(-spec.cin // self.step) * self.step if spec.group == 1 else spec.cin // spec.group
         h, w = spec.hw[0] // spec.stride, spec.hw[1] // spec.stride
-        return c * (spec.cin // spec.group) * spec.kernel**2 * h * w * 1e-6 + 1e-3
+        return c * cin * spec.kernel**2 * h * w * 1e-6 + 1e-3
+
+    def repeats(self, spec, cout: int) -> list[float]:
+        ms = self.latency(spec, cout)
+        if not self.noise_share:
+            return [ms]
+        rng = np.random.default_rng(zlib.crc32(spec.key(cout).encode()))
+        return [ms * (1.0 + self.noise_share * u) for u in rng.uniform(-1.0, 1.0, self.rounds)]
+
+    def noise(self, spec, cout: int) -> float:
+        return self.noise_share * self.latency(spec, cout)
 
     def save(self):
         return None

@@ -19,7 +19,7 @@ import json
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -128,19 +128,50 @@ def cache_path(target: Target) -> Path:
 
 
 class LatencyLookup(Protocol):
-    """What pruning reads from a latency table (a fake one in tests, the measured one otherwise)."""
+    """What pruning reads from a latency table (a fake one in tests, the measured one otherwise).
+
+    A table may also offer `noise(spec, cout) -> ms` (the measured repeat spread of an entry) and
+    `repeats(spec, cout) -> [ms, ...]` (its independent repeat measurements); the decisions that
+    read the table compare savings against that noise, and a table without them counts as exact."""
 
     def latency(self, spec: ConvSpec, cout: int) -> float: ...
 
 
+#: a singly measured entry's runs are split into this many consecutive blocks; the blocks' minima are
+#: its repeats (independent estimates of the same fastest time), and their range is its noise
+BLOCKS = 3
+
+
+def entry_noise(table: object, spec: ConvSpec, cout: int) -> float:
+    """The measured repeat spread (ms) of one table entry; 0 for a table that records none (exact)."""
+    fn = getattr(table, "noise", None)
+    return float(fn(spec, cout)) if fn is not None else 0.0
+
+
+def entry_repeats(table: object, spec: ConvSpec, cout: int) -> list[float]:
+    """The independent repeat measurements (ms) of one entry; the entry alone for a table without them."""
+    fn = getattr(table, "repeats", None)
+    if fn is not None:
+        rep = [float(v) for v in fn(spec, cout)]
+        if rep:
+            return rep
+    return [float(table.latency(spec, cout))]
+
+
 class LatencyTable:
-    """Measured latency (ms, fastest of `runs`) per (layer spec, channel count) on one target, persisted."""
+    """Measured latency (ms, fastest of `runs`) per (layer spec, channel count) on one target, persisted.
+
+    Every entry keeps its repeats (the minima of BLOCKS blocks of its runs, or of the probe's settle
+    rounds) so that the decisions reading the table (the probed step, a group's saving) are taken
+    against the spread measured on this machine rather than a fixed margin."""
 
     def __init__(self, target: Target, path: str | os.PathLike | None = None, runs: int = 30, warmup: int = 5):
         self.target = target
         self.path = Path(path) if path else cache_path(target)
         self.runs, self.warmup = runs, warmup
         self.entries: dict[str, float] = {}
+        #: independent repeat measurements of each entry (ms): block minima, or one per settle round
+        self.reps: dict[str, list[float]] = {}
         #: keys measured in several interleaved rounds (the probe's sweeps), kept at their fastest
         self.settled: set[str] = set()
         self.isa = cpu_isa()
@@ -149,48 +180,70 @@ class LatencyTable:
             try:
                 doc = json.loads(self.path.read_text())
                 self.entries = {k: float(v) for k, v in doc.get("entries", {}).items()}
+                self.reps = {k: [float(x) for x in v] for k, v in doc.get("repeats", {}).items() if k in self.entries}
+                # an entry of an older file without repeats has no measured noise: measured again
+                self.entries = {k: v for k, v in self.entries.items() if k in self.reps}
                 self.settled = set(doc.get("settled", [])) & set(self.entries)
             except (ValueError, OSError, AttributeError, TypeError):
-                self.entries, self.settled = {}, set()
+                self.entries, self.reps, self.settled = {}, {}, set()
+
+    def _time(self, spec: ConvSpec, cout: int) -> list[float]:
+        """One measurement: the minima of BLOCKS blocks of `runs` timed runs (ms)."""
+        sess = make_session(spec.model(cout), self.target)
+        x = np.random.default_rng(1).standard_normal((1, spec.cin, *spec.hw)).astype(np.float32)
+        # the fastest run, not the median: a layer of a millisecond on a shared machine is hit by
+        # other jobs in many runs, and interference only ever adds time
+        stats = measure(sess, {"x": x}, warmup=self.warmup, runs=max(self.runs, BLOCKS))
+        self.measured += 1
+        return [float(min(b)) for b in np.array_split(np.asarray(stats.runs), BLOCKS)]
 
     def latency(self, spec: ConvSpec, cout: int) -> float:
         key = spec.key(cout)
         if key not in self.entries:
-            sess = make_session(spec.model(cout), self.target)
-            x = np.random.default_rng(1).standard_normal((1, spec.cin, *spec.hw)).astype(np.float32)
-            # the fastest run, not the median: a layer of a millisecond on a shared machine is hit by
-            # other jobs in many runs, and interference only ever adds time
-            self.entries[key] = measure(sess, {"x": x}, warmup=self.warmup, runs=self.runs).min
-            self.measured += 1
+            rep = self._time(spec, cout)
+            self.entries[key], self.reps[key] = min(rep), rep
         return self.entries[key]
+
+    def repeats(self, spec: ConvSpec, cout: int) -> list[float]:
+        """The entry's repeat measurements (ms), measuring it first if needed."""
+        self.latency(spec, cout)
+        return self.reps.get(spec.key(cout)) or [self.entries[spec.key(cout)]]
+
+    def noise(self, spec: ConvSpec, cout: int) -> float:
+        """The entry's measured repeat spread (ms): the range of its repeats."""
+        rep = self.repeats(spec, cout)
+        return float(max(rep) - min(rep))
 
     def sweep(self, spec: ConvSpec, couts: list[int]) -> dict[int, float]:
         return {c: self.latency(spec, c) for c in couts}
 
-    def settle(self, spec: ConvSpec, couts: list[int], rounds: int = 5) -> None:
-        """Measure the counts again in `rounds` sweeps of alternating order, keeping each one's fastest.
+    def settle(self, points: list[tuple[ConvSpec, int]], rounds: int = 5) -> None:
+        """Measure the points again in `rounds` sweeps of alternating order; each round's fastest is
+        one repeat of the entry, the entry is the fastest of them.
 
         A burst of load from another job inflates the counts timed during it; alternating sweeps
         spread it over different counts, and the minimum drops it. The probe reads step widths off
-        neighbouring counts, so it needs this; a settled count is not re-measured."""
-        todo = [c for c in couts if spec.key(c) not in self.settled]
+        neighbouring counts and its noise off the rounds, so it needs this; a settled point is not
+        re-measured."""
+        todo = [(s, c) for s, c in points if s.key(c) not in self.settled or len(self.reps.get(s.key(c), ())) < rounds]
+        got: dict[str, list[float]] = {s.key(c): [] for s, c in todo}
         for r in range(rounds):
-            for c in (todo if r % 2 == 0 else todo[::-1]):
-                key = spec.key(c)
-                old = self.entries.pop(key, None)
-                new = self.latency(spec, c)
-                self.entries[key] = new if old is None else min(old, new)
-        self.settled.update(spec.key(c) for c in todo)
+            for s, c in (todo if r % 2 == 0 else todo[::-1]):
+                got[s.key(c)].append(min(self._time(s, c)))
+        for key, rep in got.items():
+            self.entries[key], self.reps[key] = min(rep), rep
+        self.settled.update(got)
 
     def best_count(self, spec: ConvSpec, wanted: int, upper: int) -> int:
         """The channel count in [wanted, upper] with the lowest latency (ties: fewest channels).
 
-        Pruning to `wanted` channels is pointless if `wanted + k` runs faster; this picks that count.
-        """
+        Pruning to `wanted` channels is pointless if `wanted + k` runs faster; this picks that count,
+        but only when it is faster by more than the two entries' measured noise (so noise does not
+        move the choice)."""
         best, best_ms = wanted, self.latency(spec, wanted)
         for c in range(wanted + 1, upper + 1):
             ms = self.latency(spec, c)
-            if ms < best_ms * 0.97:  # 3 % margin: noise must not move the choice
+            if ms < best_ms - math.hypot(self.noise(spec, c), self.noise(spec, best)):
                 best, best_ms = c, ms
         return best
 
@@ -198,73 +251,173 @@ class LatencyTable:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps({"target": asdict(self.target) | {"ep_options": {}}, "isa": list(self.isa),
-                                   "entries": self.entries, "settled": sorted(self.settled)}, indent=0))
+                                   "entries": self.entries,
+                                   "repeats": {k: [round(x, 6) for x in v] for k, v in self.reps.items()},
+                                   "settled": sorted(self.settled)}, indent=0))
         os.replace(tmp, self.path)
         return self.path
 
 
-#: layers the alignment probe sweeps: a 3x3 and a 1x1 conv at a mid-network size (batch 1)
-PROBE_SPECS = (ConvSpec(cin=96, hw=(28, 28), kernel=3), ConvSpec(cin=256, hw=(28, 28), kernel=1))
-#: channel counts swept (each step candidate fits twice into the range)
-PROBE_COUNTS = range(33, 97)
-#: alignment steps considered
+@dataclass(frozen=True)
+class ProbeLayer:
+    """One layer the alignment probe sweeps: `spec` with its output channels (vary "cout") or its
+    input channels (vary "cin", output fixed at `fixed`) set to each probed count.
+
+    A pruned group's count is the output width of its producers AND the input width of its
+    consumers; the two are different dimensions of the kernel's GEMM (int8 VNNI kernels pack the
+    input dimension by 4 bytes per lane), so the probe times both."""
+
+    spec: ConvSpec
+    vary: str = "cout"
+    fixed: int = 64
+
+    def at(self, c: int, precision: str) -> tuple[ConvSpec, int]:
+        s = self.spec
+        if self.vary == "cin":
+            return ConvSpec(c, s.hw, s.kernel, s.stride, 1, precision), self.fixed
+        return ConvSpec(s.cin, s.hw, s.kernel, s.stride, s.group, precision), c
+
+    def name(self) -> str:
+        s = self.spec
+        return f"{s.kernel}x{s.kernel} conv, {self.vary} swept" + (f" (cin {s.cin})" if self.vary == "cout" else
+                                                                   f" (cout {self.fixed})")
+
+
+#: layers the alignment probe sweeps at a mid-network size (batch 1): a 3x3 and a 1x1 conv over
+#: output counts, and a 3x3 conv over input counts
+PROBE_LAYERS = (ProbeLayer(ConvSpec(cin=96, hw=(28, 28), kernel=3)), ProbeLayer(ConvSpec(cin=256, hw=(28, 28), kernel=1)),
+                ProbeLayer(ConvSpec(cin=96, hw=(28, 28), kernel=3), vary="cin", fixed=64))
+#: channel counts swept: 33..128, so every candidate step and the witness step above the largest
+#: one (64) round every count up inside the range and all costs are averaged over the same counts
+PROBE_COUNTS = range(33, 129)
+#: alignment steps the probe can answer
 STEPS = (1, 2, 4, 8, 16, 32)
-#: mean relative latency that rounding up to a step may cost and still count as "free"
-STEP_TOLERANCE = 0.02
+#: the step above the largest answer: only read, to see whether rounding up to 32 is the stair's edge
+WITNESS = 64
 #: share of the relative costs dropped at each end before averaging (timing outliers)
 TRIM = 0.1
+#: rounds of the probe's sweeps (its repeats) and bootstrap resamples of them (fixed seed: the
+#: decision on given measurements is deterministic)
+ROUNDS = 5
+BOOTSTRAP = 400
+#: the answer when no stair stands out of the measured noise (a flat or too noisy curve): a multiple
+#: of VNNI's 4 and of AVX2's NCHWc block of 8, the value pruning used before it probed; pruning then
+#: still leaves whole the groups whose measured saving is inside the noise
+SAFE_STEP = 8
 
 
 @dataclass
 class Alignment:
-    """The probe's answer: the step, and what rounding up to each candidate step costs (mean rel.)."""
+    """The probe's answer: the step, what rounding up to each step costs (mean rel., over the probed
+    layers), where it came from ("stair" or "default") and why, and per layer the measured figures
+    the decision read: each step's cost, its 95 % interval relative to the layer's best step, and
+    the steps within the noise of the best."""
 
     precision: str
     step: int
     cost: dict[int, float]
+    source: str = "stair"
+    reason: str = ""
+    rounds: int = 1
+    layers: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"precision": self.precision, "step": self.step, "cost": {str(k): round(v, 4) for k, v in self.cost.items()}}
+        return {"precision": self.precision, "step": self.step, "decision": self.source, "reason": self.reason,
+                "rounds": self.rounds, "cost": {str(k): round(v, 4) for k, v in self.cost.items()},
+                "layers": self.layers}
 
 
-def probe_alignment(table: LatencyLookup, precision: str = "fp32", specs: Iterable[ConvSpec] = PROBE_SPECS,
-                    counts: Iterable[int] = PROBE_COUNTS, tolerance: float = STEP_TOLERANCE) -> Alignment:
-    """The channel multiple this target wants at `precision`, read off the table's stair-steps.
+def _step_costs(values: np.ndarray, counts: list[int], steps: tuple[int, ...], boot: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean relative cost of rounding every count up to each step (trimmed), on the fastest of the
+    rounds (the point) and on `boot` resamples of the rounds (with replacement, one draw of round
+    indices for every count, so a load burst that hit one round stays together)."""
+    n, r = values.shape
+    pos = {c: i for i, c in enumerate(counts)}
+    hi = max(counts)
+    rng = np.random.default_rng(0)
+    idx = np.vstack([np.arange(r)[None, :], rng.integers(0, r, size=(boot, r))]) if r > 1 else np.zeros((1, 1), int)
+    fastest = values[:, idx].min(axis=2)  # (counts, 1 + boot)
+    out = []
+    for s in steps:
+        pairs = [(pos[c], pos[math.ceil(c / s) * s]) for c in counts if math.ceil(c / s) * s <= hi]
+        src, dst = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+        rel = np.sort((fastest[dst] - fastest[src]) / np.maximum(fastest[src], 1e-12), axis=0)
+        cut = int(TRIM * len(pairs))
+        out.append(rel[cut: len(pairs) - cut].mean(axis=0) if len(pairs) > 2 * cut else np.zeros(fastest.shape[1]))
+    c = np.asarray(out).T  # (1 + boot, steps)
+    return c[0], c[1:] if len(c) > 1 else c
+
+
+def probe_alignment(table: LatencyLookup, precision: str = "fp32", layers: Iterable[ProbeLayer] = PROBE_LAYERS,
+                    counts: Iterable[int] = PROBE_COUNTS, default: int = SAFE_STEP, rounds: int = ROUNDS,
+                    boot: int = BOOTSTRAP) -> Alignment:
+    """The channel multiple this target wants at `precision`, read off the table's stair-steps and
+    decided against the probe's own measured repeat spread.
 
     On a stair-step latency curve of width s, rounding a count up to the next multiple of s costs
     nothing (the step is flat) and can even gain (unaligned counts take slower paths), while
-    rounding to 2s costs a step. So the step is the largest candidate whose round-up cost, averaged
-    over the swept counts (10 % trimmed at each end), stays within `tolerance` of the cheapest
-    candidate's, on some probed layer. On a smooth (linear) curve that is 1 or 2: keeping extra
-    channels then only costs time.
+    rounding to 2s costs a step. Per probed layer, every step's cost (the mean relative latency of
+    rounding each swept count up to it, 10 % trimmed) gets a 95 % interval relative to the layer's
+    cheapest step from a bootstrap over the probe's rounds; a step is *free* on the layer when that
+    interval reaches 0 (it is not measurably costlier than the best). The answer is the largest step
+    free on every probed layer, provided the step above it is measurably costlier on one of them (the
+    stair's edge stands out of the noise). When even rounding to WITNESS (64) is free everywhere, the
+    curve is flat or too noisy to tell: the answer is `default`, saying so with the figures.
+    A table without repeats counts as exact (one round, zero-width intervals).
     """
-    counts = list(counts)
-    hi = max(counts)
-    specs = [ConvSpec(s.cin, s.hw, s.kernel, s.stride, s.group, precision) for s in specs]
+    counts = sorted(counts)
+    if max(counts) % WITNESS:
+        raise ValueError(f"probe counts must end at a multiple of {WITNESS}")
+    layers = list(layers)
+    points = {ly: [ly.at(c, precision) for c in counts] for ly in layers}
     settle = getattr(table, "settle", None)
     if settle is not None:
-        for spec in specs:
-            settle(spec, counts)
-    per_spec: list[dict[int, float]] = []
-    for spec in specs:
-        cost: dict[int, float] = {}
-        for s in STEPS:
-            rel = []
-            for c in counts:
-                up = math.ceil(c / s) * s
-                if up > hi:
-                    continue
-                base = table.latency(spec, c)
-                rel.append((table.latency(spec, up) - base) / max(base, 1e-9))
-            arr = np.sort(np.asarray(rel))
-            cut = int(TRIM * len(arr))
-            cost[s] = float(arr[cut: len(arr) - cut].mean()) if len(arr) > 2 * cut else 0.0
-        per_spec.append(cost)
-    # per layer kind, then the widest: load from other jobs blurs a stair (every count gets a random
-    # extra), it does not draw an aligned one, so the layer whose steps stand out is the evidence
-    # "free" is relative to the best step: where unaligned counts are slow (int8 VNNI kernels want
-    # multiples of 4), rounding up to any multiple of 4 gains, and 32 gains less than 4 does
-    steps = [max(s for s in STEPS if c[s] <= min(c.values()) + tolerance) for c in per_spec]
-    step = max(steps)
-    cost = {s: float(np.mean([c[s] for c in per_spec])) for s in STEPS}
-    return Alignment(precision, step, cost)
+        settle([pt for pts in points.values() for pt in pts], rounds)
+    steps = (*STEPS, WITNESS)
+    free_all = set(steps)
+    rows: list[dict] = []
+    point_costs: list[np.ndarray] = []
+    diffs: list[np.ndarray] = []
+    n_rounds = 1
+    for ly in layers:
+        reps = [entry_repeats(table, spec, cout) for spec, cout in points[ly]]
+        r = min(len(x) for x in reps)
+        n_rounds = max(n_rounds, r)
+        values = np.asarray([x[:r] for x in reps], dtype=np.float64)
+        point, samples = _step_costs(values, counts, steps, boot)
+        best = int(np.argmin(point[: len(STEPS)]))
+        d = samples - samples[:, [best]]
+        lo, hi = np.percentile(d, 2.5, axis=0), np.percentile(d, 97.5, axis=0)
+        # point differences beside the interval: with one round (an exact table) they are the interval
+        dp = point - point[best]
+        lo, hi = np.minimum(lo, dp), np.maximum(hi, dp)
+        free = {s for s, low in zip(steps, lo, strict=True) if low <= 1e-12}
+        free_all &= free
+        point_costs.append(point)
+        diffs.append(np.stack([dp, lo, hi]))
+        rows.append({"layer": ly.name(), "best": steps[best], "free": sorted(free),
+                     "cost": {str(s): round(float(v), 4) for s, v in zip(steps, point, strict=True)},
+                     "interval": {str(s): [round(float(a), 4), round(float(b), 4)] for s, a, b in zip(steps, lo, hi, strict=True)}})
+    cost = {s: float(np.mean([p[i] for p in point_costs])) for i, s in enumerate(STEPS)}
+    common = sorted(free_all & set(STEPS))
+    if WITNESS in free_all:
+        widest = max(range(len(layers)), key=lambda i: diffs[i][2][-1] - diffs[i][1][-1])
+        dp, lo, hi = (float(v) for v in diffs[widest][:, -1])
+        reason = (f"no stair stands out of the measured noise: rounding up to {WITNESS} costs no measurable time "
+                  f"on any probed layer ({dp:+.1%}, 95 % interval {lo:+.1%}..{hi:+.1%} over {n_rounds} "
+                  f"round(s) on the {rows[widest]['layer']}): flat or too noisy to tell; safe default {default}")
+        return Alignment(precision, default, cost, "default", reason, n_rounds, rows)
+    if not common:
+        each = "; ".join(f"{row['layer']}: {row['free']}" for row in rows)
+        reason = f"the probed layers disagree (no step is free on all of them: {each}); safe default {default}"
+        return Alignment(precision, default, cost, "default", reason, n_rounds, rows)
+    step = common[-1]
+    edge = steps[steps.index(step) + 1]
+    i_edge = steps.index(edge)
+    # the layer on which the step above is measurably costlier (the largest lower bound): the evidence
+    k = max(range(len(layers)), key=lambda i: diffs[i][1][i_edge])
+    dp, lo, hi = (float(v) for v in diffs[k][:, i_edge])
+    reason = (f"rounding up to {step} costs no measurable time on any probed layer, rounding up to {edge} "
+              f"costs {dp:+.1%} more than the best step (95 % interval {lo:+.1%}..{hi:+.1%} over {n_rounds} "
+              f"round(s)) on the {rows[k]['layer']}")
+    return Alignment(precision, step, cost, "stair", reason, n_rounds, rows)

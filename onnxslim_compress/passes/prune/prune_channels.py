@@ -32,7 +32,13 @@ from onnxslim_compress.passes.prune.select import (
     select_units,
     unit_importance,
 )
-from onnxslim_compress.runtime.latency_table import LatencyTable, cpu_isa, default_round_to, probe_alignment
+from onnxslim_compress.runtime.latency_table import (
+    SAFE_STEP,
+    LatencyTable,
+    cpu_isa,
+    default_round_to,
+    probe_alignment,
+)
 from onnxslim_compress.runtime.metrics import pooled_fidelity
 
 _OVERRIDE_KEYS = {"ratio": float, "round_to": int, "min_channels": int, "max_ratio": float}
@@ -283,7 +289,7 @@ class PruneChannels(Pass):
         try:
             al = probe_alignment(table, precision)
         except ProviderError as e:
-            return 8, {"source": "fallback 8", "reason": f"probe failed: {e}"}
+            return SAFE_STEP, {"source": f"fallback {SAFE_STEP}", "reason": f"probe failed: {e}"}
         self._save(table)
         return al.step, {"source": "probe", "isa": list(cpu_isa()), **al.as_dict()}
 

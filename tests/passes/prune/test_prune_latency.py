@@ -19,7 +19,7 @@ from onnxslim_compress.passes.prune.groups import analyze
 from onnxslim_compress.passes.prune.latency import conv_layers
 from onnxslim_compress.passes.prune.prune_channels import parse_prune_flag
 from onnxslim_compress.passes.quantize.quantize import Quantize
-from onnxslim_compress.runtime.latency_table import ConvSpec, cache_path, isa_tag, probe_alignment
+from onnxslim_compress.runtime.latency_table import SAFE_STEP, ConvSpec, cache_path, isa_tag, probe_alignment
 from onnxslim_compress.runtime.metrics import pooled_fidelity
 from onnxslim_compress.runtime.session import Target
 
@@ -65,18 +65,67 @@ class FlatPointwise(StairTable):
 FLAT_MIDDLE = dict(widths=(64, 48, 64, 64), kernels=(3, 1, 1, 3))
 
 
-@pytest.mark.parametrize("step", [8, 16, 32])
+@pytest.mark.parametrize("step", [4, 8, 16, 32])
 def test_probe_reads_the_step_off_the_table(step):
     al = probe_alignment(StairTable(step=step))
-    assert al.step == step
+    assert al.step == step and al.source == "stair"
     assert al.cost[step] == pytest.approx(0.0, abs=1e-3)  # rounding up inside a step is free
     if step < 32:
         assert al.cost[2 * step] > 0.02
+    assert f"rounding up to {2 * step} costs" in al.reason  # the edge that decided it, with its figure
 
 
 def test_probe_on_a_linear_table_keeps_single_channels():
     al = probe_alignment(StairTable(step=1))
-    assert al.step <= 2  # no steps: rounding up only costs time (2 costs <1 %, within tolerance)
+    assert al.step == 1  # no steps: rounding up to 2 already costs time (+0.6 %, an exact table)
+
+
+@pytest.mark.parametrize("step", [4, 16])
+def test_probe_reads_the_step_through_measured_noise(step):
+    # +-5 % per repeat, 5 rounds: the stair's edge (+2.4 % at 8 for a stair of 4) stands out of it
+    al = probe_alignment(StairTable(step=step, noise=0.05))
+    assert al.step == step and al.source == "stair" and al.rounds == 5
+    row = al.layers[0]
+    lo, hi = row["interval"][str(2 * step)]
+    assert 0 < lo <= row["cost"][str(2 * step)] - row["cost"][str(row["best"])] <= hi
+    assert step in row["free"] and 2 * step not in row["free"]
+
+
+class Dips(StairTable):
+    """VNNI-like int8 kernel: latency linear in channels, but a count that is not a multiple of 4
+    takes a 40 % slower path."""
+
+    def latency(self, spec, cout):
+        self.calls += 1
+        c = cout if spec.group == 1 else 1
+        return (c * spec.cin * spec.kernel**2 * 1e-5 + 1e-3) * (1.0 if cout % 4 == 0 and spec.cin % 4 == 0 else 1.4)
+
+
+def test_probe_on_dips_at_multiples_of_4_answers_4():
+    al = probe_alignment(Dips())
+    assert al.step == 4 and al.cost[4] < -0.2  # rounding up to 4 gains: unaligned counts are slow
+    assert al.cost[8] > al.cost[4]  # and 8 adds channels on a linear curve
+
+
+class Shallow(StairTable):
+    """A stair of 16 only 0.2 % high per step, on a flat 1 ms layer."""
+
+    def latency(self, spec, cout):
+        self.calls += 1
+        return 1.0 + 0.002 * -(-cout // 16)
+
+
+def test_flat_or_noisy_curves_give_the_safe_default_and_say_why():
+    flat = probe_alignment(StairTable(flat=True))
+    assert flat.step == SAFE_STEP and flat.source == "default"
+    assert "flat or too noisy to tell" in flat.reason and f"safe default {SAFE_STEP}" in flat.reason
+    exact = probe_alignment(Shallow())
+    assert exact.step == 16  # exact: the shallow stair is read
+    noisy = probe_alignment(Shallow(noise=0.05))
+    # the same stair under +-5 % repeats: its edge (+0.1 %) is inside the measured interval
+    assert noisy.step == SAFE_STEP and noisy.source == "default" and "95 % interval" in noisy.reason
+    lo, hi = noisy.layers[0]["interval"]["64"]
+    assert lo < 0 < hi and hi - lo > 0.005
 
 
 @pytest.mark.parametrize("step", [8, 32])
