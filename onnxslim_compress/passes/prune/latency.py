@@ -8,10 +8,16 @@ target and ISA) at a grid of kept channel counts; the saving curve of a group is
 member layers of (time at full width - time with this group's dim cut to k). Curves add across
 groups (a layer between two pruned groups is counted in both, a first-order model), which keeps the
 number of measurements linear in the model's layers.
+
+Whether a saving is real is decided against the table's own measured noise: every entry carries its
+repeat spread (runtime/latency_table.py), a saving's noise is the entries' spreads added in
+quadrature, and a group "saves no time" when no timed kept count saves more than that noise. No
+fixed share or microsecond threshold: a quiet machine resolves a 1 % saving, a loaded one does not.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,14 +25,10 @@ import numpy as np
 from onnxslim_compress.graph.index import attr
 from onnxslim_compress.passes.prune.apply import MacModel
 from onnxslim_compress.passes.prune.groups import ChannelAnalysis
-from onnxslim_compress.runtime.latency_table import ConvSpec, LatencyLookup
+from onnxslim_compress.runtime.latency_table import ConvSpec, LatencyLookup, entry_noise
 
 #: most kept counts timed per group (the curve is interpolated linearly in between)
 GRID = 12
-#: a group saves "no time" when its best saving is below this share of its layers' time...
-NO_GAIN_SHARE = 0.03
-#: ...or below this many milliseconds (timer and scheduling noise of one layer)
-NO_GAIN_MS = 0.005
 
 
 @dataclass
@@ -71,7 +73,8 @@ def conv_layers(an: ChannelAnalysis) -> list[ConvLayer]:
 
 @dataclass
 class GroupCurve:
-    """Measured saving (ms) of one group at kept counts `kept` (of `n` prunable units)."""
+    """Measured saving (ms) of one group at kept counts `kept` (of `n` prunable units), with the
+    measured noise (ms) of each saving: the repeat spreads of the entries it subtracts, in quadrature."""
 
     gid: int
     n: int
@@ -79,6 +82,7 @@ class GroupCurve:
     saved: list[float]
     full_ms: float  # the member layers' time at full width
     layers: list[int] = field(default_factory=list)
+    noise: list[float] = field(default_factory=list)
 
     def at(self, k: int) -> float:
         """Saving at k kept units (linear between the timed counts)."""
@@ -86,12 +90,24 @@ class GroupCurve:
             return 0.0
         return float(np.interp(k, self.kept, self.saved))
 
+    def noise_at(self, k: int) -> float:
+        """Measured noise of the saving at k kept units (linear between the timed counts)."""
+        if not self.kept or not self.noise:
+            return 0.0
+        return float(np.interp(k, self.kept, self.noise))
+
     @property
     def best(self) -> float:
         return max(self.saved, default=0.0)
 
     def saves_time(self) -> bool:
-        return self.best > max(NO_GAIN_SHARE * self.full_ms, NO_GAIN_MS)
+        """Some timed kept count saves more than its measured noise."""
+        noise = self.noise or [0.0] * len(self.saved)
+        return any(s > n for s, n in zip(self.saved, noise, strict=True))
+
+    def clears_noise(self, k: int) -> bool:
+        """Pruning to k kept units saves more than the noise of that saving."""
+        return self.at(k) > self.noise_at(k)
 
 
 @dataclass
@@ -143,9 +159,12 @@ def measure_groups(an: ChannelAnalysis, table: LatencyLookup, imp: np.ndarray, c
     layers = conv_layers(an)
     none = np.zeros(an.n_units, dtype=bool)
     full: dict[int, float] = {}
+    full_noise: dict[int, float] = {}
+    full_spec: dict[int, tuple[ConvSpec, int]] = {}
     for lay in layers:
-        spec, cout = lay.spec(macs, none, precision)
+        spec, cout = full_spec[lay.node] = lay.spec(macs, none, precision)
         full[lay.node] = table.latency(spec, cout)
+        full_noise[lay.node] = entry_noise(table, spec, cout)
     total = float(sum(full.values()))
     curves: dict[int, GroupCurve] = {}
     for gid in range(an.n_groups):
@@ -156,18 +175,24 @@ def measure_groups(an: ChannelAnalysis, table: LatencyLookup, imp: np.ndarray, c
         n = len(units)
         probe = none.copy()
         probe[units] = True
-        members = [lay for lay in layers if lay.spec(macs, probe, precision) != lay.spec(macs, none, precision)]
+        members = [lay for lay in layers if lay.spec(macs, probe, precision) != full_spec[lay.node]]
         if not members:
             continue
         ks = grid(n, round_to.get(gid, 1), max(floor.get(gid, 1), 1))
-        saved = []
+        saved, noise = [], []
         for k in ks:
             pr = none.copy()
             pr[units[: n - k]] = True
-            s = 0.0
+            s, var = 0.0, 0.0
             for lay in members:
                 spec, cout = lay.spec(macs, pr, precision)
-                s += full[lay.node] - (table.latency(spec, cout) if cout > 0 and spec.cin > 0 else 0.0)
+                alive = cout > 0 and spec.cin > 0
+                s += full[lay.node] - (table.latency(spec, cout) if alive else 0.0)
+                # at full width the two terms are one entry: its saving is exactly 0, no noise
+                if (spec, cout) != full_spec[lay.node]:
+                    var += full_noise[lay.node] ** 2 + (entry_noise(table, spec, cout) ** 2 if alive else 0.0)
             saved.append(s)
-        curves[gid] = GroupCurve(gid, n, ks, saved, sum(full[lay.node] for lay in members), [lay.node for lay in members])
+            noise.append(math.sqrt(var))
+        curves[gid] = GroupCurve(gid, n, ks, saved, sum(full[lay.node] for lay in members), [lay.node for lay in members],
+                                 noise)
     return LatencyModel(curves, total, getattr(table, "measured", 0), precision)

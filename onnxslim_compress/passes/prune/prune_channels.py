@@ -22,7 +22,7 @@ from onnxslim_compress.graph.io import clamp_ir_version
 from onnxslim_compress.passes.base import Choices, Flag, Pass, PassResult, PerTarget, Range, param
 from onnxslim_compress.passes.prune.apply import MacModel, apply_pruning, new_dim
 from onnxslim_compress.passes.prune.groups import ChannelAnalysis, analyze
-from onnxslim_compress.passes.prune.latency import NO_GAIN_MS, NO_GAIN_SHARE, LatencyModel, measure_groups
+from onnxslim_compress.passes.prune.latency import LatencyModel, measure_groups
 from onnxslim_compress.passes.prune.recovery import recover_model
 from onnxslim_compress.passes.prune.refine import refine
 from onnxslim_compress.passes.prune.select import (
@@ -184,8 +184,10 @@ class PruneChannels(Pass):
         if lat is not None and p.latency_check:
             for gid, c in lat.curves.items():
                 if not c.saves_time() and cand[an.group == gid].any():
+                    i = int(np.argmax(c.saved)) if c.saved else 0
                     no_gain[gid] = (f"pruning saves no measured time (best {c.best:.4f} ms of its layers' "
-                                    f"{c.full_ms:.4f} ms)")
+                                    f"{c.full_ms:.4f} ms, inside the measured noise "
+                                    f"{c.noise[i] if c.noise else 0.0:.4f} ms)")
             excluded |= set(no_gain)
             cand = ~an.frozen & ~np.isin(an.group, list(excluded))
         rank = imp / lat.cost_per_unit(an, cand) if lat is not None and p.cost == "latency" else None
@@ -343,10 +345,11 @@ class PruneChannels(Pass):
         for gid, c in lat.curves.items():
             units = (an.group == gid) & cand
             k = int(pr[units].sum())
-            if k and c.at(c.n - k) <= max(NO_GAIN_SHARE * c.full_ms, NO_GAIN_MS):
+            if k and not c.clears_noise(c.n - k):
                 pr[units] = False
                 no_gain[gid] = (f"pruning it to {c.n - k} of {c.n} saves no measured time "
-                                f"({c.at(c.n - k):.4f} ms of its layers' {c.full_ms:.4f} ms): kept whole")
+                                f"({c.at(c.n - k):.4f} ms of its layers' {c.full_ms:.4f} ms, inside the "
+                                f"measured noise {c.noise_at(c.n - k):.4f} ms): kept whole")
         if (pr == sel.pruned).all():
             return sel
         macs = MacModel(an)
@@ -389,7 +392,9 @@ class PruneChannels(Pass):
             row: dict[str, Any] = {"group": g, "channels": [int(units.sum()), int(units.sum() - pruned[units].sum())]}
             if lat is not None and g in lat.curves:
                 c = lat.curves[g]
-                row["latency_saved_ms"] = round(c.at(c.n - int(pruned[units & cand].sum())), 4)
+                k = c.n - int(pruned[units & cand].sum())
+                row["latency_saved_ms"] = round(c.at(k), 4)
+                row["latency_noise_ms"] = round(c.noise_at(k), 4)  # the measured noise the saving cleared
                 row["layers_ms"] = round(c.full_ms, 4)
             if g in errors:
                 row["error_added"] = round(errors[g], 5)

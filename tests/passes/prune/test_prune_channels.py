@@ -83,7 +83,9 @@ def test_dead_channels_are_pruned_first_and_exactly():
     prunable = sum(v for i, v in mm.per_node(none).items() if i in mm.prunable_nodes())
     ratio = (mm.total(none) - mm.total(pruned)) / prunable
     # zero the consumer slices too, so every criterion sees zero importance
-    res = PruneChannels(ratio=ratio, criterion="l1", round_to=1, recover=False)(m, Context())
+    # no latency take-backs: the conftest table steps both channel dims by 8, so 27 of 32 channels
+    # save no time there and the group would be kept whole (what test_prune_latency checks)
+    res = PruneChannels(ratio=ratio, criterion="l1", round_to=1, recover=False, latency_check=False)(m, Context())
     assert res.stats["units_pruned"] == len(dead)
     x = random_input([1, 3, 12, 12])
     ref = run(m, {"x": x})[0]
@@ -143,7 +145,7 @@ def test_bn_scale_removes_smallest_gammas():
     g = numpy_helper.to_array(gamma).copy()
     g[[2, 6]] = 1e-3
     gamma.CopyFrom(numpy_helper.from_array(g, gamma.name))
-    res = PruneChannels(ratio=0.25, criterion="bn_scale", round_to=1, recover=False)(m, Context())
+    res = PruneChannels(ratio=0.25, criterion="bn_scale", round_to=1, recover=False, latency_check=False)(m, Context())
     kept = numpy_helper.to_array(next(t for t in res.model.graph.initializer if t.name == gamma.name))
     assert len(kept) == 6 and np.all(kept > 1e-2)
 
@@ -155,12 +157,13 @@ def test_activation_needs_calibration():
 
 def test_recovery_improves_fidelity():
     m = _net(w=24)
-    res = PruneChannels(ratio=0.4, round_to=1, recover=True, calib_samples=24)(m, Context(calib=_calib(24)))
+    kw = dict(ratio=0.4, round_to=1, latency_check=False)  # the selection under test, not the stair table's
+    res = PruneChannels(**kw, recover=True, calib_samples=24)(m, Context(calib=_calib(24)))
     rec = res.stats["recovery"]
     assert rec["refit"] > 0
     assert rec["fidelity_after"]["rel_l2"] < 0.5 * rec["fidelity_before"]["rel_l2"]
     # and on held-out inputs too
-    plain = PruneChannels(ratio=0.4, round_to=1, recover=False)(m, Context()).model
+    plain = PruneChannels(**kw, recover=False)(m, Context()).model
     err = {"plain": 0.0, "rec": 0.0}
     for k in range(8):
         x = random_input([1, 3, 12, 12], seed=900 + k)
