@@ -454,7 +454,9 @@ def kept_float_lines(r: dict[str, Any]) -> list[str]:
         out.append(line)
         if st.get("speed"):
             out.append("  speed check (int8/fp32, interleaved): "
-                       + "; ".join(f"{row['step']} x{row['ratio']:.2f}" for row in st["speed"]))
+                       + "; ".join(f"{row['step']} x{row['ratio']:.2f}"
+                                   + (f" ({row['ci95'][0]:.2f}-{row['ci95'][1]:.2f})" if row.get("ci95") else "")
+                                   for row in st["speed"]))
         named = [(row["node"], row["reason"]) for row in st.get("layers", []) or []
                  if isinstance(row, dict) and row.get("precision") == "float" and row.get("reason", "") != "excluded"]
         for node, reason in named[:8]:  # which layers, and the number that kept each float

@@ -72,9 +72,10 @@ class Context:
     #: on_progress(stage, done, total) is called inside long passes (calibration samples, recovery
     #: stages, SVD layers); jobs/compress.py shows it on the pass bar, so no bar sits frozen
     on_progress: Callable[[str, int, int | None], None] | None = None
-    #: timer(float model, candidate, feed) -> latency ratio candidate / float; None = the real
+    #: timer(float model, candidate, feed) -> latency ratio candidate / float: a number (exact), a
+    #: passes.quantize.speed.Timing or an ABResult (ratio with its 95 % interval); None = the real
     #: interleaved timing on the target (quantize's speed check; tests inject a deterministic one)
-    timer: Callable[[onnx.ModelProto, onnx.ModelProto, dict], float] | None = None
+    timer: Callable[[onnx.ModelProto, onnx.ModelProto, dict], Any] | None = None
     #: per-layer latency over channel counts on the target (runtime/latency_table.py); None = the
     #: pass that needs it measures (cached per target and CPU ISA) and leaves it here for the next
     #: trial; tests inject a fake table so nothing depends on the machine's timing

@@ -521,12 +521,14 @@ class Quantize(Pass):
                                                   lambda d, t: ctx.tick("speed check (int8 vs fp32)", d, t))
                 stats["speed"] = rows
                 if step is None:
-                    best = min(r["ratio"] for r in rows if not r["step"].endswith("(confirmation)"))
-                    again = [r["ratio"] for r in rows if r["step"].endswith("(confirmation)")]
-                    note = f", {again[0]:.2f} when timed again" if again else ""
-                    stats["skipped"] = skipped + [{"node": "*", "reason": f"int8 measured slower than fp32 on this target "
-                                                   f"(ratio {best:.2f}{note}, best of {len(steps)} candidates; a win must "
-                                                   f"be < {qspeed.WIN_RATIO:g})"}]
+                    best = min((r for r in rows if not r["step"].endswith("(confirmation)")), key=lambda r: r["ratio"])
+                    again = [r for r in rows if r["step"].endswith("(confirmation)")]
+                    note = (f", {again[0]['ratio']:.2f} ({again[0]['ci95'][0]:.2f}-{again[0]['ci95'][1]:.2f}) when "
+                            f"timed again" if again else "")
+                    stats["skipped"] = skipped + [{"node": "*", "reason": f"int8 not measurably faster than fp32 on this target "
+                                                   f"(ratio {best['ratio']:.2f}, 95 % interval {best['ci95'][0]:.2f}-"
+                                                   f"{best['ci95'][1]:.2f}{note}, best of {len(steps)} candidates; a win "
+                                                   f"needs the interval wholly below 1, twice)"}]
                     stats["quantized_units"] = 0
                     return PassResult(source, False, stats)
                 if step is not steps[0]:

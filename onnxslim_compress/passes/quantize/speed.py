@@ -5,10 +5,16 @@ around it costs. On tiny layers and on islands of unfused ops (PRelu, Transpose,
 between float code) it does not: a 0.2 ms keras NHWC net ran 3x slower as int8 than as fp32. No
 static rule knows the machine, so the pass measures: the whole candidate first, then a ladder of
 smaller ones (no non-weighted units, then the weighted units with the fewest MACs dropped a
-quarter at a time), keeping the fastest measured; when none beats float by WIN_RATIO, the caller returns its
-input unchanged with the ratio as the reason.
+quarter at a time), keeping the fastest measured; when none is measurably faster than float, the
+caller returns its input unchanged with the ratio and its interval as the reason.
 
-The timer is injectable (Context.timer), so tests decide what "loses" without timing anything.
+"Measurably faster" is read off the timing itself, not a fixed margin: a candidate wins when the 95 %
+interval of its interleaved A/B ratio (runtime/profiler.py ratio_ci95, a bootstrap over the runs)
+lies wholly below 1, and a second timing confirms it the same way. A real 3 % win on a quiet
+machine (0.97, interval 0.96-0.98) is kept; a noisy 0.93 (interval 0.85-1.02) is not.
+
+The timer is injectable (Context.timer), so tests decide what "loses" without timing anything; it
+may return a bare ratio (an exact timing: a zero-width interval), a Timing, or an ABResult.
 """
 
 from __future__ import annotations
@@ -25,13 +31,45 @@ from onnxslim_compress.runtime.profiler import compare, first_feed
 from onnxslim_compress.runtime.session import Target
 
 Feed = dict[str, np.ndarray]
-#: timer(float model, candidate, feed) -> latency ratio candidate / float (median of interleaved runs)
-Timer = Callable[[onnx.ModelProto, onnx.ModelProto, Feed], float]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency ratio candidate / float (median of interleaved runs) with its 95 % interval."""
+
+    ratio: float
+    lo: float
+    hi: float
+
+    @property
+    def wins(self) -> bool:
+        """Measurably faster: the whole interval lies below 1."""
+        return self.hi < 1.0
+
+    def text(self) -> str:
+        return f"{self.ratio:.2f} (95 % interval {self.lo:.2f}-{self.hi:.2f})"
+
+
+def as_timing(t: object) -> Timing:
+    """A timer's answer as a Timing: a bare number is an exact ratio (zero-width interval); an
+    ABResult (runtime/profiler.compare) brings its bootstrap ratio_ci95."""
+    if isinstance(t, Timing):
+        return t
+    ci = getattr(t, "ratio_ci95", None)
+    if ci is not None:
+        r = float(t.ratio)
+        return Timing(r, min(float(ci[0]), r), max(float(ci[1]), r))
+    if isinstance(t, (tuple, list)):
+        r, lo, hi = (float(x) for x in t)
+        return Timing(r, lo, hi)
+    r = float(t)
+    return Timing(r, r, r)
+
+
+#: timer(float model, candidate, feed) -> ratio candidate / float: a Timing, an ABResult or a number
+Timer = Callable[[onnx.ModelProto, onnx.ModelProto, Feed], Timing | float]
 #: env switch that turns the real timing off (tests/conftest.py sets it: timing is slow and noisy)
 NO_SPEED_CHECK_ENV = "ONNXSLIM_COMPRESS_NO_SPEED_CHECK"
-#: a candidate is kept only when at least this much faster than float: a smaller gain is within the
-#: noise of a shared machine (the zoo's intervals are +-3 %) and not worth int8's rounding
-WIN_RATIO = 0.95
 #: seconds one interleaved comparison should take, and the bounds on its runs
 _COMPARE_S = 2.0
 _RUNS = (10, 200)
@@ -40,11 +78,11 @@ _RUNS = (10, 200)
 def real_timer(target: Target) -> Timer:
     """Interleaved A/B on `target` (runtime/profiler.compare), runs sized to ~_COMPARE_S seconds."""
 
-    def timer(a: onnx.ModelProto, b: onnx.ModelProto, feed: Feed) -> float:
+    def timer(a: onnx.ModelProto, b: onnx.ModelProto, feed: Feed) -> Timing:
         probe = compare(a, b, feed, target, warmup=2, runs=3)
         per_pair = max(probe.a.median + probe.b.median, 1e-3) / 1000.0
         runs = int(np.clip(_COMPARE_S / per_pair, *_RUNS))
-        return float(compare(a, b, feed, target, warmup=3, runs=runs).ratio)
+        return as_timing(compare(a, b, feed, target, warmup=3, runs=runs))
 
     return timer
 
@@ -99,30 +137,34 @@ def ladder(units: list[Unit], macs: dict[str, int]) -> list[Step]:
     return steps
 
 
+def _row(name: str, units: int, t: Timing) -> dict:
+    return {"step": name, "units": units, "ratio": round(t.ratio, 4), "ci95": [round(t.lo, 4), round(t.hi, 4)]}
+
+
 def fastest(base: onnx.ModelProto, steps: list[Step], build: Callable[[list[Unit]], onnx.ModelProto],
             feed: Feed, timer: Timer, tick: Callable[[int, int], None] | None = None,
             ) -> tuple[Step | None, onnx.ModelProto | None, list[dict]]:
-    """Time the full candidate; if it is not faster than `base`, walk the ladder. The fastest step
-    that beats float (ratio < WIN_RATIO, twice: a second timing confirms it) with its model, or
-    (None, None) when none does; the rows measured."""
+    """Time the full candidate; if it does not win, walk the ladder. The fastest step that wins
+    (its ratio's 95 % interval wholly below 1, and again when timed a second time) with its model,
+    or (None, None) when none does; the rows measured, each with its ratio and interval."""
     rows: list[dict] = []
-    best: tuple[float, Step, onnx.ModelProto] | None = None
+    best: tuple[Timing, Step, onnx.ModelProto] | None = None
     for k, step in enumerate(steps):
         cand = build(step.units)
-        r = float(timer(base, cand, feed))
-        rows.append({"step": step.name, "units": len(step.units), "ratio": round(r, 4)})
+        t = as_timing(timer(base, cand, feed))
+        rows.append(_row(step.name, len(step.units), t))
         if tick is not None:
             tick(k + 1, len(steps))
-        if best is None or r < best[0]:
-            best = (r, step, cand)
-        if k == 0 and r < WIN_RATIO:
+        if t.wins and (best is None or t.ratio < best[0].ratio):
+            best = (t, step, cand)
+        if k == 0 and t.wins:
             break  # the full candidate already wins: nothing to back off
-    if best is None or best[0] >= WIN_RATIO:
+    if best is None:
         return None, None, rows
-    # a win is confirmed by a second timing (the least of several is biased low on a noisy machine)
-    again = float(timer(base, best[2], feed))
-    rows.append({"step": f"{best[1].name} (confirmation)", "units": len(best[1].units), "ratio": round(again, 4)})
-    if again >= WIN_RATIO:
+    # a win is confirmed by a second timing (the best of several is biased low on a noisy machine)
+    again = as_timing(timer(base, best[2], feed))
+    rows.append(_row(f"{best[1].name} (confirmation)", len(best[1].units), again))
+    if not again.wins:
         return None, None, rows
     return best[1], best[2], rows
 

@@ -7,12 +7,15 @@ import zlib
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim_compress import Context, Target
 from onnxslim_compress.cli.main import kept_float_lines
 from onnxslim_compress.jobs.compress import compress, flags_pipeline
 from onnxslim_compress.passes.quantize.quantize import Quantize
+from onnxslim_compress.passes.quantize.speed import Timing, as_timing
+from onnxslim_compress.runtime.profiler import ab_from_samples
 
 CPU1 = Target("cpu", threads=1)
 
@@ -93,7 +96,7 @@ def test_a_unit_whose_integer_kernel_loses_is_left_float():
     st = res.stats
     assert res.modified and calls[0] == 1.05  # the full candidate loses
     assert not _quantized(res.model, "conv3") and _quantized(res.model, "conv2")
-    assert st["speed"][0] == {"step": "all units", "units": 3, "ratio": 1.05}
+    assert st["speed"][0] == {"step": "all units", "units": 3, "ratio": 1.05, "ci95": [1.05, 1.05]}  # exact timer
     assert min(r["ratio"] for r in st["speed"]) == 0.55 and st["speed"][-1]["step"].endswith("(confirmation)")
     row = next(r for r in st["layers"] if r["node"] == "conv3")
     assert row["precision"] == "float" and "measured slower" in row["reason"] and "0.55" in row["reason"]
@@ -105,7 +108,8 @@ def test_when_every_candidate_loses_the_model_comes_back_unchanged_with_the_rati
     res = Quantize()(m, Context(target=CPU1, calib=_feeds(spike=1.0), timer=lambda a, b, f: 1.3))
     assert res.modified is False and res.model is m
     why = res.stats["skipped"][-1]
-    assert why["node"] == "*" and why["reason"].startswith("int8 measured slower than fp32 on this target (ratio 1.30")
+    assert why["node"] == "*" and why["reason"].startswith("int8 not measurably faster than fp32 on this target "
+                                                           "(ratio 1.30, 95 % interval 1.30-1.30")
     assert res.stats["quantized_units"] == 0
 
 
@@ -116,9 +120,38 @@ def test_a_winning_full_candidate_is_confirmed_not_laddered_and_the_switch_turns
     assert [r["step"] for r in res.stats["speed"]] == ["all units", "all units (confirmation)"]
     seq = iter([0.6, 1.1])  # a win the second timing does not confirm (noise) is no win
     flaky = Quantize()(three_convs(), Context(target=CPU1, calib=_feeds(spike=1.0), timer=lambda a, b, f: next(seq)))
-    assert flaky.modified is False and "0.60, 1.10 when timed again" in flaky.stats["skipped"][-1]["reason"]
+    assert flaky.modified is False and "0.60, 95 % interval 0.60-0.60, 1.10 (1.10-1.10) when timed again" in \
+        flaky.stats["skipped"][-1]["reason"]
     off = Quantize()(three_convs(), Context(target=CPU1, calib=_feeds(spike=1.0)))  # conftest sets the env switch
     assert off.stats["speed_check"].startswith("off (ONNXSLIM_COMPRESS_NO_SPEED_CHECK")
     assert "speed" not in off.stats
     none = Quantize(speed_check=False)(three_convs(), Context(target=CPU1, calib=_feeds(spike=1.0), timer=lambda a, b, f: 9.0))
     assert none.modified and none.stats["quantized_units"] == 3
+
+
+def test_a_win_is_read_off_the_ratios_interval_not_a_fixed_margin():
+    # a real 3 % win on a quiet machine: the interval lies below 1, twice -> kept
+    quiet = Quantize()(three_convs(), Context(target=CPU1, calib=_feeds(spike=1.0),
+                                              timer=lambda a, b, f: Timing(0.97, 0.96, 0.98)))
+    assert quiet.modified and quiet.stats["quantized_units"] == 3
+    assert quiet.stats["speed"][0]["ci95"] == [0.96, 0.98]
+    # a noisy 0.93: its interval reaches past 1 on every rung of the ladder -> the model comes back
+    m = three_convs()
+    noisy = Quantize()(m, Context(target=CPU1, calib=_feeds(spike=1.0), timer=lambda a, b, f: Timing(0.93, 0.85, 1.02)))
+    assert noisy.modified is False and noisy.model is m
+    assert "ratio 0.93, 95 % interval 0.85-1.02" in noisy.stats["skipped"][-1]["reason"]
+    assert "confirmation" not in noisy.stats["speed"][-1]["step"]  # nothing won, nothing to confirm
+
+
+def test_the_real_timers_answer_carries_the_bootstrap_interval():
+    # planted interleaved samples (no timing): B takes 0.97 of A's time with +-0.5 % jitter
+    rng = np.random.default_rng(0)
+    ta = list(1.0 + 0.005 * rng.standard_normal(200))
+    tb = list(0.97 + 0.005 * rng.standard_normal(200))
+    t = as_timing(ab_from_samples(ta, tb, CPU1))
+    assert t.ratio == pytest.approx(0.97, abs=0.003) and t.lo < t.ratio < t.hi < 1.0 and t.wins
+    # the same 3 % on a noisy machine (+-20 % jitter): the interval reaches 1, no win
+    ta = list(1.0 + 0.2 * rng.standard_normal(200))
+    tb = list(0.97 + 0.2 * rng.standard_normal(200))
+    assert not as_timing(ab_from_samples(ta, tb, CPU1)).wins
+    assert as_timing(0.9) == Timing(0.9, 0.9, 0.9)
