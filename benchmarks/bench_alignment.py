@@ -1,6 +1,7 @@
 """The channel step the target wants per precision (runtime/latency_table.probe_alignment), as measured.
 
-    python benchmarks/bench_alignment.py --threads 1          # writes benchmarks/results/alignment.json
+    python benchmarks/bench_alignment.py --threads 1            # writes benchmarks/results/alignment.json
+    python benchmarks/bench_alignment.py --threads 1 --append   # adds this sitting to the file's sittings
 
 A fresh latency table (a temporary file, not the user cache: every figure is of this sitting) is
 probed for fp32 and int8 QDQ convs: per probed layer, every candidate step's mean round-up cost,
@@ -46,12 +47,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=15, help="timed runs per entry and round (the prune pass's table uses 15)")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
+    ap.add_argument("--append", action="store_true", help="keep the file's earlier sittings and add this one")
+    ap.add_argument("--table", help="keep the measured latency table (with its repeats) in this file (default: "
+                                    "a temporary one, dropped)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "alignment.json"))
     args = ap.parse_args()
     target = Target(kind="cpu", threads=args.threads)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        table = LatencyTable(target, Path(tmp) / "t.json", runs=args.runs, warmup=3)
+        table = LatencyTable(target, Path(args.table or Path(tmp) / "t.json"), runs=args.runs, warmup=3)
         for p in args.precisions:
             load0, t0 = os.getloadavg()[0], time.time()
             al = probe_alignment(table, p).as_dict()
@@ -60,9 +64,14 @@ def main() -> None:
             out.append(al)
             print(f"{p}: step {al['step']} ({al['decision']}): {al['reason']}; old 2 % rule: {al['old_rule_step']}",
                   flush=True)
-    doc = {"isa": list(cpu_isa()), "threads": args.threads, "runs": args.runs,
-           "command": "python benchmarks/bench_alignment.py " + " ".join(sys.argv[1:]), "alignment": out}
-    Path(args.out).write_text(json.dumps(doc, indent=1))
+        if args.table:
+            table.save()
+    sitting = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "isa": list(cpu_isa()),
+               "threads": args.threads, "runs": args.runs,
+               "command": "python benchmarks/bench_alignment.py " + " ".join(sys.argv[1:]), "alignment": out}
+    path = Path(args.out)
+    old = json.loads(path.read_text()).get("sittings", []) if args.append and path.is_file() else []
+    path.write_text(json.dumps({"sittings": [*old, sitting]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ RESULT_FILES = {
     "low_rank": "low_rank.json",
     "prune": "prune.json",
     "prune_latency": "prune_latency.json",
+    "alignment": "alignment.json",
     "quantize": "quantize.json",
     "quantize_sweep": "quantize_sweep.json",
     "search": "search.json",
@@ -301,6 +302,39 @@ def t_prune_latency(res: Results) -> str | None:
             out.append([r["model"], "GaP / one-shot latency", "", "", f"{r['gap_vs_one_shot_latency']:.3f}", "", "", ""])
     return "\n".join(head) + "\n" + _table(["model", "variant", "round_to", "achieved", "fp32 speed vs original (p10-p90, or [95 % CI])",
                                       "top-1 or cos (original)", "mean abs dp", "GaP held-out rel. L2 one-shot -> refined"], out)
+
+
+def _steps(free: list) -> str:
+    return ",".join(str(x) for x in free)
+
+
+def t_alignment(res: Results) -> str | None:
+    """Per sitting and precision: the probed step, the measured figure that decided it, the steps
+    free on each probed layer, and what the replaced 2 % rule answers on the same measurements."""
+    d = res.get("alignment")
+    if not d or not d.get("sittings"):
+        return None
+    isa = sorted({", ".join(s_.get("isa", [])) or "unknown" for s_ in d["sittings"]})
+    head = f"CPU ISA: {'; '.join(isa)}."
+    out = []
+    for sit in d["sittings"]:
+        for a in sit["alignment"]:
+            ev = a.get("evidence") or {}
+            if ev:
+                lo, hi = ev["interval"]
+                why = (f"{ev['step']}: {ev['cost_over_best']:+.1%} [{lo:+.1%}, {hi:+.1%}], "
+                       f"resolution {ev['resolution']:.1%}, {ev['layer']}")
+            else:
+                why = a.get("reason", "-")
+            free = " / ".join(_steps(r["free"]) for r in a.get("layers", []))
+            load = a.get("load_avg") or []
+            out.append([sit.get("when", "-"), f"{sit.get('threads', 1)}", "-".join(f"{x:.1f}" for x in load) or "-",
+                        a["precision"], f"{a['step']} ({a.get('decision', '-')})", why, free,
+                        str(a.get("old_rule_step", "-"))])
+    layers = " / ".join(r["layer"] for r in d["sittings"][0]["alignment"][0].get("layers", []))
+    return head + "\n\n" + _table(["sitting (UTC)", "threads", "load avg", "precision", "probed step",
+                                    "decided by (step above: cost over best [95 % interval], entry resolution, layer)",
+                                    f"free steps ({layers})", "old 2 % rule"], out)
 
 
 QUANT_TOOLS = {"ours": "ours", "ort_static": "ORT static", "ort_dynamic": "ORT dynamic"}
@@ -1024,6 +1058,7 @@ TABLES: dict[str, Callable[[Results], str | None]] = {
     "prune": t_prune,
     "prune_round_to": t_prune_round_to,
     "prune_latency": t_prune_latency,
+    "alignment": t_alignment,
     "quantize": t_quantize,
     "quantize_sweep": t_quantize_sweep,
     "search": t_search,

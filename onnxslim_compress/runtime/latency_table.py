@@ -310,8 +310,8 @@ SAFE_STEP = 8
 class Alignment:
     """The probe's answer: the step, what rounding up to each step costs (mean rel., over the probed
     layers), where it came from ("stair" or "default") and why, and per layer the measured figures
-    the decision read: each step's cost, its 95 % interval relative to the layer's best step, and
-    the steps within the noise of the best."""
+    the decision read: each step's cost, its 95 % interval relative to the layer's best step, the
+    layer's entry resolution, and the steps free there."""
 
     precision: str
     step: int
@@ -320,11 +320,14 @@ class Alignment:
     reason: str = ""
     rounds: int = 1
     layers: list[dict] = field(default_factory=list)
+    #: the measured figure that decided: the step above the answer (or WITNESS), on which layer, its
+    #: cost over the best step with its 95 % interval, and that layer's entry resolution
+    evidence: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"precision": self.precision, "step": self.step, "decision": self.source, "reason": self.reason,
                 "rounds": self.rounds, "cost": {str(k): round(v, 4) for k, v in self.cost.items()},
-                "layers": self.layers}
+                "evidence": self.evidence, "layers": self.layers}
 
 
 def _step_costs(values: np.ndarray, counts: list[int], steps: tuple[int, ...], boot: int) -> tuple[np.ndarray, np.ndarray]:
@@ -348,6 +351,16 @@ def _step_costs(values: np.ndarray, counts: list[int], steps: tuple[int, ...], b
     return c[0], c[1:] if len(c) > 1 else c
 
 
+def _resolution(values: np.ndarray) -> float:
+    """How finely one entry of this layer is known: the median over its counts of the gap between
+    its two fastest repeats, relative (how far the entry moves when its best round is dropped).
+    0 for an exact table (one repeat)."""
+    if values.shape[1] < 2:
+        return 0.0
+    two = np.sort(values, axis=1)[:, :2]
+    return float(np.median((two[:, 1] - two[:, 0]) / np.maximum(two[:, 0], 1e-12)))
+
+
 def probe_alignment(table: LatencyLookup, precision: str = "fp32", layers: Iterable[ProbeLayer] = PROBE_LAYERS,
                     counts: Iterable[int] = PROBE_COUNTS, default: int = SAFE_STEP, rounds: int = ROUNDS,
                     boot: int = BOOTSTRAP) -> Alignment:
@@ -358,12 +371,15 @@ def probe_alignment(table: LatencyLookup, precision: str = "fp32", layers: Itera
     nothing (the step is flat) and can even gain (unaligned counts take slower paths), while
     rounding to 2s costs a step. Per probed layer, every step's cost (the mean relative latency of
     rounding each swept count up to it, 10 % trimmed) gets a 95 % interval relative to the layer's
-    cheapest step from a bootstrap over the probe's rounds; a step is *free* on the layer when that
-    interval reaches 0 (it is not measurably costlier than the best). The answer is the largest step
-    free on every probed layer, provided the step above it is measurably costlier on one of them (the
-    stair's edge stands out of the noise). When even rounding to WITNESS (64) is free everywhere, the
-    curve is flat or too noisy to tell: the answer is `default`, saying so with the figures.
-    A table without repeats counts as exact (one round, zero-width intervals).
+    cheapest step from a bootstrap over the probe's rounds. A step is *measurably costlier* than the
+    best when that interval's lower bound exceeds the layer's entry resolution (the median gap
+    between an entry's two fastest repeats: a smaller cost is real on average over the sweep but
+    below what one pruned layer's timing, and so every later decision on this table, can resolve);
+    otherwise it is *free*. The answer is the largest step free on every probed layer, provided the
+    step above it is measurably costlier on one of them (the stair's edge stands out of the noise).
+    When even rounding to WITNESS (64) is free everywhere, the curve is flat or too noisy to tell:
+    the answer is `default`, saying so with the figures. A table without repeats counts as exact
+    (one round, zero-width intervals, resolution 0).
     """
     counts = sorted(counts)
     if max(counts) % WITNESS:
@@ -378,6 +394,7 @@ def probe_alignment(table: LatencyLookup, precision: str = "fp32", layers: Itera
     rows: list[dict] = []
     point_costs: list[np.ndarray] = []
     diffs: list[np.ndarray] = []
+    res: list[float] = []
     n_rounds = 1
     for ly in layers:
         reps = [entry_repeats(table, spec, cout) for spec, cout in points[ly]]
@@ -391,33 +408,44 @@ def probe_alignment(table: LatencyLookup, precision: str = "fp32", layers: Itera
         # point differences beside the interval: with one round (an exact table) they are the interval
         dp = point - point[best]
         lo, hi = np.minimum(lo, dp), np.maximum(hi, dp)
-        free = {s for s, low in zip(steps, lo, strict=True) if low <= 1e-12}
+        delta = _resolution(values)
+        free = {s for s, low in zip(steps, lo, strict=True) if low <= delta + 1e-12}
         free_all &= free
         point_costs.append(point)
         diffs.append(np.stack([dp, lo, hi]))
-        rows.append({"layer": ly.name(), "best": steps[best], "free": sorted(free),
+        res.append(delta)
+        rows.append({"layer": ly.name(), "best": steps[best], "free": sorted(free), "resolution": round(delta, 4),
                      "cost": {str(s): round(float(v), 4) for s, v in zip(steps, point, strict=True)},
-                     "interval": {str(s): [round(float(a), 4), round(float(b), 4)] for s, a, b in zip(steps, lo, hi, strict=True)}})
+                     "interval": {str(s): [round(float(a), 4), round(float(b), 4)]
+                                  for s, a, b in zip(steps, lo, hi, strict=True)}})
     cost = {s: float(np.mean([p[i] for p in point_costs])) for i, s in enumerate(STEPS)}
     common = sorted(free_all & set(STEPS))
+
+    def evidence(i: int, s: int) -> dict:
+        dp, lo, hi = (float(v) for v in diffs[i][:, steps.index(s)])
+        return {"step": s, "layer": rows[i]["layer"], "cost_over_best": round(dp, 4),
+                "interval": [round(lo, 4), round(hi, 4)], "resolution": round(res[i], 4)}
+
     if WITNESS in free_all:
-        widest = max(range(len(layers)), key=lambda i: diffs[i][2][-1] - diffs[i][1][-1])
-        dp, lo, hi = (float(v) for v in diffs[widest][:, -1])
+        # the layer that came closest to showing an edge at WITNESS (largest lower bound over its resolution)
+        k = max(range(len(layers)), key=lambda i: diffs[i][1][-1] - res[i])
+        ev = evidence(k, WITNESS)
         reason = (f"no stair stands out of the measured noise: rounding up to {WITNESS} costs no measurable time "
-                  f"on any probed layer ({dp:+.1%}, 95 % interval {lo:+.1%}..{hi:+.1%} over {n_rounds} "
-                  f"round(s) on the {rows[widest]['layer']}): flat or too noisy to tell; safe default {default}")
-        return Alignment(precision, default, cost, "default", reason, n_rounds, rows)
+                  f"on any probed layer (closest: {ev['cost_over_best']:+.1%}, 95 % interval "
+                  f"{ev['interval'][0]:+.1%}..{ev['interval'][1]:+.1%} over {n_rounds} round(s), entry resolution "
+                  f"{ev['resolution']:.1%}, on the {ev['layer']}): flat or too noisy to tell; safe default {default}")
+        return Alignment(precision, default, cost, "default", reason, n_rounds, rows, ev)
     if not common:
         each = "; ".join(f"{row['layer']}: {row['free']}" for row in rows)
         reason = f"the probed layers disagree (no step is free on all of them: {each}); safe default {default}"
-        return Alignment(precision, default, cost, "default", reason, n_rounds, rows)
+        return Alignment(precision, default, cost, "default", reason, n_rounds, rows, {})
     step = common[-1]
     edge = steps[steps.index(step) + 1]
-    i_edge = steps.index(edge)
-    # the layer on which the step above is measurably costlier (the largest lower bound): the evidence
-    k = max(range(len(layers)), key=lambda i: diffs[i][1][i_edge])
-    dp, lo, hi = (float(v) for v in diffs[k][:, i_edge])
-    reason = (f"rounding up to {step} costs no measurable time on any probed layer, rounding up to {edge} "
-              f"costs {dp:+.1%} more than the best step (95 % interval {lo:+.1%}..{hi:+.1%} over {n_rounds} "
-              f"round(s)) on the {rows[k]['layer']}")
-    return Alignment(precision, step, cost, "stair", reason, n_rounds, rows)
+    # the layer on which the step above is most clearly costlier (lower bound over resolution): the evidence
+    k = max(range(len(layers)), key=lambda i: diffs[i][1][steps.index(edge)] - res[i])
+    ev = evidence(k, edge)
+    reason = (f"rounding up to {step} costs no measurable time on any probed layer; rounding up to {edge} costs "
+              f"{ev['cost_over_best']:+.1%} over the best step (95 % interval {ev['interval'][0]:+.1%}.."
+              f"{ev['interval'][1]:+.1%} over {n_rounds} round(s), above the entry resolution {ev['resolution']:.1%}) "
+              f"on the {ev['layer']}")
+    return Alignment(precision, step, cost, "stair", reason, n_rounds, rows, ev)

@@ -310,3 +310,23 @@ def test_prune_latency_table_records_isa_and_gap():
     assert rows[0] == ["ppocr_cls", "one-shot, probed round_to", "16", "0.304", "x1.32 (1.25-1.45)", "0.975 (1.000)",
                        "0.0284", "-"]
     assert rows[1][-1] == "0.0243 -> 0.0012" and rows[2][:2] == ["ppocr_cls", "GaP / one-shot latency"]
+
+
+ALIGNMENT = {"sittings": [{
+    "when": "2026-12-02 03:40 UTC", "isa": ["avx2", "avx512_vnni"], "threads": 1, "runs": 15,
+    "alignment": [{
+        "precision": "int8", "step": 8, "decision": "stair", "old_rule_step": 16, "load_avg": [4.01, 4.4],
+        "evidence": {"step": 16, "layer": "3x3 conv, cin swept (cout 64)", "cost_over_best": 0.063,
+                     "interval": [0.045, 0.085], "resolution": 0.021},
+        "layers": [{"layer": "3x3 conv, cout swept (cin 96)", "free": [1, 2, 4, 8, 16]},
+                   {"layer": "3x3 conv, cin swept (cout 64)", "free": [4, 8]}]}]}]}
+
+
+def test_alignment_table_names_the_deciding_figure_and_the_old_rule():
+    text = render.t_alignment(_res(alignment=ALIGNMENT))
+    head, table = text.split("\n\n", 1)
+    assert head == "CPU ISA: avx2, avx512_vnni."
+    assert "free steps (3x3 conv, cout swept (cin 96) / 3x3 conv, cin swept (cout 64))" in table.splitlines()[0]
+    assert _rows(table) == [["2026-12-02 03:40 UTC", "1", "4.0-4.4", "int8", "8 (stair)",
+                             "16: +6.3% [+4.5%, +8.5%], resolution 2.1%, 3x3 conv, cin swept (cout 64)",
+                             "1,2,4,8,16 / 4,8", "16"]]
