@@ -369,17 +369,20 @@ def probe_alignment(table: LatencyLookup, precision: str = "fp32", layers: Itera
 
     On a stair-step latency curve of width s, rounding a count up to the next multiple of s costs
     nothing (the step is flat) and can even gain (unaligned counts take slower paths), while
-    rounding to 2s costs a step. Per probed layer, every step's cost (the mean relative latency of
-    rounding each swept count up to it, 10 % trimmed) gets a 95 % interval relative to the layer's
-    cheapest step from a bootstrap over the probe's rounds. A step is *measurably costlier* than the
-    best when that interval's lower bound exceeds the layer's entry resolution (the median gap
-    between an entry's two fastest repeats: a smaller cost is real on average over the sweep but
-    below what one pruned layer's timing, and so every later decision on this table, can resolve);
-    otherwise it is *free*. The answer is the largest step free on every probed layer, provided the
-    step above it is measurably costlier on one of them (the stair's edge stands out of the noise).
-    When even rounding to WITNESS (64) is free everywhere, the curve is flat or too noisy to tell:
-    the answer is `default`, saying so with the figures. A table without repeats counts as exact
-    (one round, zero-width intervals, resolution 0).
+    rounding to 2s costs a step. Per probed layer, every step's cost is the mean relative latency of
+    rounding each swept count up to it (10 % trimmed), taken over the layer's cheapest step, with a
+    95 % interval from a bootstrap over the probe's rounds. Two measured figures decide:
+
+    - the layer's entry resolution r, the median gap between an entry's two fastest repeats: a step
+      whose cost over the best is within r is *free* there (its cost is below what one entry's
+      timing, and so every later decision on this table, resolves);
+    - the interval: the step above the answer must cost more than r over the best on some layer
+      with an interval that excludes 0 (the stair's edge is shown, not a noise draw).
+
+    The answer is the largest step free on every probed layer whose next step is shown costlier.
+    When rounding even to WITNESS (64) is free everywhere the curve is flat; when the next step is
+    not shown costlier the noise hides the edge; both give `default`, saying why with the figures.
+    A table without repeats counts as exact (one round, zero-width intervals, resolution 0).
     """
     counts = sorted(counts)
     if max(counts) % WITNESS:
@@ -390,10 +393,9 @@ def probe_alignment(table: LatencyLookup, precision: str = "fp32", layers: Itera
     if settle is not None:
         settle([pt for pts in points.values() for pt in pts], rounds)
     steps = (*STEPS, WITNESS)
-    free_all = set(steps)
     rows: list[dict] = []
     point_costs: list[np.ndarray] = []
-    diffs: list[np.ndarray] = []
+    over: list[np.ndarray] = []  # per layer: (cost over best, lower, upper) per step
     res: list[float] = []
     n_rounds = 1
     for ly in layers:
@@ -404,48 +406,53 @@ def probe_alignment(table: LatencyLookup, precision: str = "fp32", layers: Itera
         point, samples = _step_costs(values, counts, steps, boot)
         best = int(np.argmin(point[: len(STEPS)]))
         d = samples - samples[:, [best]]
-        lo, hi = np.percentile(d, 2.5, axis=0), np.percentile(d, 97.5, axis=0)
-        # point differences beside the interval: with one round (an exact table) they are the interval
         dp = point - point[best]
-        lo, hi = np.minimum(lo, dp), np.maximum(hi, dp)
+        # the point beside the interval: with one round (an exact table) it is the interval
+        lo = np.minimum(np.percentile(d, 2.5, axis=0), dp)
+        hi = np.maximum(np.percentile(d, 97.5, axis=0), dp)
         delta = _resolution(values)
-        free = {s for s, low in zip(steps, lo, strict=True) if low <= delta + 1e-12}
-        free_all &= free
         point_costs.append(point)
-        diffs.append(np.stack([dp, lo, hi]))
+        over.append(np.stack([dp, lo, hi]))
         res.append(delta)
-        rows.append({"layer": ly.name(), "best": steps[best], "free": sorted(free), "resolution": round(delta, 4),
-                     "cost": {str(s): round(float(v), 4) for s, v in zip(steps, point, strict=True)},
-                     "interval": {str(s): [round(float(a), 4), round(float(b), 4)]
-                                  for s, a, b in zip(steps, lo, hi, strict=True)}})
-    cost = {s: float(np.mean([p[i] for p in point_costs])) for i, s in enumerate(STEPS)}
-    common = sorted(free_all & set(STEPS))
+        rows.append({"layer": ly.name(), "best": steps[best], "resolution": round(delta, 4),
+                     "free": [s_ for s_, x in zip(steps, dp, strict=True) if x <= delta + 1e-12],
+                     "cost": {str(s_): round(float(v), 4) for s_, v in zip(steps, point, strict=True)},
+                     "over_best": {str(s_): [round(float(x), 4), round(float(y), 4), round(float(z), 4)]
+                                   for s_, x, y, z in zip(steps, dp, lo, hi, strict=True)}})
+    cost = {s_: float(np.mean([p[i] for p in point_costs])) for i, s_ in enumerate(STEPS)}
+    n = len(layers)
 
-    def evidence(i: int, s: int) -> dict:
-        dp, lo, hi = (float(v) for v in diffs[i][:, steps.index(s)])
-        return {"step": s, "layer": rows[i]["layer"], "cost_over_best": round(dp, 4),
+    def evidence(i: int, s_: int) -> dict:
+        dp, lo, hi = (float(v) for v in over[i][:, steps.index(s_)])
+        return {"step": s_, "layer": rows[i]["layer"], "cost_over_best": round(dp, 4),
                 "interval": [round(lo, 4), round(hi, 4)], "resolution": round(res[i], 4)}
 
+    def said(ev: dict) -> str:
+        return (f"rounding up to {ev['step']} costs {ev['cost_over_best']:+.1%} over the best step (95 % interval "
+                f"{ev['interval'][0]:+.1%}..{ev['interval'][1]:+.1%} over {n_rounds} round(s), entry resolution "
+                f"{ev['resolution']:.1%}) on the {ev['layer']}")
+
+    free_all = set(steps).intersection(*(set(r_["free"]) for r_ in rows))
     if WITNESS in free_all:
-        # the layer that came closest to showing an edge at WITNESS (largest lower bound over its resolution)
-        k = max(range(len(layers)), key=lambda i: diffs[i][1][-1] - res[i])
+        k = max(range(n), key=lambda i: over[i][0, -1] - res[i])
         ev = evidence(k, WITNESS)
-        reason = (f"no stair stands out of the measured noise: rounding up to {WITNESS} costs no measurable time "
-                  f"on any probed layer (closest: {ev['cost_over_best']:+.1%}, 95 % interval "
-                  f"{ev['interval'][0]:+.1%}..{ev['interval'][1]:+.1%} over {n_rounds} round(s), entry resolution "
-                  f"{ev['resolution']:.1%}, on the {ev['layer']}): flat or too noisy to tell; safe default {default}")
+        reason = (f"flat or too noisy to tell: rounding up to {WITNESS} is free on every probed layer (closest: "
+                  f"{said(ev)}); safe default {default}")
         return Alignment(precision, default, cost, "default", reason, n_rounds, rows, ev)
-    if not common:
-        each = "; ".join(f"{row['layer']}: {row['free']}" for row in rows)
-        reason = f"the probed layers disagree (no step is free on all of them: {each}); safe default {default}"
-        return Alignment(precision, default, cost, "default", reason, n_rounds, rows, {})
-    step = common[-1]
-    edge = steps[steps.index(step) + 1]
-    # the layer on which the step above is most clearly costlier (lower bound over resolution): the evidence
-    k = max(range(len(layers)), key=lambda i: diffs[i][1][steps.index(edge)] - res[i])
+    # the largest step free everywhere (smaller ones need not be: unaligned counts may be slow)
+    step = max(free_all, default=None)
+    j = steps.index(step) if step is not None else 0
+    edge = steps[j + 1] if step is not None else steps[0]
+    j = j if step is not None else -1
+    shown = [i for i in range(n) if over[i][0, j + 1] > res[i] + 1e-12 and over[i][1, j + 1] > 0]
+    if step is not None and shown:
+        k = max(shown, key=lambda i: over[i][1, j + 1])
+        ev = evidence(k, edge)
+        reason = f"{step} is free on every probed layer; {said(ev)}, above the resolution: the stair's edge"
+        return Alignment(precision, step, cost, "stair", reason, n_rounds, rows, ev)
+    k = max(range(n), key=lambda i: over[i][0, j + 1] - res[i])
     ev = evidence(k, edge)
-    reason = (f"rounding up to {step} costs no measurable time on any probed layer; rounding up to {edge} costs "
-              f"{ev['cost_over_best']:+.1%} over the best step (95 % interval {ev['interval'][0]:+.1%}.."
-              f"{ev['interval'][1]:+.1%} over {n_rounds} round(s), above the entry resolution {ev['resolution']:.1%}) "
-              f"on the {ev['layer']}")
-    return Alignment(precision, step, cost, "stair", reason, n_rounds, rows, ev)
+    first = "no step is free on every probed layer" if step is None else f"{step} is free on every probed layer"
+    reason = (f"too noisy to tell: {first}, but {said(ev)}, an interval that does not exclude 0 or a cost within "
+              f"the resolution; safe default {default}")
+    return Alignment(precision, default, cost, "default", reason, n_rounds, rows, ev)
