@@ -130,7 +130,7 @@ def cache_path(target: Target) -> Path:
 class LatencyLookup(Protocol):
     """What pruning reads from a latency table (a fake one in tests, the measured one otherwise).
 
-    A table may also offer `noise(spec, cout) -> ms` (the measured repeat spread of an entry) and
+    A table may also offer `noise(spec, cout) -> ms` (the measured noise of an entry) and
     `repeats(spec, cout) -> [ms, ...]` (its independent repeat measurements); the decisions that
     read the table compare savings against that noise, and a table without them counts as exact."""
 
@@ -138,12 +138,12 @@ class LatencyLookup(Protocol):
 
 
 #: a singly measured entry's runs are split into this many consecutive blocks; the blocks' minima are
-#: its repeats (independent estimates of the same fastest time), and their range is its noise
+#: its repeats (independent estimates of the same fastest time), the gap of the two fastest its noise
 BLOCKS = 3
 
 
 def entry_noise(table: object, spec: ConvSpec, cout: int) -> float:
-    """The measured repeat spread (ms) of one table entry; 0 for a table that records none (exact)."""
+    """The measured noise (ms) of one table entry; 0 for a table that records none (exact)."""
     fn = getattr(table, "noise", None)
     return float(fn(spec, cout)) if fn is not None else 0.0
 
@@ -210,9 +210,11 @@ class LatencyTable:
         return self.reps.get(spec.key(cout)) or [self.entries[spec.key(cout)]]
 
     def noise(self, spec: ConvSpec, cout: int) -> float:
-        """The entry's measured repeat spread (ms): the range of its repeats."""
-        rep = self.repeats(spec, cout)
-        return float(max(rep) - min(rep))
+        """The entry's measured noise (ms): the gap between its two fastest repeats, i.e. how far the
+        entry (their minimum) would move if its luckiest repeat were dropped. Not the full range: the
+        slowest repeats carry other jobs' bursts, which the minimum already discards."""
+        rep = sorted(self.repeats(spec, cout))
+        return float(rep[1] - rep[0]) if len(rep) > 1 else 0.0
 
     def sweep(self, spec: ConvSpec, couts: list[int]) -> dict[int, float]:
         return {c: self.latency(spec, c) for c in couts}

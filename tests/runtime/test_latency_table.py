@@ -32,9 +32,9 @@ def test_best_count_prefers_faster_larger_count(tmp_path):
     spec = ConvSpec(cin=4, hw=(4, 4))
     t = LatencyTable(Target("cpu", threads=1), tmp_path / "t.json")
     # planted measurements with their repeats: 13 channels is slow, 16 is fast, 14-15 in between;
-    # each entry's repeats spread 0.03 ms
+    # each entry's two fastest repeats are 0.03 ms apart (a burst-hit third one does not count)
     for c, ms in {13: 1.0, 14: 0.99, 15: 0.9, 16: 0.5}.items():
-        t.entries[spec.key(c)], t.reps[spec.key(c)] = ms, [ms, ms + 0.03]
+        t.entries[spec.key(c)], t.reps[spec.key(c)] = ms, [ms, ms + 0.03, ms + 0.5]
     assert t.best_count(spec, 13, 16) == 16
     assert t.best_count(spec, 13, 14) == 13  # 0.01 ms faster is inside the entries' noise (0.042 ms)
     assert t.measured == 0
@@ -48,7 +48,7 @@ def test_settle_keeps_each_round_as_a_repeat(tmp_path):
     for c in (4, 8):
         rep = t.repeats(spec, c)
         assert len(rep) == 3 and t.latency(spec, c) == min(rep)
-        assert t.noise(spec, c) == pytest.approx(max(rep) - min(rep))
+        assert t.noise(spec, c) == pytest.approx(sorted(rep)[1] - sorted(rep)[0])  # the two fastest
     t.settle([(spec, 4)], rounds=3)
     assert t.measured == 6  # settled: not measured again
     t.save()

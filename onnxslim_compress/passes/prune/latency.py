@@ -10,8 +10,8 @@ groups (a layer between two pruned groups is counted in both, a first-order mode
 number of measurements linear in the model's layers.
 
 Whether a saving is real is decided against the table's own measured noise: every entry carries its
-repeat spread (runtime/latency_table.py), a saving's noise is the entries' spreads added in
-quadrature, and a group "saves no time" when no timed kept count saves more than that noise. No
+repeats (runtime/latency_table.py; its noise is the gap between its two fastest), a saving's noise
+is the entries' noises added in quadrature, and a group "saves no time" when no timed kept count saves more than that noise. No
 fixed share or microsecond threshold: a quiet machine resolves a 1 % saving, a loaded one does not.
 """
 
@@ -74,7 +74,7 @@ def conv_layers(an: ChannelAnalysis) -> list[ConvLayer]:
 @dataclass
 class GroupCurve:
     """Measured saving (ms) of one group at kept counts `kept` (of `n` prunable units), with the
-    measured noise (ms) of each saving: the repeat spreads of the entries it subtracts, in quadrature."""
+    measured noise (ms) of each saving: the noises of the entries it subtracts, in quadrature."""
 
     gid: int
     n: int
