@@ -443,18 +443,17 @@ def probe_alignment(table: LatencyLookup, precision: str = "fp32", layers: Itera
         return Alignment(precision, default, cost, "default", reason, n_rounds, rows, ev)
     # the largest step free everywhere (smaller ones need not be: unaligned counts may be slow)
     step = max(free_all, default=None)
-    j = steps.index(step) if step is not None else 0
-    edge = steps[j + 1] if step is not None else steps[0]
-    j = j if step is not None else -1
-    shown = [i for i in range(n) if over[i][0, j + 1] > res[i] + 1e-12 and over[i][1, j + 1] > 0]
-    if step is not None and shown:
-        k = max(shown, key=lambda i: over[i][1, j + 1])
-        ev = evidence(k, edge)
+    if step is None:
+        each = "; ".join(f"{row['layer']}: {row['free']}" for row in rows)
+        reason = f"the probed layers disagree: no step is free on all of them ({each}); safe default {default}"
+        return Alignment(precision, default, cost, "default", reason, n_rounds, rows, {})
+    e = steps.index(step) + 1  # the edge: the step above the answer, costlier than the resolution somewhere
+    shown = [i for i in range(n) if over[i][0, e] > res[i] + 1e-12 and over[i][1, e] > 0]
+    if shown:
+        ev = evidence(max(shown, key=lambda i: over[i][1, e]), steps[e])
         reason = f"{step} is free on every probed layer; {said(ev)}, above the resolution: the stair's edge"
         return Alignment(precision, step, cost, "stair", reason, n_rounds, rows, ev)
-    k = max(range(n), key=lambda i: over[i][0, j + 1] - res[i])
-    ev = evidence(k, edge)
-    first = "no step is free on every probed layer" if step is None else f"{step} is free on every probed layer"
-    reason = (f"too noisy to tell: {first}, but {said(ev)}, an interval that does not exclude 0 or a cost within "
-              f"the resolution; safe default {default}")
+    ev = evidence(max(range(n), key=lambda i: over[i][0, e] - res[i]), steps[e])
+    reason = (f"too noisy to tell: {step} is free on every probed layer, but {said(ev)}, an interval that does "
+              f"not exclude 0; safe default {default}")
     return Alignment(precision, default, cost, "default", reason, n_rounds, rows, ev)

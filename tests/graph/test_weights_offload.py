@@ -162,7 +162,10 @@ def _pipelines() -> dict[str, Pipeline]:
         # prune alone still matches offloaded/in memory (the "prune" row), but after low rank +
         # int8 one logit of opset13/init_inputs differs by 1.2e-5 relative (tolerance 1e-5); the
         # pruned models' held-out fidelity differs by 1e-8. Not explained yet: open on the branch
-        "all": flags_pipeline({"ratio": 0.3, "round_to": 1, "criterion": "l1", "max_group_error": None}, {"mode": "ratio", "value": 0.5, "min_params": 0},
+        # latency_check off: the selection must not depend on the conftest stair table (since it steps
+        # input channels too, the check keeps other groups and opset13 hits the 1.2e-5 above)
+        "all": flags_pipeline({"ratio": 0.3, "round_to": 1, "criterion": "l1", "max_group_error": None,
+                               "latency_check": False}, {"mode": "ratio", "value": 0.5, "min_params": 0},
                               {"calib_samples": 4}),
     }
 

@@ -108,6 +108,21 @@ def test_probe_on_dips_at_multiples_of_4_answers_4():
     assert al.cost[8] > al.cost[4]  # and 8 adds channels on a linear curve
 
 
+class InputDips(StairTable):
+    """Linear in output channels (rounding them up only costs), while input channels off a multiple
+    of 4 take a 40 % slower path: the output layers want 1, the input layer 4."""
+
+    def latency(self, spec, cout):
+        self.calls += 1
+        return (cout * spec.cin * spec.kernel**2 * 1e-5 + 1e-3) * (1.0 if spec.cin % 4 == 0 else 1.4)
+
+
+def test_layers_that_disagree_give_the_safe_default_and_name_each_layers_free_steps():
+    al = probe_alignment(InputDips())
+    assert al.step == SAFE_STEP and al.source == "default" and "the probed layers disagree" in al.reason
+    assert [r["free"] for r in al.layers] == [[1], [1], [4]]
+
+
 class Shallow(StairTable):
     """A stair of 16 only 0.2 % high per step, on a flat 1 ms layer."""
 
