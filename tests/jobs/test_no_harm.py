@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import onnxslim
 import pytest
-from builders import GraphBuilder, lstm_net, random_input
+from builders import GraphBuilder, StairTable, lstm_net, random_input
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim_compress.cli.main import main
@@ -22,6 +22,7 @@ from onnxslim_compress.jobs import guard
 from onnxslim_compress.jobs.compress import compress, flags_pipeline, lossless_pipeline
 from onnxslim_compress.passes import LowRank, PruneChannels, Quantize
 from onnxslim_compress.passes.base import Pass, PassResult, Pipeline
+from onnxslim_compress.passes.prune import prune_channels
 from onnxslim_compress.runtime import session as session_mod
 
 REPO = Path(__file__).resolve().parents[2]
@@ -309,7 +310,18 @@ def test_pruning_past_the_floor_backs_off_and_meets_it():
     assert ratio == pytest.approx(0.7 / 2 ** (len(att) - 1))
 
 
-def test_pruning_below_an_unreachable_floor_exits_3_with_one_line(tmp_path, capsys):
+class LinearTable(StairTable):
+    """The conftest stair table with steps of 1: latency linear in MACs."""
+
+    def __init__(self, *_, **__):
+        super().__init__(step=1)
+
+
+def test_pruning_below_an_unreachable_floor_exits_3_with_one_line(tmp_path, capsys, monkeypatch):
+    # a table linear in MACs (no stairs): every channel removed saves time, so the floor decides,
+    # not the latency check (on the conftest table, steps of 8 in both channel dims, 16 -> 15
+    # channels saves nothing and the last back-off would leave the model whole)
+    monkeypatch.setattr(prune_channels, "LatencyTable", LinearTable)
     p = tmp_path / "m.onnx"
     onnx.save(wide_net(), str(p))
     np.savez(tmp_path / "c.npz", x=np.concatenate([f["x"] for f in _calib()]))
