@@ -435,6 +435,18 @@ def pass_table(r: dict[str, Any]) -> list[str]:
     return text_table(["pass", "result", "time", "figures"], rows, wrap=72)
 
 
+def alignment_lines(r: dict[str, Any]) -> list[str]:
+    """The channel step pruning probed on this CPU, and the measured figure that decided it."""
+    out = []
+    for s in r["passes"]:
+        al = s["stats"].get("alignment") or {}
+        if al.get("source") == "probe":
+            isa = ", ".join(al.get("isa") or []) or "unknown ISA"
+            out.append(f"{s['name']}: round_to {al.get('step')} probed for {al.get('precision')} ({isa}): "
+                       f"{al.get('reason', '')}")
+    return out
+
+
 def kept_float_lines(r: dict[str, Any]) -> list[str]:
     """What stayed float and why, beside what ORT really runs as integer kernels."""
     out = []
@@ -480,7 +492,7 @@ def print_compress_summary(r: dict[str, Any], written: str | None = None) -> Non
     print()
     for ln in text_table(["", "original", "compressed", "compressed/original"], rows):
         print(f"  {ln}")
-    for ln in kept_float_lines(r):
+    for ln in alignment_lines(r) + kept_float_lines(r):
         print(f"  {ln}")
     nh = r.get("no_harm") or {}
     if nh.get("measured"):

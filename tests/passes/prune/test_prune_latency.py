@@ -10,10 +10,13 @@ import pytest
 from builders import GraphBuilder, StairTable, cbr_dead, random_input
 from onnx import numpy_helper
 
+from onnxslim_compress.cli.main import alignment_lines
 from onnxslim_compress.errors import BadInputError
+from onnxslim_compress.jobs.compress import compress
 from onnxslim_compress.passes import PruneChannels
 from onnxslim_compress.passes.base import Pipeline
 from onnxslim_compress.passes.context import Context
+from onnxslim_compress.passes.prune import prune_channels
 from onnxslim_compress.passes.prune.apply import MacModel
 from onnxslim_compress.passes.prune.groups import analyze
 from onnxslim_compress.passes.prune.latency import conv_layers
@@ -171,6 +174,19 @@ def test_round_to_follows_a_fake_latency_table(step):
     assert res.stats["alignment"]["isa"] is not None
     kept = _outs(res.model)[:-1]  # the last conv feeds the head through pooling: prunable too
     assert all(k % step == 0 for k in kept) and sum(kept) < 3 * 64
+
+
+class Stair16(StairTable):
+    def __init__(self, *_, **__):
+        super().__init__(step=16)
+
+
+def test_the_probed_step_and_its_deciding_figure_reach_the_summary(monkeypatch):
+    monkeypatch.setattr(prune_channels, "LatencyTable", Stair16)
+    res = compress(_chain(), pipeline=Pipeline([PruneChannels(ratio=0.3, recover=False)]), min_fidelity="none")
+    line = alignment_lines(res.report)[0]
+    assert line.startswith("prune_channels: round_to 16 probed for fp32 (")
+    assert "rounding up to 32 costs +10.0% over the best step" in line and "the stair's edge" in line
 
 
 def test_round_to_given_is_not_probed():
