@@ -295,8 +295,8 @@ def t_prune_latency(res: Results) -> str | None:
                 ref = f"{x['refine']['error_one_shot']:.4f} -> {x['refine']['error_refined']:.4f}"
             spread = x.get("speed_ci95") or x["speed_p10_p90"]
             out.append([r["model"], label, str(x["round_to"]), f"{x['achieved']:.3f}",
-                        f"x{x['speed']:.2f} ({'[' if 'speed_ci95' in x else ''}{spread[0]:.2f}-{spread[1]:.2f}"
-                        f"{']' if 'speed_ci95' in x else ''})",
+                        f"x{x['speed']:.2f} " + (f"[{spread[0]:.2f}-{spread[1]:.2f}]" if "speed_ci95" in x
+                                                  else f"({spread[0]:.2f}-{spread[1]:.2f})"),
                         f"{t[prim]:.3f} ({o[prim]:.3f})", dp, ref])
         if "gap_vs_one_shot_latency" in r:
             out.append([r["model"], "GaP / one-shot latency", "", "", f"{r['gap_vs_one_shot_latency']:.3f}", "", "", ""])
