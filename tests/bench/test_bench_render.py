@@ -296,7 +296,7 @@ PRUNE_LATENCY = {
         "one_shot": {"round_to": 16, "achieved": 0.3036, "speed": 1.319, "speed_p10_p90": [1.25, 1.45],
                      "task": {"top1": 0.975, "mean_abs_dp": 0.0284}},
         "gap": {"round_to": 16, "achieved": 0.3036, "speed": 1.304, "speed_p10_p90": [1.06, 1.54],
-                "task": {"top1": 0.985, "mean_abs_dp": 0.0148}, "refine": {"error_one_shot": 0.0243, "error_refined": 0.0012}},
+                "speed_ci95": [1.21, 1.38], "task": {"top1": 0.985, "mean_abs_dp": 0.0148}, "refine": {"error_one_shot": 0.0243, "error_refined": 0.0012}},
         "gap_vs_one_shot_latency": 0.984,
     }],
 }
@@ -309,6 +309,7 @@ def test_prune_latency_table_records_isa_and_gap():
     rows = _rows(table)
     assert rows[0] == ["ppocr_cls", "one-shot, probed round_to", "16", "0.304", "x1.32 (1.25-1.45)", "0.975 (1.000)",
                        "0.0284", "-"]
+    assert rows[1][4] == "x1.30 [1.21-1.38]"  # the 95 % interval, where measured, in place of p10-p90
     assert rows[1][-1] == "0.0243 -> 0.0012" and rows[2][:2] == ["ppocr_cls", "GaP / one-shot latency"]
 
 
