@@ -169,6 +169,7 @@ def bench_model(name: str, a: argparse.Namespace, tmp: Path) -> dict:
             "evaluated": len([t for t in res.trials if t.duplicate_of is None]),
             "screened": len([t for t in res.trials if t.screened]),
             "picked": r["picked"],
+            "picked_reason": r.get("picked_reason"),
             "best_trial": res.best.number if res.best else None,
             "best_params": res.best.params if res.best else None,
             "best_latency_ratio": round(res.best.objective, 3) if res.best else None,

@@ -458,7 +458,8 @@ def t_search(res: Results) -> str | None:
         elif s.get("skipped"):
             pick_txt = "(search skipped)"
         elif s.get("picked") == "original":
-            pick_txt = "the original (no candidate faster for sure)"
+            why = "met the constraint" if str(s.get("picked_reason", "")).startswith("no candidate met") else "faster for sure"
+            pick_txt = f"the original (no candidate {why})"
         else:
             pick_txt = f"{_pick_text(s.get('best_params'))} ({s.get('best_trial', '?')})"
         trials = f"{s.get('trials_to_feasible', '-')} / {s.get('trials_to_best', '-')} (of {s.get('evaluated', '-')})"

@@ -69,7 +69,9 @@ class SearchCommand(Command):
         The study lives in OUT's folder as <OUT stem>.search.db (re-running the command resumes it);
         --storage postgresql://... --study NAME shares it with `worker` processes on other machines.
         Writes OUT (the fastest candidate meeting the constraint), <stem>.search.json (every trial)
-        and <stem>.pareto.png (needs matplotlib). Exit code 3 when no candidate meets the constraint.
+        and <stem>.pareto.png (needs matplotlib). The input model is always a candidate: when no
+        candidate meets the constraint (or none is faster for sure), OUT is the input model, exit 0,
+        with the reason on stderr and in the report; exit 3 only when no trial could be measured.
 
         examples:
           {PROG} search model.onnx -o fast.onnx --calib calib.npz --eval test.npz --labels labels.npy \\
@@ -191,7 +193,9 @@ def _print_summary(r: dict[str, Any]) -> None:
     print(f"wrote {r['output']}")
     print(f"  study {r['study']} ({r['storage']}), {len(r['trials'])} trials, report {r.get('report_path')}")
     print(f"  baseline {base['metric']} {base['value']:.4f}")
-    if r.get("picked") == "original":
+    if r.get("picked") == "original" and r.get("picked_reason"):
+        print(f"  the original model: {r['picked_reason']}")
+    elif r.get("picked") == "original":
         print(f"  the original model: no candidate beat it (best was trial {r['rejected_best']['number']}, "
               f"{r['settings']['objective']} ratio {r['rejected_best']['objective']:.3f})")
     elif b:

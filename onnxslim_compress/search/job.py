@@ -247,8 +247,11 @@ def search(
     `evaluate(session) -> float` (higher is better) replaces the built-in metrics with the user's own
     accuracy. Without `storage`, a search with an `output` keeps its study in
     `<output stem>.search.db` (re-running resumes it); without an output it stays in memory.
-    Raises AccuracyGateError (exit 3) when no trial meets the constraint; the report is still written
-    and attached to the exception as `.report`. `run_trials=False` only coordinates: it creates (or
+    The input model is always a candidate (drop 0, ratio 1): when no trial meets the constraint, or
+    none is faster for sure, it is the result (`report["picked"] == "original"`, the reason in the
+    notes and, for the infeasible case, `report["picked_reason"]`, also one line on stderr).
+    Raises AccuracyGateError (exit 3) only when nothing was measured (every trial errored, or no
+    worker ran one); the report is still written and attached to the exception as `.report`. `run_trials=False` only coordinates: it creates (or
     resumes) the study, waits until `worker` processes have spent the budget, then picks and writes
     the result (for a coordinator that is not the target machine); it never waits forever: after
     `worker_idle` seconds in which no trial ran it picks from what finished, and says so in the
@@ -463,6 +466,7 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
     out_path: Path | None = None
     report["picked"] = "trial" if best is not None else None
     prebuilt: onnx.ModelProto | None = None
+    unmet: str | None = None  # why the rebuilt pick was refused, if it was
     if best is not None and not multi and settings.objective == "latency":
         rows = _finalists(study, prep, records, best_preset, finalists, final_runs, settings.runs)
         if finalists == 0:
@@ -526,6 +530,19 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
         if drop > settings.max_drop + 1e-12:
             report["notes"].append("the rebuilt best model does not meet the constraint; not written")
             model_out = None
+            unmet = f"the rebuilt pick (trial {best.number}) does not meet the constraint (drop {drop:.4g} > {settings.max_drop})"
+    n_measured = len([r for r in records if r.state == "COMPLETE"])
+    if model_out is None and n_measured:
+        # the original is always a candidate (drop 0, ratio 1): when no trial meets the constraint
+        # it is the answer, as when none beats it; only a search that measured nothing is an error
+        reason = unmet or _infeasible_reason(records, settings, ev.metric)
+        report["notes"].append(f"{reason}; the result is the original model")
+        report["picked_reason"] = reason
+        print(f"search: {reason}", file=sys.stderr, flush=True)
+        best = _as_original(report, best)
+        model_out = onnx.ModelProto()
+        model_out.CopyFrom(prep.model)
+        report["claim"] = claim(1.0, None, None, "original")
     base = Path(output) if output is not None else None
     if base is not None or plot_path is not None:
         plot = Path(plot_path) if plot_path is not None else base.with_name(base.stem + ".pareto.png")  # type: ignore[union-attr]
@@ -534,7 +551,8 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
         if note:
             report["notes"].append(note)
     if model_out is not None:
-        summary = {k: report.get(k) for k in ("tool", "version", "study", "baseline", "best", "best_recipe", "trials_to_best", "claim")}
+        summary = {k: report.get(k) for k in ("tool", "version", "study", "baseline", "picked", "picked_reason", "best", "best_recipe",
+                                          "trials_to_best", "claim") if k in report}
         summary["settings"] = {k: v for k, v in settings.as_dict().items() if k not in ("recipe",)}
         set_report(model_out, json_safe(summary))
         if output is not None:
@@ -544,10 +562,9 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
         _write_json(rp, report)
         report["report_path"] = str(rp)
     result = SearchResult(model_out, best, records, front, report, out_path, study)
-    if model_out is None:
-        n_ok = len([r for r in records if r.state == "COMPLETE"])
+    if model_out is None:  # nothing was measured: every trial errored, or no worker ran one
         errors = sorted({r.error for r in records if r.error})
-        hint = f"; trial errors: {errors[0]}" if errors and n_ok == 0 else ""
+        hint = f"; trial errors: {errors[0]}" if errors else ""
         err = AccuracyGateError(
             f"no candidate met the constraint (max drop {settings.max_drop} on {ev.metric}) in {len(records)} trials{hint}"
         )
@@ -557,7 +574,18 @@ def _finish(study, prep: _Prepared, settings: StudySettings, *, output, storage,
     return result
 
 
-def _as_original(report: dict[str, Any], best: TrialRecord) -> None:
+def _infeasible_reason(records: list[TrialRecord], settings: StudySettings, metric: str) -> str:
+    """Why no trial is the result: none met the constraint, with the closest one (a lower bound
+    for a screened trial, whose evaluation stopped once it broke the constraint)."""
+    done = [r for r in records if r.state == "COMPLETE" and r.duplicate_of is None and r.drop is not None and math.isfinite(r.drop)]
+    text = f"no candidate met the constraint (max drop {settings.max_drop} on {metric}) in {len(records)} trials"
+    if done:
+        near = min(done, key=lambda r: (r.drop, r.number))
+        text += f" (closest: trial {near.number}, drop {'>= ' if near.screened else ''}{near.drop:.4g})"
+    return text
+
+
+def _as_original(report: dict[str, Any], best: TrialRecord | None) -> None:
     """Record in the report that the original model is the result instead of trial `best`."""
     report["picked"] = "original"
     report["rejected_best"] = report["best"]

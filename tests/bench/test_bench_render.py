@@ -147,6 +147,18 @@ def test_search_tables():
     assert cache == [["YOLOv8n", "10.8 (17.8, 3.8)", "20.1 (13.3, 15.7)"]]
 
 
+def test_search_table_says_why_the_original_is_the_pick():
+    """Two ways to the original: no candidate met the constraint, or none was faster for sure."""
+    row = json.loads(json.dumps(SEARCH["yolov8n"]))
+    row["search"].update(picked="original", best_trial=None, best_drop=None,
+                         claim={"latency_ratio": 1.0, "speedup": 1.0, "source": "original"})
+    infeasible = json.loads(json.dumps(row))
+    infeasible["search"]["picked_reason"] = "no candidate met the constraint (max drop 0.01 on cosine) in 10 trials"
+    rows = _rows(render.t_search(_res(search={"slow": row, "infeasible": infeasible})))
+    assert [r[2] for r in rows] == ["the original (no candidate faster for sure)", "the original (no candidate met the constraint)"]
+    assert rows[0][5] == rows[1][5] == "1.00x (the original)"
+
+
 def test_anchors_table_collects_every_tool_per_model():
     out = render.t_anchors(_res(lossless=LOSSLESS, quantize=QUANT, prune=PRUNE, search=SEARCH))
     yolo = out.split("**YOLOv8n**")[1].split("**")[0]

@@ -351,19 +351,50 @@ def test_resume_continues_the_same_study(tmp_path, mm_model, mm_eval):
         search(path, out, trials=5, study_name=second.report["study"], **{**common, "max_drop": 0.2})
 
 
-def test_no_candidate_meets_the_constraint(tmp_path, mm_model, mm_eval):
+def test_no_candidate_meets_the_constraint_returns_the_original(tmp_path, mm_model, mm_eval, capsys):
+    """Ranks 1 and 2 both break a zero-drop top1 constraint. The original is always a candidate
+    (drop 0, ratio 1), so it is the result: written, exit 0, the report says `picked: original` and
+    why, one line on stderr."""
     reg = make_registry()
     out = tmp_path / "none.onnx"
-    with pytest.raises(AccuracyGateError) as ei:
-        search(
-            mm_model, out, recipe={"passes": [{"fake_lowrank": {"rank": {"choices": [1, 2]}}}]}, eval_data=mm_eval,
-            metric="top1", max_drop=0.0, trials=4, objective="size", registry=reg, sampler="random",
-        )
+    res = search(
+        mm_model, out, recipe={"passes": [{"fake_lowrank": {"rank": {"choices": [1, 2]}}}]}, eval_data=mm_eval,
+        metric="top1", max_drop=0.0, trials=4, objective="size", registry=reg, sampler="random",
+    )
+    rep = res.report
+    assert len(rep["trials"]) == 2 and all(not t["feasible"] for t in rep["trials"])
+    assert rep["picked"] == "original" and res.best is None
+    assert rep["best"] == {"number": None, "original": True, "objective": 1.0, "drop": 0.0, "params": {}, "feasible": True}
+    assert rep["rejected_best"] is None
+    assert rep["claim"]["source"] == "original" and rep["claim"]["speedup"] == 1.0
+    assert "no candidate met the constraint (max drop 0.0 on top1) in 2 trials" in rep["picked_reason"]
+    assert any(rep["picked_reason"] in n for n in rep["notes"])
+    said = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("search:")]  # Optuna logs there too
+    assert said == [f"search: {rep['picked_reason']}"]
+    written = onnx.load(out)
+    assert [n.op_type for n in written.graph.node] == ["MatMul"]
+    assert np.array_equal(numpy_helper.to_array(written.graph.initializer[0]), _weight(mm_model))
+    saved = json.loads((tmp_path / "none.search.json").read_text())
+    assert saved["picked"] == "original" and saved["best"]["original"] is True
+
+
+def test_every_trial_errored_still_raises_with_the_error(tmp_path, mm_model, mm_eval):
+    """Nothing was measured (every candidate failed to build): that is a broken setup, not a
+    result, so the search still exits 3 naming the trials' error, and writes no model."""
+    reg = make_registry()
+
+    class Broken(reg["fake_lowrank"]):  # type: ignore[misc, valid-type]
+        def run(self, model, ctx):
+            raise ValueError("cannot factorize this")
+
+    reg["fake_lowrank"] = Broken
+    out = tmp_path / "none.onnx"
+    with pytest.raises(AccuracyGateError, match="trial errors: .*cannot factorize this") as ei:
+        search(mm_model, out, recipe={"passes": [{"fake_lowrank": {"rank": {"choices": [1, 2]}}}]}, eval_data=mm_eval,
+               metric="top1", max_drop=0.0, trials=2, objective="size", registry=reg, sampler="random")
     assert ei.value.exit_code == 3
     assert not out.exists()
-    rep = ei.value.report  # type: ignore[attr-defined]
-    assert rep["best"] is None and len(rep["trials"]) == 2
-    assert json.loads((tmp_path / "none.search.json").read_text())["best"] is None
+    assert ei.value.report["best"] is None  # type: ignore[attr-defined]
 
 
 def test_user_evaluate_callable_is_the_metric(mm_model, mm_eval):
@@ -462,12 +493,14 @@ def test_cli_search_latency_json_and_exit_codes(tmp_path, conv_model):
     assert all(isinstance(t["latency_ratio"], float) and t["latency_ratio"] > 0 for t in rep["trials"] if t["state"] == "COMPLETE")
     assert (tmp_path / "o.onnx").is_file() and (tmp_path / "o.search.json").is_file()
     assert rep["plot"] is not None or any("matplotlib" in n for n in rep["notes"])
-    # quantized only, zero drop allowed on cosine: nothing can pass -> exit 3, no output
+    # quantized only, zero drop allowed on cosine: no candidate passes -> the original, exit 0
     only_q = tmp_path / "q.yaml"
     only_q.write_text("passes:\n  - quantize: {calibration: {choices: [minmax, percentile]}}\n")
-    rc, _ = _run_cli(["search", str(model), "-o", str(tmp_path / "none.onnx"), *data, "--recipe", str(only_q), "--objective", "size",
-                      "--metric", "cosine", "--max-drop", "0", "--trials", "2", "--sampler", "random"])
-    assert rc == 3 and not (tmp_path / "none.onnx").exists()
+    rc, out = _run_cli(["search", str(model), "-o", str(tmp_path / "none.onnx"), *data, "--recipe", str(only_q), "--objective", "size",
+                        "--metric", "cosine", "--max-drop", "0", "--trials", "2", "--sampler", "random"])
+    assert rc == 0 and "the original model: no candidate met the constraint" in out
+    kept = onnx.load(tmp_path / "none.onnx")
+    assert [n.op_type for n in kept.graph.node] == [n.op_type for n in conv_model.graph.node]
     base = ["search", str(model), *data]
     # bad input: labels without the accuracy metric, unknown storage scheme, missing study
     rc, _ = _run_cli([*base, "-o", str(tmp_path / "x.onnx"), "--labels", str(tmp_path / "calib.npz"), "--metric", "top1"])
