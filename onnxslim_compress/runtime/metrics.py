@@ -250,10 +250,15 @@ def fidelity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 def mean_fidelity(ref: list[list[np.ndarray]], got: list[list[np.ndarray]], metric: str) -> float:
     """Mean over samples of the cosine (metric "pearson": centred cosine) of all float outputs
-    concatenated, or (metric "top1") of the top-1 agreement of output 0: `ref` and `got` hold each
-    sample's outputs in session order."""
+    concatenated, (metric "top1") of the top-1 agreement of output 0, or (metric "sequence") of the
+    share of output 0's CTC-decoded sequences that are equal (sequence_agreement: a recognizer's
+    text, which one flipped frame can change while per-frame top-1 barely moves): `ref` and `got`
+    hold each sample's outputs in session order."""
     vals = []
     for r, q in zip(ref, got, strict=True):
+        if metric == "sequence":
+            vals.append(sequence_agreement(np.asarray(r[0]), np.asarray(q[0])))
+            continue
         if metric == "top1":
             a, b = np.asarray(r[0]), np.asarray(q[0])
             vals.append(float(np.mean(a.reshape(-1, a.shape[-1]).argmax(-1) == b.reshape(-1, b.shape[-1]).argmax(-1))))

@@ -355,3 +355,18 @@ def test_sequence_metric_on_integer_ids_like_ddddocr():
     other = np.array([[5, 5, 0, 5, 0]], dtype=np.int64)  # one frame: "57" -> "55"
     assert fidelity(a, same_text)["sequence"] == 1.0 and fidelity(a, same_text)["exact"] == pytest.approx(3 / 5)
     assert fidelity(a, other)["sequence"] == 0.0 and fidelity(a, other)["exact"] == pytest.approx(4 / 5)
+
+
+def test_mean_fidelity_sequence_is_the_share_of_equal_decoded_sequences():
+    """The quantizer's mixed-precision goal for a CTC recognizer (search --metric sequence): per
+    sample, the decoded texts of output 0 compared, not its frames. Sample 0 reads "ab" both ways
+    (top-1 3/4), sample 1 changes text, sample 2 is identical: 2 of 3, where top-1 says 10/12."""
+    from onnxslim_compress.runtime.metrics import mean_fidelity
+
+    a = _ctc_logits([[1, 1, 0, 2], [1, 0, 1, 2], [2, 2, 0, 1]])
+    b = _ctc_logits([[1, 0, 0, 2], [1, 1, 1, 2], [2, 2, 0, 1]])
+    ref = [[a[k : k + 1]] for k in range(3)]
+    got = [[b[k : k + 1]] for k in range(3)]
+    assert mean_fidelity(ref, got, "sequence") == pytest.approx(2 / 3)
+    assert mean_fidelity(ref, got, "top1") == pytest.approx((3 / 4 + 3 / 4 + 1) / 3)
+    assert mean_fidelity(ref[:1], got[:1], "sequence") == 1.0

@@ -551,6 +551,9 @@ def test_pareto_plot_written_or_skipped(tmp_path, mm_model, mm_eval, monkeypatch
 def test_fidelity_goal_enters_the_default_recipe():
     assert fidelity_goal("cosine", 0.01) == "cosine=0.995"
     assert fidelity_goal("accuracy", 0.02) == "top1=0.99"
+    # a CTC recognizer's goal is its decoded text: one flipped frame in 40 (per-frame top-1 0.975)
+    # may change every string, so the quantizer aims at the constraint's own metric
+    assert fidelity_goal("sequence", 0.05) == "sequence=0.975"
     assert fidelity_goal("custom", 0.01) is None
     if "quantize" in REGISTRY:
         space = SearchSpace.from_recipe(default_recipe("cpu", REGISTRY, "cosine=0.995"), REGISTRY)
@@ -729,7 +732,7 @@ def test_fixed_presets_of_the_default_cpu_space():
     space = SearchSpace.from_recipe(default_recipe("cpu", None, fidelity_goal("sequence", 0.05)))
     fixed = dict(space.fixed_presets())
     assert list(fixed) == ["int8", "int8, sensitive layers float", "prune 0.3 + int8", "prune 0.3", "low rank 0.9"]
-    assert dict(space.steps(fixed["int8, sensitive layers float"]))["quantize"]["min_fidelity"] == "top1=0.975"
+    assert dict(space.steps(fixed["int8, sensitive layers float"]))["quantize"]["min_fidelity"] == "sequence=0.975"
     assert dict(space.steps(fixed["int8"]))["quantize"]["min_fidelity"] is None
     on = {n: [p for p, _ in space.steps(v) if p in ("prune_channels", "low_rank", "quantize")] for n, v in fixed.items()}
     assert on == {"int8": ["quantize"], "int8, sensitive layers float": ["quantize"], "prune 0.3 + int8": ["prune_channels", "quantize"], "prune 0.3": ["prune_channels"],

@@ -95,7 +95,8 @@ class QuantizeParams:
     )
     #: with the search's fidelity goal, the search decides per candidate whether to keep layers float
     min_fidelity: str | None = param(
-        None, help="e.g. cosine=0.995, pearson=0.99 or top1=0.99: keep the most sensitive layers float until this holds",
+        None, help="e.g. cosine=0.995, pearson=0.99, top1=0.99 or sequence=0.97 (CTC-decoded text equal): keep the "
+        "most sensitive layers float until this holds",
         flag=Flag("--min-fidelity", metavar="M=V[,M=V]", parse=qs.quantize_goal_flag,
                   help="fidelity floor of the output against the input on --calib data (pearson, rel_l2, cosine, "
                   "top1; default pearson=0.99,rel_l2=0.15; none: no floor): below it the lossy passes back off, "
