@@ -734,6 +734,9 @@ def test_fixed_presets_of_the_default_cpu_space():
     assert list(fixed) == ["int8", "int8, sensitive layers float", "prune 0.3 + int8", "prune 0.3", "low rank 0.9"]
     assert dict(space.steps(fixed["int8, sensitive layers float"]))["quantize"]["min_fidelity"] == "sequence=0.975"
     assert dict(space.steps(fixed["int8"]))["quantize"]["min_fidelity"] is None
+    # the int8 preset is what `compress --quantize int8` does: per-tensor auto calibration
+    assert dict(space.steps(fixed["int8"]))["quantize"]["calibration"] == "auto"
+    assert {d.name: d for d in space.dims}["quantize.calibration"].choices == ("auto", "percentile", "minmax", "entropy")
     on = {n: [p for p, _ in space.steps(v) if p in ("prune_channels", "low_rank", "quantize")] for n, v in fixed.items()}
     assert on == {"int8": ["quantize"], "int8, sensitive layers float": ["quantize"], "prune 0.3 + int8": ["prune_channels", "quantize"], "prune 0.3": ["prune_channels"],
                   "low rank 0.9": ["low_rank"]}
