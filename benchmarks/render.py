@@ -420,7 +420,10 @@ def _pick_text(params: dict | None) -> str:
         v = params.get("low_rank.value")
         parts.append(f"low rank {v:.3g}" if isinstance(v, float) else "low rank")
     if params.get("quantize.enabled"):
-        parts.append(f"int8 {params.get('quantize.calibration', '')}".strip())
+        q = f"int8 {params.get('quantize.calibration', '')}".strip()
+        if params.get("quantize.min_fidelity"):  # the sensitive layers float until this goal holds
+            q += f", float until {params['quantize.min_fidelity']}"
+        parts.append(q)
     return " + ".join(parts) or "no pass (original)"
 
 
@@ -553,7 +556,7 @@ def _entries(res: Results) -> dict[str, list[Entry]]:
         row = s[name]
         pick, srch = row["final"].get("search best"), row.get("search", {})
         if pick:
-            short = "acc" if row.get("metric") == "accuracy" else "cos"
+            short = _METRIC_SHORT.get(row.get("metric"), "cos")
             add(name, Entry(f"ours `search` ({_pick_text(srch.get('best_params'))})", "search", None, pick["latency_ratio"],
                             pick.get("p10_p90"), f"{short} drop {_f(srch.get('best_drop'), '.4g')}",
                             wall_s=srch.get("wall_seconds")))

@@ -159,6 +159,20 @@ def test_search_table_says_why_the_original_is_the_pick():
     assert rows[0][5] == rows[1][5] == "1.00x (the original)"
 
 
+def test_search_pick_names_the_float_goal_and_the_metric():
+    """A pick that keeps the sensitive layers float says until what; the anchors row names the
+    constraint's own metric (seq), not cosine."""
+    row = json.loads(json.dumps(SEARCH["yolov8n"]))
+    row["metric"] = "sequence"
+    row["search"].update(best_drop=0.0, best_params={"prune_channels.enabled": False, "low_rank.enabled": False,
+                                                     "quantize.enabled": True, "quantize.calibration": "auto",
+                                                     "quantize.min_fidelity": "sequence=0.975"})
+    rows = _rows(render.t_search(_res(search={"ppocr_rec": row})))
+    assert rows[0][1:4] == ["seq drop <= 0.01", "int8 auto, float until sequence=0.975 (6)", "0"]
+    out = render.t_anchors(_res(search={"ppocr_rec": row}))
+    assert "| ours `search` (int8 auto, float until sequence=0.975) | 0.50 (0.38-0.66) | seq drop 0 |" in out
+
+
 def test_anchors_table_collects_every_tool_per_model():
     out = render.t_anchors(_res(lossless=LOSSLESS, quantize=QUANT, prune=PRUNE, search=SEARCH))
     yolo = out.split("**YOLOv8n**")[1].split("**")[0]
