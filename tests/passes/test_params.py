@@ -115,7 +115,8 @@ def test_default_search_recipe_is_the_one_it_was_before_the_declarations():
         {"low_rank": {"enabled": {"choices": [True, False]}, "mode": "energy", "value": {"search": [0.8, 0.995], "step": 0.005}}},
         "eliminate_dead",
         {"quantize": {"enabled": {"choices": [True, False]}, "mode": "int8",
-                      "calibration": {"choices": ["percentile", "minmax", "entropy"]},
+                      # auto first (issue 18): the int8 preset is what `compress --quantize int8` does
+                      "calibration": {"choices": ["auto", "percentile", "minmax", "entropy"]},
                       "min_fidelity": {"choices": [None, "cosine=0.995"]},
                       "speed_check": False}},  # trials are timed by the search itself
     ]}
