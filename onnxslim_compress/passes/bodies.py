@@ -218,6 +218,14 @@ def snapshot(model: onnx.ModelProto) -> Snapshot:
     return out
 
 
+def rebind(snap: Snapshot, model: onnx.ModelProto) -> Snapshot:
+    """`snap` (taken from a model before `prepare`) for a copy of it made later: the same saved
+    bytes, bound to the copy's attributes, matched by node and attribute name. Lets each of many
+    candidates built from one prepared model put its untouched bodies back as they were in the input."""
+    now = {prefix: a for prefix, a, _ in snapshot(model)}
+    return [(prefix, now[prefix], data) for prefix, _, data in snap if prefix in now]
+
+
 def restore(snap: Snapshot, changed: set[str]) -> None:
     """Put back every snapshotted attribute no changed body lies in."""
     for prefix, a, data in snap:

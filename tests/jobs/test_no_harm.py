@@ -4,6 +4,8 @@ from data, lossy passes past the fidelity floor."""
 
 from __future__ import annotations
 
+import re
+
 import subprocess
 import sys
 from pathlib import Path
@@ -331,7 +333,10 @@ def test_pruning_below_an_unreachable_floor_exits_3_with_one_line(tmp_path, caps
     code, _, err = _call(argv, capsys)
     assert code == 3
     line = _one_line(err)
-    assert "fidelity floor pearson=0.999999,rel_l2=0.0001 not met after 3 back-off(s)" in line and "'out'" in line
+    # measured: ratio 0.35 and 0.175 prune the same channels (round_to 1, same figures): the round that
+    # does not raise fidelity ends the back-off (jobs/guard.py), with the figures in the line
+    assert re.search(r"fidelity floor pearson=0.999999,rel_l2=0.0001 not met after [1-9]\d* back-off\(s\)", line) and "'out'" in line
+    assert "the last back-off did not raise fidelity" in line
     assert "on 8 samples of the calibration data" in line
     assert not out.exists()
     with pytest.raises(AccuracyGateError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -105,6 +106,11 @@ class QuantizeParams:
                   "else exit 3; its cosine/pearson/top1 bound also keeps sensitive quantized layers float"),
         search=When("mode", ("int8",), Choices((None, FIDELITY_GOAL))),
     )
+    #: set by the fidelity floor's back-off (jobs/guard.py), which doubles it each round: a goal met on
+    #: the pass's own estimate can still miss the floor on the check data (silero VAD: goal 0.995 met,
+    #: floor missed), so each round must keep more float than the last, whatever the estimate says
+    min_float_units: int = param(0, help="keep at least this many of the most sensitive units float (ranked by the "
+                                 "output error each causes alone; body units of If/Loop/Scan included)")
     bias_correction: bool = param(True, help="correct the bias for the mean error the weight quantization adds")
     smoothquant: float | None = param(
         None, help="SmoothQuant alpha in [0, 1] (None = off)",
@@ -178,10 +184,22 @@ class QuantizeParams:
                 qs.parse_min_fidelity(self.min_fidelity)
             except BadInputError as e:
                 raise ValueError(str(e)) from None
+        if self.min_float_units < 0:
+            raise ValueError("min_float_units must be >= 0")
         if self.outlier_goal is not None and not 0.0 < self.outlier_goal <= 1.0:
             raise ValueError("outlier_goal must be in (0, 1] (or None: split every outlier activation)")
         if self.smoothquant is not None and not 0.0 <= self.smoothquant <= 1.0:
             raise ValueError("smoothquant alpha must be in [0, 1]")
+
+
+@dataclass
+class BodyQuant:
+    """The quantization of If/Loop/Scan bodies, planned and calibrated once (Quantize._static_bodies),
+    applied to any candidate model: `apply(model, only)` quantizes, in place, the body units whose
+    node is in `only` (None: every calibrated one) and returns the per-body rows."""
+
+    units: list[qp.Unit]
+    apply: Callable[[onnx.ModelProto, frozenset[str] | None], list[dict]]
 
 
 def cpu_has_vnni() -> bool:
@@ -262,8 +280,8 @@ class Quantize(Pass):
         if not bd.has_bodies(model):
             return self._static(model, ctx, kind, mode, stats, source)
         model = _copy(model)
-        self._static_bodies(model, ctx, kind, mode, stats)
-        return self._static(model, ctx, kind, mode, stats, source)
+        body_q = self._static_bodies(model, ctx, kind, mode, stats)
+        return self._static(model, ctx, kind, mode, stats, source, body_q)
 
     def _plan_body(self, model: onnx.ModelProto, path: str, node: onnx.NodeProto, body: onnx.GraphProto,
                    consts: dict, types: dict[str, int], kind: str, mode: str, is_float: set[str],
@@ -327,8 +345,11 @@ class Quantize(Pass):
         stats["weight_bits"] = 7 if reduce else 8
         return qp.Format(weight_qmax=63 if reduce else 127)
 
-    def _static_bodies(self, model: onnx.ModelProto, ctx, kind: str, mode: str, stats: dict) -> None:
-        """In place: QDQ inside If/Loop/Scan bodies (passes/bodies.py), calibrated on body tensors.
+    def _static_bodies(self, model: onnx.ModelProto, ctx, kind: str, mode: str, stats: dict) -> BodyQuant | None:
+        """QDQ inside If/Loop/Scan bodies (passes/bodies.py), calibrated on body tensors: planned
+        and calibrated here (`model` is prepared in place: unique body names, bodies still float),
+        applied to each candidate the main graph's build makes (BodyQuant), so the sensitivity
+        ranking and the floor's back-off can keep body units float like top-level ones.
 
         Each body is planned as a flat graph (its units and chosen tensors), every chosen body
         tensor is carried out of its body in one rewritten copy and calibrated in one streamed
@@ -337,7 +358,7 @@ class Quantize(Pass):
         """
         p: QuantizeParams = self.params
         if mode == "fp8" and kind != "tensorrt":
-            return  # _static raises the error for the whole model
+            return None  # _static raises the error for the whole model
         fmt = self._format(kind, mode, {})
         snap = bd.snapshot(model)
         bd.prepare(model)
@@ -367,7 +388,7 @@ class Quantize(Pass):
         seen = {t: hists[carried[t]] for t in carried if hists[carried[t]].max >= hists[carried[t]].min}
         act_q = self._act_params(seen, groups, fmt)
 
-        def quantize_view(v: bd.View) -> tuple[onnx.ModelProto | None, dict]:
+        def quantize_view(v: bd.View, only: frozenset[str] | None) -> tuple[onnx.ModelProto | None, dict]:
             units, skipped = plan[v.path]
             vm = v.model
             qp.constants_to_initializers(vm)
@@ -375,6 +396,9 @@ class Quantize(Pass):
             skipped = skipped + [{"node": u.node, "reason": "no calibration sample reached it (branch or body never run on the "
                                   "data)" if not failure else f"its tensors were not calibrated ({failure})"}
                                  for u in units if u not in ok]
+            if only is not None:  # a candidate of the sensitivity ranking / back-off: the others stay float
+                skipped += [{"node": u.node, "reason": "kept float (sensitive)"} for u in ok if u.node not in only]
+                ok = [u for u in ok if u.node in only]
             if not ok:
                 return None, {"quantized_units": 0, "skipped": skipped,
                               "reason": next((s["reason"] for s in skipped if s["node"] == "*"), None)
@@ -389,15 +413,19 @@ class Quantize(Pass):
             layers = [{"node": u.node, "op": u.op, "precision": "fp8" if mode == "fp8" else "int8"} for u in ok]
             return out, {"quantized_units": len(ok), "bias_corrected": corrected, "layers": layers, "skipped": skipped}
 
-        rows = bd.apply_to_bodies(model, quantize_view, snap)
-        stats["bodies"] = rows
-        stats["body_quantized_units"] = sum(r.get("quantized_units", 0) for r in rows)
         stats["body_tensors_calibrated"] = len(seen)
+        calibrated = [u for path, _, _ in todo for u in plan[path][0] if all(a in act_q for a in u.acts)]
+
+        def apply(m: onnx.ModelProto, only: frozenset[str] | None) -> list[dict]:
+            return bd.apply_to_bodies(m, lambda v: quantize_view(v, only), bd.rebind(snap, m))
+
+        return BodyQuant(calibrated, apply)
 
     def _static(self, model: onnx.ModelProto, ctx, kind: str, mode: str, stats: dict,
-                source: onnx.ModelProto | None = None) -> PassResult:
-        """QDQ / dynamic units on the main graph; `source` is the pass's input (what the speed check
-        times against, and what comes back when int8 cannot win)."""
+                source: onnx.ModelProto | None = None, body_q: BodyQuant | None = None) -> PassResult:
+        """QDQ / dynamic units on the main graph, and the body units of `body_q` in every candidate;
+        `source` is the pass's input (what the speed check times against, and what comes back when
+        int8 cannot win)."""
         p: QuantizeParams = self.params
         source = model if source is None else source
         model = _copy(model)
@@ -490,8 +518,13 @@ class Quantize(Pass):
             bias_in = qs.bias_inputs(model, units)
             stats["bias_corrected"] = len(delta)
 
+        body_units = list(body_q.units) if body_q is not None else []
+        body_names = {u.node for u in body_units}
+        body_rows: dict[frozenset[str], list[dict]] = {}
+
         def build(subset: list[qp.Unit], base: onnx.ModelProto = model) -> onnx.ModelProto:
             names = {u.node for u in subset}
+            subset = [u for u in subset if u.node not in body_names]
             if delta:  # bias correction for the units quantized in this candidate only (a float unit keeps its bias)
                 base = _copy(base)
                 qp.apply_float_bias_delta(base, {k: v for k, v in delta.items() if k in names}, bias_in)
@@ -500,19 +533,25 @@ class Quantize(Pass):
             dyn = [u for u in subset if u.dynamic]
             out = qp.insert_qdq(base, static, chosen, act_q, fmt, float_readers={u.node for u in dyn})
             qp.insert_dynamic(out, dyn, fmt)
+            if body_q is not None:  # the body units of this candidate (the others stay float)
+                only = frozenset(names & body_names)
+                body_rows[only] = body_q.apply(out, only)
             if bodies:  # main-graph Q/DQ names (x__q) may repeat a body's for the same captured x: SSA
                 uniquify_body_names(out.graph)
             return out
 
         if p.outlier_split and p.outlier_goal is not None and any(u.outliers for u in units):
-            self._choose_splits(model, units, build, data, ctx, stats)
+            self._choose_splits(model, units, lambda s: build([*s, *body_units]), data, ctx, stats)
             if delta:  # the weight rows that now stay in the integer MatMul need their bias correction
                 delta.clear()
                 delta.update(qs.weight_bias_shift(model, units, means, fmt.weight_qmax))
-        final = list(units)
-        if p.min_fidelity:
-            final = self._mixed_precision(model, units, build, data, kind, ctx, stats)
-        qmodel = build(final)
+        final = [*units, *body_units]
+        stats["candidate_units"] = len(final)  # what the sensitivity ranking orders (the floor's back-off reads it)
+        if p.min_fidelity or p.min_float_units:
+            final = self._mixed_precision(model, final, build, data, kind, ctx, stats)
+        body_final = [u for u in final if u.node in body_names]
+        final = [u for u in final if u.node not in body_names]
+        qmodel = build([*final, *body_final])
         slow: dict[str, str] = {}
         if kind == "cpu" and mode == "int8" and p.speed_check and final and ctx.target.kind == "cpu":
             timer = qspeed.timer_for(ctx, ctx.target)
@@ -520,7 +559,7 @@ class Quantize(Pass):
                 stats["speed_check"] = f"off ({qspeed.NO_SPEED_CHECK_ENV} is set)"
             else:
                 steps = qspeed.ladder(final, qspeed.unit_macs(model, final, first, inits))
-                step, cand, rows = qspeed.fastest(source, steps, build, qspeed.sample_feed(data), timer,
+                step, cand, rows = qspeed.fastest(source, steps, lambda s: build([*s, *body_final]), qspeed.sample_feed(data), timer,
                                                   lambda d, t: ctx.tick("speed check (int8 vs fp32)", d, t))
                 stats["speed"] = rows
                 if step is None:
@@ -550,6 +589,9 @@ class Quantize(Pass):
         layers = [{"node": u.node, "op": u.op, "precision": prec + (" dynamic" if u.dynamic else ""),
                    "weights": ("per-channel" if p.per_channel else "per-tensor") if u.weights else ""} for u in units]
         layers += [{"node": n, "op": "", "precision": "float", "weights": "", "reason": "excluded"} for n in excluded]
+        kept_early = stats.get("kept_float_reasons", {})
+        layers += [{"node": u.node, "op": u.op, "precision": "float", "weights": "", "body": True}
+                   for u in body_units if u.node in kept_early]  # body units the ranking kept float (the rest: stats["bodies"])
         layers += layers_extra
         kept = stats.pop("kept_float_reasons", {})  # the reasons live in the layer rows
         for row in layers:
@@ -557,7 +599,7 @@ class Quantize(Pass):
                 row.update(precision="float", reason=kept[row["node"]])
             elif row["node"] in slow:
                 row.update(precision="float", reason=slow[row["node"]])
-        n_kept = sum(1 for u in units if u.node in kept)
+        n_kept = sum(1 for u in [*units, *body_units] if u.node in kept)
         # every unit that stays float, by reason: the count a reader compares with quantized_units
         reasons = {"sensitive (--min-fidelity)": n_kept, "excluded": len(excluded),
                    "integer kernel measured slower than float (speed check)": len(slow),
@@ -565,6 +607,9 @@ class Quantize(Pass):
                    f"activations={p.activations}: no integer neighbour once MatMuls run dynamic": len(dyn_dropped)}
         stats["float_units"] = {k: v for k, v in reasons.items() if v}
         stats["left_float"] = sum(reasons.values())
+        if body_q is not None:
+            stats["bodies"] = body_rows[frozenset(u.node for u in body_final)]
+            stats["body_quantized_units"] = len(body_final)
         stats.update(quantized_units=len(final), quantized_tensors=len(all_chosen), excluded=excluded, layers=layers,
                      isolated=isolated + dyn_dropped, skipped=skipped, calibration=p.calibration, activations=p.activations,
                      dynamic_units=sum(1 for u in final if u.dynamic),
@@ -681,7 +726,9 @@ class Quantize(Pass):
         CPU: measured with the real integer kernels (the session ORT will run). Other targets are
         measured as the QDQ simulation on the CPU EP (no fusion), the numerics TensorRT reproduces.
         """
-        goal = qs.parse_min_fidelity(self.params.min_fidelity)
+        p: QuantizeParams = self.params
+        # no goal, only a count to keep float (the back-off's): the count alone decides
+        goal = qs.parse_min_fidelity(p.min_fidelity) if p.min_fidelity else qs.FidelityTarget("cosine", 0.0)
         target = ctx.target if kind == ctx.target.kind == "cpu" else Target(kind="cpu", opt_level="all" if kind == "cpu" else "basic")
         feeds = list(cal.take(data, 16))
         ref = qs.run_outputs(model, feeds, target)
@@ -694,12 +741,14 @@ class Quantize(Pass):
 
         sens = qs.layer_sensitivity(one_unit, units, feeds[:4], ref[:4], target)
         ranked = [u for u, _ in sorted(sens, key=lambda r: -r[1])]
-        k, fid, tried = qs.keep_float_until(lambda s: build(s, model), ranked, feeds, ref, goal, target)
+        k, fid, tried = qs.keep_float_until(lambda s: build(s, model), ranked, feeds, ref, goal, target,
+                                            at_least=p.min_float_units)
         kept = {u.node for u in ranked[:k]}
         err = dict((u.node, e) for u, e in sens)
         # the reason the report and the summary show: the fidelity this layer alone costs
+        at_least = f", at least {p.min_float_units} float" if p.min_float_units else ""
         stats["kept_float_reasons"] = {u.node: f"sensitive: output cosine {1 - err[u.node]:.4f} with only this layer int8 "
-                                       f"(goal {goal.metric}={goal.value:g}, reached {fid:.4f})" for u in ranked[:k]}
+                                       f"(goal {goal.metric}={goal.value:g}{at_least}, reached {fid:.4f})" for u in ranked[:k]}
         stats["layer_table"] = [{"node": u.node, "op": u.op, "sensitivity": round(e, 6), "float": u.node in kept}
                                 for u, e in sorted(sens, key=lambda r: -r[1])]
         stats.update(kept_float=sorted(kept), fidelity={goal.metric: round(fid, 6)}, fidelity_trials=tried)

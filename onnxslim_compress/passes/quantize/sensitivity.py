@@ -91,20 +91,23 @@ def keep_float_until(
     ref: list[list[np.ndarray]],
     goal: FidelityTarget,
     target: Target,
+    at_least: int = 0,
 ) -> tuple[int, float, list[tuple[int, float]]]:
-    """Smallest k such that keeping the k most sensitive units float meets `goal` (doubling, then bisect)."""
+    """Smallest k >= at_least such that keeping the k most sensitive units float meets `goal`
+    (doubling the count above at_least, then bisect)."""
     tried: dict[int, float] = {}
+    base = min(at_least, len(ranked))
 
     def score(k: int) -> float:
         if k not in tried:
             tried[k] = mean_fidelity(ref, run_outputs(build(ranked[k:]), feeds, target), goal.metric)
         return tried[k]
 
-    if score(0) >= goal.value:
-        return 0, tried[0], sorted(tried.items())
-    lo, hi = 0, 1
+    if score(base) >= goal.value:
+        return base, tried[base], sorted(tried.items())
+    lo, hi = base, min(base + 1, len(ranked))
     while hi < len(ranked) and score(hi) < goal.value:
-        lo, hi = hi, min(2 * hi, len(ranked))
+        lo, hi = hi, min(base + 2 * (hi - base), len(ranked))
     if score(hi) < goal.value:
         return hi, tried[hi], sorted(tried.items())
     while hi - lo > 1:
