@@ -95,15 +95,39 @@ def _dq_convs(graph: onnx.GraphProto) -> tuple[int, int]:
     return len(convs), sum(1 for n in convs if n.input[1] in dq)
 
 
-def test_silero_fix_input_16k_quantizes_every_conv_of_the_taken_branch(silero):
+STFT = "If_0_then_branch__Inline_0__/stft/Conv"
+ENC0 = "If_0_then_branch__Inline_0__/encoder/0/reparam_conv/Conv"
+
+
+def _kept_float_rows(q: dict) -> dict[str, str]:
+    return {r["node"]: r["reason"] for r in q["layers"] if r.get("precision") == "float" and "reason" in r}
+
+
+def test_silero_fix_input_16k_quantizes_every_conv_of_the_taken_branch_and_the_floor_keeps_the_stft_float(silero):
+    # Every Conv of the taken branch can be int8 (floor off: 6 of 6). With the default floor two stay
+    # float, by design: the check data (the first 16 calibration windows, 0.5 s that start quiet)
+    # read output pearson 0.981 / stateN 0.927 with all six int8 - the STFT Conv reads raw audio on
+    # one per-tensor scale (range +-0.66, step 0.005: a quiet window's samples round to a few
+    # levels), measured the same with percentile (0.945) and minmax (0.893), so no range fixes it.
+    # The ranking keeps the STFT Conv (alone int8: cosine 0.988) and encoder/0 float; then 0.9997.
     calib = stream(silero, 16000, 4.0, seed=1)
+    free = compress(silero, pipeline=flags_pipeline(quantize={"mode": "int8"}), fix_inputs={"sr": 16000}, calib=calib,
+                    min_fidelity="none")
+    assert _dq_convs(free.model.graph) == (6, 6)  # the taken branch is the main graph now: all its Convs int8
     res = compress(silero, pipeline=flags_pipeline(quantize={"mode": "int8"}), fix_inputs={"sr": 16000}, calib=calib)
     out = res.model
     onnx.checker.check_model(out, full_check=True)
     spec = res.report["passes"][0]
     assert spec["name"] == "specialize" and spec["stats"]["branches_dropped"] == ["If_0/else_branch"]
     assert [i.name for i in out.graph.input] == ["input", "state"]
-    assert _dq_convs(out.graph) == (6, 6)  # the taken branch is the main graph now: all its Convs int8
+    nh = res.report["no_harm"]
+    assert nh["attempts"][0]["shortfalls"] and not nh["attempts"][-1]["shortfalls"]  # the floor, met by backing off
+    assert nh["measured"]["pearson"] >= PEARSON and nh["measured"]["rel_l2"] <= REL_L2
+    q = next(s for s in res.report["passes"] if s["name"] == "quantize")["stats"]
+    assert set(q["kept_float"]) == {STFT, ENC0} and _dq_convs(out.graph) == (6, 4)
+    rows = _kept_float_rows(q)  # each kept-float layer is reported with the figure that kept it
+    cos_stft = float(rows[STFT].split("output cosine ")[1].split()[0])
+    assert 0.98 < cos_stft < 0.995 and "goal pearson=0.995" in rows[STFT] and ENC0 in rows
     fid = fidelity(silero, out, stream(silero, 16000, 3.0, seed=2), drop_sr=True)
     print("silero fix sr=16000 int8:", fid)
     assert_floor(fid)
@@ -118,11 +142,22 @@ def test_silero_without_fix_input_quantizes_inside_both_branches(silero):
     res = compress(silero, pipeline=flags_pipeline(quantize={"mode": "int8", "calib_samples": 256}), calib=calib)
     out = res.model
     onnx.checker.check_model(out, full_check=True)
+    # the floor holds on the check data (the first 16 interleaved windows): with all 12 Convs int8 it
+    # read 0.943 and the back-off could not help, as it only kept top-level units float and this
+    # network lies wholly in the If's branches; the body units are ranked now, and the 8 kHz
+    # branch's STFT Conv (alone int8: cosine 0.755 on those windows) and encoder/0 stay float
+    nh = res.report["no_harm"]
+    assert nh["attempts"][0]["shortfalls"] and not nh["attempts"][-1]["shortfalls"]
+    assert nh["measured"]["pearson"] >= PEARSON and nh["measured"]["rel_l2"] <= REL_L2
     top = {p: b for p, _, b, _ in iter_bodies(out.graph) if p.count("/") == 1}
-    assert {p: _dq_convs(b) for p, b in top.items()} == {"If_0/then_branch": (6, 6), "If_0/else_branch": (6, 6)}
+    assert {p: _dq_convs(b) for p, b in top.items()} == {"If_0/then_branch": (6, 6), "If_0/else_branch": (6, 4)}
     assert not any(u["body"].count("/") == 1 for u in res.report["subgraphs_untouched"])
     q = next(s for s in res.report["passes"] if s["name"] == "quantize")["stats"]
-    assert q["integer_kernels_by_op"]["QLinearConv"] == 10  # ORT runs 5 of each branch's 6 Convs as QLinearConv
+    else_stft, else_enc0 = STFT.replace("then", "else"), ENC0.replace("then", "else")
+    assert set(q["kept_float"]) == {else_stft, else_enc0} and q["body_quantized_units"] == 10
+    rows = _kept_float_rows(q)
+    assert float(rows[else_stft].split("output cosine ")[1].split()[0]) < 0.9 and else_enc0 in rows
+    assert q["integer_kernels_by_op"]["QLinearConv"] == 9  # ORT runs 5 + 4 of the branches' int8 Convs as QLinearConv
     for sr, seed in ((16000, 2), (8000, 4)):
         fid = fidelity(silero, out, stream(silero, sr, 3.0, seed=seed))
         print(f"silero no fix, sr={sr} int8 in both branches:", fid)

@@ -78,7 +78,7 @@ class QuantizeParams:
     #: channels BERT-class encoders depend on (cosine 0.874 vs minmax 0.985, issue 16)
     calibration: Literal["auto", "minmax", "percentile", "entropy", "mse"] = param(
         "auto", help="how activation ranges are calibrated; auto: per tensor, the method whose range gives the "
-        "lowest error at the consumer's output on the calibration rows (percentile inside If/Loop bodies)",
+        "lowest error at the consumer's output on the calibration rows (If/Loop/Scan bodies too)",
         flag=Flag("--calibrate-method", aliases=("--calibration",), help="how activation ranges are calibrated "
                   "(ORT's calibrate_method; --calibration is the old spelling)"),
         # auto first: the search's "int8" preset is then what `compress --quantize int8` does (on
@@ -285,8 +285,10 @@ class Quantize(Pass):
 
     def _plan_body(self, model: onnx.ModelProto, path: str, node: onnx.NodeProto, body: onnx.GraphProto,
                    consts: dict, types: dict[str, int], kind: str, mode: str, is_float: set[str],
-                   ) -> tuple[list[qp.Unit], list[dict], dict[str, str], dict[str, int]]:
-        """One body as a flat graph: its units, skipped nodes, scale groups and bias-correction axes."""
+                   ) -> tuple[list[qp.Unit], list[dict], dict[str, str], dict[str, int], dict]:
+        """One body as a flat graph: its units, skipped nodes, scale groups, bias-correction axes and,
+        for calibration="auto", the consumer matrices of its chosen tensors (read in the view, where
+        the borrowed outer weights are constants)."""
         p: QuantizeParams = self.params
         vm = bd.make_view(model, path, node, body, consts, types).model
         qp.constants_to_initializers(vm)
@@ -300,15 +302,18 @@ class Quantize(Pass):
         if not p.per_channel:
             for u in units:
                 u.weights = dict.fromkeys(u.weights)
-        _, groups = qp.choose_tensors(vm, units, kind, is_float)
+        chosen, groups = qp.choose_tensors(vm, units, kind, is_float)
         axes = {}
         if p.bias_correction and mode == "int8":
             axes = {vm.graph.node[i].input[0]: (1 if u.op == "Conv" else -1) for i, u in _weighted(vm, units)}
-        return units, skipped, groups, axes
+        consumers = cal.consumer_matrices(vm, sorted(chosen)) if p.calibration == "auto" and mode == "int8" else {}
+        return units, skipped, groups, axes, consumers
 
     def _calibrate_bodies(self, model: onnx.ModelProto, wanted: list[str], axes: dict[str, int], types: dict[str, int],
-                          data) -> tuple[dict[str, cal.Histogram], dict[str, np.ndarray], dict[str, str], str]:
-        """Histograms (and bias-correction means) of body tensors, carried out by bodies.expose.
+                          data, row_axes: dict[str, int] | None = None,
+                          ) -> tuple[dict[str, cal.Histogram], dict[str, np.ndarray], dict[str, str], str, dict]:
+        """Histograms (and bias-correction means, and calibration="auto"'s rows of the tensors in
+        `row_axes`) of body tensors, carried out by bodies.expose.
 
         If the rewritten model cannot run (an If inside a Loop whose branch changes between
         iterations: its stand-in outputs cannot be stacked), the tensors of such Ifs are left out
@@ -320,9 +325,13 @@ class Quantize(Pass):
         for ifs_in_loops in (True, False):
             exposed, carried, depth = bd.expose(model, sorted(set(wanted) | set(axes)), types, ifs_in_loops=ifs_in_loops)
             top_axes = {carried[t]: (a + depth[t] if a >= 0 else a) for t, a in axes.items() if t in carried}
+            # a Loop/Scan stacks a body tensor on a leading axis: its channel axis moves by the levels
+            top_rows = {carried[t]: (a + depth[t] if a >= 0 else a) for t, a in (row_axes or {}).items() if t in carried}
+            rows_c: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             try:
                 hists, top_means = cal.collect_histograms(exposed, sorted({carried[t] for t in wanted if t in carried}), data,
-                                                          limit=p.calib_samples, channel_axes=top_axes or None)
+                                                          limit=p.calib_samples, channel_axes=top_axes or None,
+                                                          row_axes=top_rows or None, rows_out=rows_c)
             except Exception as e:  # noqa: BLE001 - ORT refuses the rewritten model: retry narrower, then give up
                 failure = f"the calibration run of body tensors failed: {str(e).splitlines()[0][:200]}"
                 continue
@@ -331,8 +340,9 @@ class Quantize(Pass):
                 failure = "tensors of Ifs inside Loop/Scan bodies were not calibrated (" + failure + ")"
             else:
                 failure = ""
-            return hists, means, carried, failure
-        return {}, {}, {}, failure
+            rows = {t: rows_c[carried[t]] for t in (row_axes or {}) if t in carried and carried[t] in rows_c}
+            return hists, means, carried, failure, rows
+        return {}, {}, {}, failure, {}
 
     def _format(self, kind: str, mode: str, stats: dict) -> qp.Format:
         """The integer format of the target: TensorRT symmetric int8/fp8, else U8S8 (7-bit weights without VNNI)."""
@@ -369,24 +379,32 @@ class Quantize(Pass):
         plan: dict[str, tuple[list[qp.Unit], list[dict]]] = {}
         groups: dict[str, str] = {}
         axes: dict[str, int] = {}  # input of a weighted unit -> its channel axis (bias correction means)
+        consumers: dict[str, tuple[int, list[np.ndarray | None]]] = {}  # calibration="auto": as at the top level
         for path, node, body in todo:
             try:
-                units, skipped, g, ax = self._plan_body(model, path, node, body, consts, types, kind, mode, is_float)
+                units, skipped, g, ax, cons = self._plan_body(model, path, node, body, consts, types, kind, mode, is_float)
             except Exception as e:  # noqa: BLE001 - a body the placement rules cannot read stays float, said so
-                units, skipped, g, ax = [], [{"node": "*", "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}], {}, {}
+                units, skipped, g, ax, cons = [], [{"node": "*", "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}], {}, {}, {}
             plan[path] = (units, skipped)
             groups.update(g)
             axes.update(ax)
+            consumers.update(cons)
         wanted = sorted({t for path, _, _ in todo for u in plan[path][0] for t in u.acts} | set(groups))
         data = ctx.calib
         if data is None:
             bound = bind_input_shapes(model, ctx.input_shapes)
             data = cal.synthetic_feeds(model, bound.inputs, min(p.calib_samples, 16), ctx.seed)
-        hists, means, carried, failure = self._calibrate_bodies(model, wanted, axes, types, data)
+        hists, means, carried, failure, rows = self._calibrate_bodies(model, wanted, axes, types, data,
+                                                                      {t: a for t, (a, _) in consumers.items()})
         if failure:
             stats["body_calibration"] = failure
         seen = {t: hists[carried[t]] for t in carried if hists[carried[t]].max >= hists[carried[t]].min}
-        act_q = self._act_params(seen, groups, fmt)
+        # the same per-tensor choice as the top level (calibration="auto": the method whose range costs
+        # least at the consumers' outputs), on rows of the body tensors carried out of their bodies
+        body_stats: dict = {}
+        act_q = self._act_params(seen, groups, fmt, rows, consumers, body_stats)
+        if "calibration_choices" in body_stats:
+            stats["body_calibration_choices"] = body_stats["calibration_choices"]
 
         def quantize_view(v: bd.View, only: frozenset[str] | None) -> tuple[onnx.ModelProto | None, dict]:
             units, skipped = plan[v.path]
