@@ -454,7 +454,8 @@ def kept_float_lines(r: dict[str, Any]) -> list[str]:
         st = s["stats"]
         if "float_units" not in st and "quantized_units" not in st:
             continue
-        q, fl = st.get("quantized_units", 0), st.get("float_units", {}) or {}
+        # body units (If/Loop/Scan) are ranked and kept float with the top-level ones: counted together
+        q, fl = st.get("quantized_units", 0) + st.get("body_quantized_units", 0), st.get("float_units", {}) or {}
         total = q + sum(v for k, v in fl.items() if not k.startswith("isolated"))
         why = ", ".join(f"{v} {k}" for k, v in fl.items()) or "none"
         line = f"{s['name']}: {q} of {total} units quantized; kept float: {why}"

@@ -15,6 +15,9 @@ from builders import run
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim_compress import Context, Target
+from onnxslim_compress.cli.main import kept_float_lines
+from onnxslim_compress.jobs.compress import compress
+from onnxslim_compress.passes.base import Pipeline
 from onnxslim_compress.passes.quantize.quantize import Quantize
 
 CPU1 = Target("cpu", threads=1)
@@ -67,3 +70,19 @@ def test_body_ranges_are_chosen_by_the_consumer_output_error_like_top_level_ones
     print(f"body calibration: percentile pearson {p_pct:.4f}, auto {p_auto:.4f}")
     assert p_pct < 0.99 < p_auto  # the floor's default bound: percentile misses it, auto meets it
     assert auto.stats["body_calibration_choices"]["minmax"] == 1  # x, read by both branches' Convs (outputs: percentile)
+
+
+def test_the_floor_keeps_body_units_float_when_only_they_miss_it():
+    # percentile in the branches: pearson 0.725 with both body Convs int8, under the default floor.
+    # The back-off used to rank top-level units only (none here), so every round was the same
+    # model and the run exited 3; body units are ranked with them now and kept float, reported.
+    m, data = if_convs(), feeds()
+    res = compress(m, pipeline=Pipeline([Quantize(mode="int8", calibration="percentile")]), calib=data, target=CPU1)
+    nh = res.report["no_harm"]
+    assert nh["attempts"][0]["worst"]["pearson"] < 0.99 and not nh["attempts"][-1]["shortfalls"]
+    st = res.report["passes"][0]["stats"]
+    assert st["candidate_units"] == 2 and st["kept_float"] and st["body_quantized_units"] == 2 - len(st["kept_float"])
+    assert pearson(m, res.model, data) >= 0.99
+    lines = "\n".join(kept_float_lines(res.report))
+    assert f"quantize: {st['body_quantized_units']} of 2 units quantized" in lines
+    assert all(f"float: {n}: sensitive: output cosine" in lines for n in st["kept_float"])
