@@ -213,3 +213,25 @@ class StairTable:
 
     def save(self):
         return None
+
+
+def ctc_head() -> onnx.ModelProto:
+    """A CTC-like head: x [1, 12, 16] -> MatMul -> Relu -> MatMul -> Relu -> MatMul -> scores
+    [1, 12, 6] whose six class columns differ by little (0.02), so int8 rounding flips frames
+    (minmax int8 changes 4 of 16 decoded texts on standard-normal inputs of seeds 0-15)."""
+    rng = np.random.default_rng(1)
+    w1 = (rng.standard_normal((16, 32)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((32, 32)) * 0.2).astype(np.float32)
+    w3 = (rng.standard_normal((32, 1)) * 0.3 + 0.02 * rng.standard_normal((32, 6))).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "s1"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "s2"], ["h2"], name="mm2"), helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+        helper.make_node("MatMul", ["r2", "s3"], ["y"], name="mm3"),
+    ]
+    inits = [numpy_helper.from_array(w, n) for w, n in ((w1, "s1"), (w2, "s2"), (w3, "s3"))]
+    g = helper.make_graph(nodes, "ctc_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 6])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    onnx.checker.check_model(m)
+    return m

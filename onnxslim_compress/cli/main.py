@@ -67,7 +67,9 @@ from onnxslim_compress.version import __version__
 def floor_spec(spec: str | None) -> str | None:
     """The run's fidelity floor from --min-fidelity. One cosine or top1 bound keeps its documented
     meaning, the quantize pass's mixed-precision goal (the pass meets it its own way, per sample),
-    and the default floor stays; pearson/rel_l2 bounds, several bounds or `none` set the floor."""
+    and the default floor stays; pearson/rel_l2/sequence bounds, several bounds or `none` set the floor
+    (a sequence bound is both: the pass keeps layers float until the decoded text holds, and the
+    floor checks it - a recognizer's pearson says little about its text)."""
     if spec is None or "," in spec:
         return spec
     return None if spec.partition("=")[0].strip().lower() in ("cosine", "top1") else spec

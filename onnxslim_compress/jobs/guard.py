@@ -46,7 +46,8 @@ from onnxslim_compress.runtime.session import Target, make_session
 
 #: what --min-fidelity means when not given; "none" turns the floor off
 DEFAULT_MIN_FIDELITY = "pearson=0.99,rel_l2=0.15"
-FLOOR_METRICS = ("pearson", "rel_l2", "cosine", "top1")
+#: sequence: CTC-decoded sequences equal (a recognizer's text), also on integer id outputs (ddddocr)
+FLOOR_METRICS = ("pearson", "rel_l2", "cosine", "top1", "sequence")
 #: lossless passes reassociate float sums (BN folding): 1e-6 typical, 1e-4 is far from any real change
 LOSSLESS_REL_L2 = 1e-4
 #: samples the checks run on (both models): enough for stable global metrics, cheap on big models
@@ -96,8 +97,8 @@ class FidelityFloor:
         out = []
         for metric, bound in self.bounds:
             for name, m in rep.per_output.items():
-                if metric not in m or m.get("exact") is not None:
-                    continue  # top1 only on score outputs; integer outputs are checked for shape only
+                if metric not in m or (m.get("exact") is not None and metric != "sequence"):
+                    continue  # top1 only on score outputs; integer outputs are checked for shape (and sequence) only
                 v = m[metric]
                 ok = v <= bound if HIGHER_IS_WORSE[metric] else v >= bound
                 if math.isnan(v) or not ok:
@@ -112,7 +113,7 @@ class FidelityFloor:
         worst = math.inf
         for metric, bound in self.bounds:
             for m in rep.per_output.values():
-                if metric not in m or m.get("exact") is not None:
+                if metric not in m or (m.get("exact") is not None and metric != "sequence"):
                     continue
                 v = m[metric]
                 if math.isnan(v):
@@ -128,10 +129,10 @@ class FidelityFloor:
         return b > a + MIN_GAIN or (math.isinf(a) and not math.isinf(b))
 
     def quantize_goal(self, tighten: int = 0) -> str | None:
-        """The quantize pass's mixed-precision goal from this floor (pearson/cosine/top1), made
-        stricter on each further back-off round so the pass keeps more layers float."""
+        """The quantize pass's mixed-precision goal from this floor (pearson/cosine/top1/sequence),
+        made stricter on each further back-off round so the pass keeps more layers float."""
         for metric, v in self.bounds:
-            if metric in ("pearson", "cosine", "top1"):
+            if metric in ("pearson", "cosine", "top1", "sequence"):
                 goal = 1.0 - (1.0 - v) / (2 ** tighten)
                 return f"{metric}={goal:.10g}"
         for metric, v in self.bounds:  # rel_l2 r of a centred output is about pearson 1 - r^2/2

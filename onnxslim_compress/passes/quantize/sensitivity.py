@@ -53,11 +53,11 @@ def parse_min_fidelity(spec: str) -> FidelityTarget:
 def quantize_goal_flag(spec: str) -> dict[str, str | None]:
     """--min-fidelity as the quantize pass's mixed-precision goal. The flag is also the run's
     fidelity floor (jobs/guard.py, which validates the whole spec): 'none' or a floor without a
-    cosine/pearson/top1 bound sets no goal (compress backs the pass off when the floor fails);
+    cosine/pearson/top1/sequence bound sets no goal (compress backs the pass off when the floor fails);
     otherwise its first such bound is the goal."""
     for part in spec.split(","):
         name = part.partition("=")[0].strip().lower()
-        if name in ("cosine", "pearson", "top1"):
+        if name in ("cosine", "pearson", "top1", "sequence"):
             parse_min_fidelity(part.strip())
             return {"min_fidelity": part.strip()}
     return {"min_fidelity": None}

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from builders import ctc_head
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim_compress import Context, Target
@@ -418,29 +419,12 @@ def test_calibration_statistics_are_shared_through_the_context_cache(monkeypatch
     assert got[0].SerializeToString() != got[1].SerializeToString()  # the methods really differ
 
 
-def _seq_net() -> onnx.ModelProto:
-    """A CTC-like head: x [1, 12, 16] -> MatMul -> Relu -> MatMul -> Relu -> MatMul -> scores
-    [1, 12, 6] whose six class columns differ by little (0.02), so int8 rounding flips frames."""
-    rng = np.random.default_rng(1)
-    w1 = (rng.standard_normal((16, 32)) * 0.3).astype(np.float32)
-    w2 = (rng.standard_normal((32, 32)) * 0.2).astype(np.float32)
-    w3 = (rng.standard_normal((32, 1)) * 0.3 + 0.02 * rng.standard_normal((32, 6))).astype(np.float32)
-    nodes = [
-        helper.make_node("MatMul", ["x", "s1"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
-        helper.make_node("MatMul", ["r", "s2"], ["h2"], name="mm2"), helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
-        helper.make_node("MatMul", ["r2", "s3"], ["y"], name="mm3"),
-    ]
-    inits = [numpy_helper.from_array(w, n) for w, n in ((w1, "s1"), (w2, "s2"), (w3, "s3"))]
-    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 16])],
-                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 6])], inits)
-
-
 def test_min_fidelity_sequence_keeps_layers_float_until_the_decoded_text_holds():
     """min_fidelity="sequence=1.0": every calibration sample's greedy CTC text equals the float
     model's (counted here by hand), where plain int8 changes some of them."""
     from onnxslim_compress.runtime.metrics import ctc_collapse
 
-    m = _seq_net()
+    m = ctc_head()
     feeds = [{"x": np.random.default_rng(k).standard_normal((1, 12, 16)).astype(np.float32)} for k in range(16)]
     ctx = Context(target=Target("cpu", threads=1), calib=feeds)
 
