@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,18 +92,22 @@ class FidelityFloor:
     def spec(self) -> str:
         return ",".join(f"{m}={v:g}" for m, v in self.bounds)
 
+    def checked(self, rep: FidelityReport) -> Iterator[tuple[str, float, str, float]]:
+        """(metric, bound, output, value) for every bound an output is read on: top1 only on score
+        outputs; integer outputs are checked for shape only, and for their decoded sequence."""
+        for metric, bound in self.bounds:
+            for name, m in rep.per_output.items():
+                if metric in m and (m.get("exact") is None or metric == "sequence"):
+                    yield metric, bound, name, m[metric]
+
     def shortfalls(self, rep: FidelityReport) -> list[str]:
         """One phrase per output and bound that is not met (NaN never meets a bound)."""
         out = []
-        for metric, bound in self.bounds:
-            for name, m in rep.per_output.items():
-                if metric not in m or (m.get("exact") is not None and metric != "sequence"):
-                    continue  # top1 only on score outputs; integer outputs are checked for shape (and sequence) only
-                v = m[metric]
-                ok = v <= bound if HIGHER_IS_WORSE[metric] else v >= bound
-                if math.isnan(v) or not ok:
-                    op = ">" if HIGHER_IS_WORSE[metric] else "<"
-                    out.append(f"output {name!r} {metric} {v:.4g} {op} {bound:g}")
+        for metric, bound, name, v in self.checked(rep):
+            ok = v <= bound if HIGHER_IS_WORSE[metric] else v >= bound
+            if math.isnan(v) or not ok:
+                op = ">" if HIGHER_IS_WORSE[metric] else "<"
+                out.append(f"output {name!r} {metric} {v:.4g} {op} {bound:g}")
         return out
 
     def margin(self, rep: FidelityReport) -> float:
@@ -111,16 +115,12 @@ class FidelityFloor:
         (1 - bound for pearson/cosine/top1, the bound itself for rel_l2): >= 0 when the floor holds,
         -inf for NaN. One number, so that two back-off rounds can be compared."""
         worst = math.inf
-        for metric, bound in self.bounds:
-            for m in rep.per_output.values():
-                if metric not in m or (m.get("exact") is not None and metric != "sequence"):
-                    continue
-                v = m[metric]
-                if math.isnan(v):
-                    return -math.inf
-                room = bound if HIGHER_IS_WORSE[metric] else 1.0 - bound
-                slack = (bound - v) if HIGHER_IS_WORSE[metric] else (v - bound)
-                worst = min(worst, slack / room if room > 0 else (0.0 if slack >= 0 else -math.inf))
+        for metric, bound, _, v in self.checked(rep):
+            if math.isnan(v):
+                return -math.inf
+            room = bound if HIGHER_IS_WORSE[metric] else 1.0 - bound
+            slack = (bound - v) if HIGHER_IS_WORSE[metric] else (v - bound)
+            worst = min(worst, slack / room if room > 0 else (0.0 if slack >= 0 else -math.inf))
         return worst
 
     def improved(self, before: FidelityReport, after: FidelityReport) -> bool:

@@ -78,29 +78,36 @@ def test_dynamic_per_channel_weight_scales_are_per_column(block):
     assert list(inits[mmi.input[3]].dims) == []
 
 
+def _w(name: str, *shape: int, s: float = 0.15):
+    """A weight seeded by its name (stable across graphs that share names)."""
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    return numpy_helper.from_array((rng.standard_normal(shape) * s).astype(np.float32), name)
+
+
+def _seq_model(nodes, inits, name: str, cols: int, seed: int) -> tuple:
+    """x [1, 32, 64] -> y [1, 32, cols] at opset 17, with 16 calibration and 8 eval feeds."""
+    g = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, cols])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    rng = np.random.default_rng(seed)
+    feeds = [{"x": rng.standard_normal((1, 32, 64)).astype(np.float32)} for _ in range(24)]
+    return m, feeds[:16], feeds[16:]
+
+
 def _ffn(outlier: float) -> tuple:
     """LayerNorm -> MatMul [64 -> 96] + bias -> Relu -> MatMul [96 -> 32] + bias; LayerNorm's scale
     makes channel 7 `outlier` times the others (BERT's pattern on a FFN input)."""
-    def w(name, *shape, s=0.15):
-        rng = np.random.default_rng(zlib.crc32(name.encode()))
-        return numpy_helper.from_array((rng.standard_normal(shape) * s).astype(np.float32), name)
-
     gamma = np.ones(64, np.float32)
     gamma[7] = outlier
-    i = [numpy_helper.from_array(gamma, "g"), w("b", 64, s=0.02), w("w1", 64, 96), w("b1", 96, s=0.02),
-         w("w2", 96, 32), w("b2", 32, s=0.02)]
+    i = [numpy_helper.from_array(gamma, "g"), _w("b", 64, s=0.02), _w("w1", 64, 96), _w("b1", 96, s=0.02),
+         _w("w2", 96, 32), _w("b2", 32, s=0.02)]
     N = helper.make_node
     nodes = [N("LayerNormalization", ["x", "g", "b"], ["h"], axis=-1, name="ln"),
              N("MatMul", ["h", "w1"], ["f0"], name="ffn1"), N("Add", ["f0", "b1"], ["f1"], name="ffn1_bias"),
              N("Relu", ["f1"], ["f2"], name="relu"),
              N("MatMul", ["f2", "w2"], ["f3"], name="ffn2"), N("Add", ["f3", "b2"], ["y"], name="ffn2_bias")]
-    g = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 64])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 32])], i)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    rng = np.random.default_rng(0)
-    feeds = [{"x": rng.standard_normal((1, 32, 64)).astype(np.float32)} for _ in range(24)]
-    return m, feeds[:16], feeds[16:]
+    return _seq_model(nodes, i, "ffn", 32, seed=0)
 
 
 def test_outlier_channels_run_float_beside_the_integer_matmul():
@@ -125,27 +132,17 @@ def test_outlier_channels_run_float_beside_the_integer_matmul():
 def _two_ffn() -> tuple:
     """Two LayerNorm -> MatMul + bias branches summed: branch a's channel 7 is 60x the others, branch
     b's channel 3 16x (both over the split ratio), so a split buys much more on a than on b."""
-    def w(name, *shape, s=0.15):
-        rng = np.random.default_rng(zlib.crc32(name.encode()))
-        return numpy_helper.from_array((rng.standard_normal(shape) * s).astype(np.float32), name)
-
     ga, gb = np.ones(64, np.float32), np.ones(64, np.float32)
     ga[7], gb[3] = 60.0, 16.0
-    i = [numpy_helper.from_array(ga, "ga"), numpy_helper.from_array(gb, "gb"), w("ba", 64, s=0.02), w("bb", 64, s=0.02),
-         w("wa", 64, 48), w("wb", 64, 48), w("ca", 48, s=0.02), w("cb", 48, s=0.02)]
+    i = [numpy_helper.from_array(ga, "ga"), numpy_helper.from_array(gb, "gb"), _w("ba", 64, s=0.02), _w("bb", 64, s=0.02),
+         _w("wa", 64, 48), _w("wb", 64, 48), _w("ca", 48, s=0.02), _w("cb", 48, s=0.02)]
     N = helper.make_node
     nodes = [N("LayerNormalization", ["x", "ga", "ba"], ["ha"], axis=-1, name="ln_a"),
              N("LayerNormalization", ["x", "gb", "bb"], ["hb"], axis=-1, name="ln_b"),
              N("MatMul", ["ha", "wa"], ["ma"], name="mm_a"), N("Add", ["ma", "ca"], ["ya"], name="mm_a_bias"),
              N("MatMul", ["hb", "wb"], ["mb"], name="mm_b"), N("Add", ["mb", "cb"], ["yb"], name="mm_b_bias"),
              N("Add", ["ya", "yb"], ["y"], name="sum")]
-    g = helper.make_graph(nodes, "two_ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 64])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 48])], i)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    rng = np.random.default_rng(1)
-    feeds = [{"x": rng.standard_normal((1, 32, 64)).astype(np.float32)} for _ in range(24)]
-    return m, feeds[:16], feeds[16:]
+    return _seq_model(nodes, i, "two_ffn", 48, seed=1)
 
 
 def test_outlier_split_keeps_only_the_splits_the_goal_needs():
