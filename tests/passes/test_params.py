@@ -118,10 +118,12 @@ def test_default_search_recipe_is_the_one_it_was_before_the_declarations():
                       # auto first (issue 18): the int8 preset is what `compress --quantize int8` does
                       "calibration": {"choices": ["auto", "percentile", "minmax", "entropy"]},
                       "min_fidelity": {"choices": [None, "cosine=0.995"]},
+                      # per-layer precision (issue 18; a new knob: default study names changed with it)
+                      "float_share": {"choices": [0.0, 0.125, 0.25, 0.5]},
                       "speed_check": False}},  # trials are timed by the search itself
     ]}
     assert [list(e.get("quantize", {})) for e in cpu["passes"] if isinstance(e, dict)][-1] == \
-        ["enabled", "mode", "calibration", "min_fidelity", "speed_check"]
+        ["enabled", "mode", "calibration", "min_fidelity", "float_share", "speed_check"]
     cuda = default_recipe("cuda", REGISTRY)
     steps = {next(iter(e)): next(iter(e.values())) for e in cuda["passes"] if isinstance(e, dict)}
     assert steps["quantize"] == {"enabled": {"choices": [True, False]}, "mode": "fp16"}  # When(mode=int8) drops the rest

@@ -737,6 +737,9 @@ def test_fixed_presets_of_the_default_cpu_space():
     # the int8 preset is what `compress --quantize int8` does: per-tensor auto calibration
     assert dict(space.steps(fixed["int8"]))["quantize"]["calibration"] == "auto"
     assert {d.name: d for d in space.dims}["quantize.calibration"].choices == ("auto", "percentile", "minmax", "entropy")
+    # per-layer precision as a knob (issue 18): a share of the ranked units kept float, 0 in every preset
+    assert {d.name: d for d in space.dims}["quantize.float_share"].choices == (0.0, 0.125, 0.25, 0.5)
+    assert {dict(space.steps(v))["quantize"]["float_share"] for v in fixed.values() if "quantize" in dict(space.steps(v))} == {0.0}
     on = {n: [p for p, _ in space.steps(v) if p in ("prune_channels", "low_rank", "quantize")] for n, v in fixed.items()}
     assert on == {"int8": ["quantize"], "int8, sensitive layers float": ["quantize"], "prune 0.3 + int8": ["prune_channels", "quantize"], "prune 0.3": ["prune_channels"],
                   "low rank 0.9": ["low_rank"]}

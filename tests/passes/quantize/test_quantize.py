@@ -440,3 +440,54 @@ def test_min_fidelity_sequence_keeps_layers_float_until_the_decoded_text_holds()
     assert res.stats["fidelity"] == {"sequence": 1.0}
     assert texts(res.model) == ref
     assert res.stats["kept_float"] == ["mm2", "mm3"] and res.stats["quantized_units"] == 1
+
+
+def test_float_share_keeps_the_most_sensitive_share_float():
+    """float_share=0.5 with no goal: exactly ceil(0.5 * n) units stay float, and they are the top of
+    the sensitivity ranking (the knob the search orders per-layer precision by)."""
+    from builders import random_input, resnet_like
+
+    m = resnet_like()
+    calib = [{"input": random_input((1, 3, 16, 16), seed=s)} for s in range(4)]
+
+    def ctx():
+        return Context(target=Target("cpu", threads=1), calib=calib)
+
+    res = Quantize(calibration="minmax", speed_check=False, float_share=0.5)(m, ctx())
+    table = res.stats["layer_table"]
+    n = len(table)
+    k = -(-n // 2)
+    assert n >= 3 and len(res.stats["kept_float"]) == k
+    assert sorted(res.stats["kept_float"]) == sorted(r["node"] for r in table[:k])
+    assert res.stats["quantized_units"] == n - k
+    none = Quantize(calibration="minmax", speed_check=False, float_share=0.0)(m, ctx())
+    assert none.stats["quantized_units"] == n and "kept_float" not in none.stats
+    with pytest.raises(RecipeError, match="float_share"):
+        Quantize(float_share=1.5)
+
+
+def test_sensitivity_ranking_is_shared_through_the_context_cache(monkeypatch):
+    """Two runs on one Context that differ only in what decides how many units stay float rank the
+    units once and give the models fresh Contexts give; another calibration method ranks again."""
+    from builders import random_input, resnet_like
+
+    from onnxslim_compress.passes.quantize import sensitivity as qs_mod
+
+    model = resnet_like()
+    calib = [{"input": random_input((1, 3, 16, 16), seed=s)} for s in range(4)]
+    ranks = []
+    real = qs_mod.layer_sensitivity
+    monkeypatch.setattr(qs_mod, "layer_sensitivity", lambda *a, **k: ranks.append(1) or real(*a, **k))
+    shared = Context(target=Target("cpu", threads=1), calib=calib)
+    kw = [dict(float_share=0.25), dict(float_share=0.5), dict(min_fidelity="cosine=0.9999")]
+    got = [Quantize(calibration="minmax", speed_check=False, **k)(model, shared) for k in kw]
+    assert len(ranks) == 1
+    fresh = [Quantize(calibration="minmax", speed_check=False, **k)(model, Context(target=Target("cpu", threads=1), calib=calib))
+             for k in kw]
+    assert len(ranks) == 4
+    for g, f in zip(got, fresh, strict=True):
+        assert g.model.SerializeToString() == f.model.SerializeToString()
+        assert g.stats["layer_table"] == f.stats["layer_table"]
+    assert len(got[0].stats["kept_float"]) < len(got[1].stats["kept_float"])
+    Quantize(calibration="entropy", speed_check=False, float_share=0.25)(model, shared)
+    assert len(ranks) == 5  # the units quantize differently: a new ranking
