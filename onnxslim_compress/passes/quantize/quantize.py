@@ -401,7 +401,11 @@ class Quantize(Pass):
             plan[path] = (units, skipped)
             groups.update(g)
             axes.update(ax)
-            consumers.update(cons)
+            for t, (a, mats) in cons.items():  # an outer tensor read in several bodies: one range for all
+                if t in consumers and consumers[t][0] == a:  # readers, so it is chosen on all of them
+                    consumers[t] = (a, consumers[t][1] + mats)
+                else:
+                    consumers.setdefault(t, (a, mats))
         wanted = sorted({t for path, _, _ in todo for u in plan[path][0] for t in u.acts} | set(groups))
         data = ctx.calib
         if data is None:

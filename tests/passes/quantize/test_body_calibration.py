@@ -86,3 +86,21 @@ def test_the_floor_keeps_body_units_float_when_only_they_miss_it():
     lines = "\n".join(kept_float_lines(res.report))
     assert f"quantize: {st['body_quantized_units']} of 2 units quantized" in lines
     assert all(f"float: {n}: sensitive: output cosine" in lines for n in st["kept_float"])
+
+
+def test_an_outer_tensor_read_by_both_branches_is_chosen_on_both_readers(monkeypatch):
+    """x is read by the then- and the else-branch Conv: its one range (calibration auto) is chosen
+    on both consumers' outputs, not on whichever body was planned last."""
+    m, data = if_convs(), feeds()
+    seen = []
+    real = Quantize._act_params
+
+    def spy(self, hists, groups, fmt, rows, consumers, stats):
+        seen.append({t: len(mats) for t, (_, mats) in consumers.items()})
+        return real(self, hists, groups, fmt, rows, consumers, stats)
+
+    monkeypatch.setattr(Quantize, "_act_params", spy)
+    res = Quantize(mode="int8")(m, Context(target=CPU1, calib=data))
+    assert res.stats["body_quantized_units"] == 2
+    body_call = next(c for c in seen if "x" in c)
+    assert body_call["x"] == 2
