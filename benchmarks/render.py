@@ -423,6 +423,9 @@ def _pick_text(params: dict | None) -> str:
         q = f"int8 {params.get('quantize.calibration', '')}".strip()
         if params.get("quantize.min_fidelity"):  # the sensitive layers float until this goal holds
             q += f", float until {params['quantize.min_fidelity']}"
+        share = params.get("quantize.float_share")
+        if share:  # the most sensitive share of the units float (the per-layer precision knob)
+            q += f", {share:g} of units float"
         parts.append(q)
     return " + ".join(parts) or "no pass (original)"
 
@@ -483,14 +486,22 @@ def t_search(res: Results) -> str | None:
         prof_txt = f"{1 / prof['ratio']:.2f}x" if prof.get("ratio") else "-"
         if "claim_over_profile" in prof:
             prof_txt += f" ({'agrees' if prof['agrees'] else 'differs'}: {abs(prof['claim_over_profile'] - 1):.0%})"
+        direct = fin.get("pick_over_preset")
+        direct_txt = "-"
+        if direct:
+            lo, hi = direct["ci95"]
+            verdict = "faster" if hi < 1 else ("slower" if lo > 1 else "tie")
+            direct_txt = f"{direct['ratio']:.3f} ({lo:.3f}-{hi:.3f}): {verdict}"
+        elif pick and bp and s.get("best_params") == (s.get("best_preset") or {}).get("params"):
+            direct_txt = "the preset itself"
         out.append([
             MODEL_NAME.get(name, name), f"{short} drop <= {max_drop:g}", pick_txt, drop_txt, trials, claim_txt, prof_txt,
             _bold(f"{pick['speedup']:.2f}x", pick["speedup"] >= max(feasible_speeds)) if pick else "-",
-            f"{bp['speedup']:.2f}x ({best_preset.removeprefix('preset ')})" if bp else "-", ort_txt,
+            f"{bp['speedup']:.2f}x ({best_preset.removeprefix('preset ')})" if bp else "-", direct_txt, ort_txt,
         ])
     return _table(["model", "constraint", "search pick (trial)", "drop", "trials to 1st feasible / to pick",
                    "claimed speedup (95 % CI)", "independent `profile A B`", "one sitting: search", "best fixed preset",
-                   "ORT quantizer"], out)
+                   "pick / preset latency, direct A/B (95 % CI)", "ORT quantizer"], out)
 
 
 def t_search_cache(res: Results) -> str | None:

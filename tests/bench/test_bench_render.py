@@ -142,7 +142,17 @@ def test_prune_and_round_to_tables_split_rows():
 def test_search_tables():
     rows = _rows(render.t_search(_res(search=SEARCH)))
     assert rows == [["YOLOv8n", "cos drop <= 0.01", "low rank 0.812 + int8 percentile (6)", "0.00995", "1 / 7 (of 10)",
-                     "1.98x (1.90-2.05)", "1.95x (agrees: 2%)", "**2.00x**", "1.74x (lowrank energy 0.9)", "1.55x"]]
+                     "1.98x (1.90-2.05)", "1.95x (agrees: 2%)", "**2.00x**", "1.74x (lowrank energy 0.9)", "-", "1.55x"]]
+    # the pick timed against the preset directly: the verdict reads the interval, not the median
+    row = json.loads(json.dumps(SEARCH["yolov8n"]))
+    row["search"]["best_params"]["quantize.float_share"] = 0.25
+    verdicts = {}
+    for ci, want in (([0.93, 0.97], "faster"), ([0.97, 1.02], "tie"), ([1.01, 1.05], "slower")):
+        row["final"]["pick_over_preset"] = {"ratio": sum(ci) / 2, "ci95": ci}
+        got = _rows(render.t_search(_res(search={"yolov8n": row})))[0]
+        verdicts[want] = got[9].endswith(f": {want}")
+        assert got[2] == "low rank 0.812 + int8 percentile, 0.25 of units float (6)"
+    assert verdicts == {"faster": True, "tie": True, "slower": True}
     cache = _rows(render.t_search_cache(_res(search=SEARCH)))
     assert cache == [["YOLOv8n", "10.8 (17.8, 3.8)", "20.1 (13.3, 15.7)"]]
 
