@@ -21,7 +21,7 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import onnx
 
@@ -76,12 +76,18 @@ class Flag:
 
 @dataclass(frozen=True)
 class Range:
-    """Search a numeric range (`{search: [low, high]}`; ints stay ints, `step` snaps to a grid)."""
+    """Search a numeric range (`{search: [low, high]}`; ints stay ints, `step` snaps to a grid).
+
+    `gentle`: the end where the pass loses least (a prune ratio's low end, a kept energy's high
+    end). The search backs a candidate that broke the constraint off toward it, halfway each
+    time, as the fidelity floor backs off a compress run; it is read from the declaration, so a
+    recipe's own range for the same parameter keeps it."""
 
     low: float | int
     high: float | int
     step: float | int | None = None
     log: bool = False
+    gentle: Literal["low", "high"] | None = None
 
 
 @dataclass(frozen=True)

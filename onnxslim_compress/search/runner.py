@@ -88,6 +88,11 @@ class LoopSettings:
     debug: bool = False
     #: when the sampler repeats a measured candidate, queue a neighbour of it as the next trial
     explore_on_repeat: bool = True
+    #: when a candidate breaks the constraint, queue it backed off halfway toward its passes'
+    #: gentle ends (SearchSpace.gentler): the feasible edge of a lossy knob is found in a few
+    #: halvings, where a sampler that saw prune 0.3 fail may never try 0.1 (MiniLM-L3: 16 trials,
+    #: every pruned candidate at 0.3-0.5, none below)
+    soften_infeasible: bool = True
     seed: int = 0
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     #: how long to wait for another trial that owns the same candidate (or for the fleet's last trials)
@@ -219,6 +224,16 @@ class TrialLoop:
         not-yet-seen neighbour of the repeated point as the next trial (any worker may take it)."""
         if not self.settings.explore_on_repeat:
             return
+        seen = self._seen_keys()
+        rng = np.random.default_rng([self.settings.seed, trial.number])
+        for _ in range(64):
+            cand = self.space.neighbor(values, rng)
+            if self.space.key(cand) not in seen:
+                self.study.enqueue_trial(cand)
+                return
+
+    def _seen_keys(self) -> set[str]:
+        """Keys of every trial so far and of those queued (waiting with fixed parameters)."""
         trials = self.study.get_trials(deepcopy=False)
         seen = {t.user_attrs.get("key") for t in trials}
         for t in trials:
@@ -226,12 +241,7 @@ class TrialLoop:
             if t.state == TrialState.WAITING and fixed:
                 with contextlib.suppress(KeyError):
                     seen.add(self.space.key(fixed))
-        rng = np.random.default_rng([self.settings.seed, trial.number])
-        for _ in range(64):
-            cand = self.space.neighbor(values, rng)
-            if self.space.key(cand) not in seen:
-                self.study.enqueue_trial(cand)
-                return
+        return seen
 
     def _over_budget(self, trial: optuna.Trial) -> None:
         trial.set_user_attr("over_budget", True)
@@ -269,7 +279,20 @@ class TrialLoop:
                 trial.set_user_attr(k, v)
         vals = self._values(m)
         self.memo[key] = (vals, {**attrs, "duplicate_of": trial.number})
+        if not m.feasible and self.settings.soften_infeasible:
+            self._soften(trial, values)
         return vals
+
+    def _soften(self, trial: optuna.Trial, values: dict[str, Any]) -> None:
+        """Queue the backed-off candidate (SearchSpace.gentler) unless it was seen or is queued."""
+        cand = self.space.gentler(values)
+        if cand is None:
+            return
+        key = self.space.key(cand)
+        if key in self._seen_keys():
+            return
+        self.study.enqueue_trial(cand)
+        trial.set_user_attr("softened_to", key)
 
     # ------------------------------------------------------------------ the loop
 

@@ -745,6 +745,12 @@ def test_fixed_presets_of_the_default_cpu_space():
                   "low rank 0.9": ["low_rank"]}
     steps = dict(space.steps(fixed["prune 0.3 + int8"]))
     assert steps["prune_channels"]["ratio"] == pytest.approx(0.3) and steps["quantize"]["mode"] == "int8"
+    # backed off after breaking the constraint: the prune ratio halfway to its low end (on the grid),
+    # the kept energy halfway to its high end, the choices as they were
+    soft = dict(space.steps(space.gentler(fixed["prune 0.3 + int8"])))
+    assert soft["prune_channels"]["ratio"] == pytest.approx(0.175) and soft["quantize"] == steps["quantize"]
+    assert dict(space.steps(space.gentler(fixed["low rank 0.9"])))["low_rank"]["value"] == pytest.approx(0.945)
+    assert space.gentler(fixed["int8"]) is None  # nothing lossy to back off but the choices
     assert dict(space.steps(fixed["low rank 0.9"]))["low_rank"]["value"] == pytest.approx(0.9)
     names = [n for n, _ in space.named_presets()]
     assert names[:5] == list(fixed) and len(set(names)) == len(names)
@@ -777,3 +783,47 @@ def test_without_finalists_the_pick_is_made_on_the_trials_intervals(mm_model, mm
     assert res.best is not None and res.best.params["fake_lowrank.rank"] == 4
     c = res.report["claim"]
     assert c["source"] == "trial" and c["runs"] == 20 and c["latency_ratio"] == pytest.approx(0.5, rel=0.03)
+
+
+def test_a_candidate_that_breaks_the_constraint_is_backed_off_toward_the_gentle_end(mm_model, mm_eval):
+    """A sampler that only proposes rank 1 (far too lossy): each infeasible candidate queues itself
+    halfway toward the rank's declared gentle end (high), so the loop walks 1 -> 9 -> 13 -> ... to a
+    feasible rank within the budget; without the back-off it never leaves rank 1."""
+    from onnxslim_compress.passes.base import Range, param
+
+    class Lowest(optuna.samplers.BaseSampler):
+        def infer_relative_search_space(self, study, trial):
+            return {}
+
+        def sample_relative(self, study, trial, search_space):
+            return {}
+
+        def sample_independent(self, study, trial, name, dist):
+            return dist.low
+
+    @dataclasses.dataclass
+    class TruncParams:
+        rank: int = param(N_OUT, help="kept rank", search=Range(1, N_OUT, gentle="high"))
+
+    base = make_registry()["fake_lowrank"]
+    trunc = type("FakeTrunc", (base,), {"name": "fake_trunc", "Params": TruncParams, "calls": []})
+    reg = {"fake_trunc": trunc}
+    space = SearchSpace.from_recipe({"passes": [{"fake_trunc": {"rank": {"search": [1, N_OUT]}}}]}, reg)
+    chain, v = [1], {"fake_trunc.rank": 1}
+    while (v := space.gentler(v)) is not None:
+        chain.append(v["fake_trunc.rank"])
+    assert chain == [1, 9, 13, 15, 16]  # halfway each time, snapped to the integer grid
+    ev = Evaluator(mm_model, target=Target(), eval_data=mm_eval, metric="cosine", max_drop=1e-5, objective="size")
+    study = optuna.create_study(sampler=Lowest())
+    loop = TrialLoop(study, space, TrialBuilder(mm_model, Context()), ev,
+                     LoopSettings(budget=8, max_drop=1e-5, explore_on_repeat=False))
+    loop.run()
+    done = [t for t in study.trials if t.number in loop.computed]
+    ranks = [t.params["fake_trunc.rank"] for t in done]
+    feasible = [t.user_attrs["feasible"] for t in done]
+    assert ranks[:5] == chain and feasible[:5] == [False, False, False, False, True]
+    assert trunc.calls[:5] == chain  # each rank built once
+    off = TrialLoop(optuna.create_study(sampler=Lowest()), space, TrialBuilder(mm_model, Context()), ev,
+                    LoopSettings(budget=8, max_drop=1e-5, explore_on_repeat=False, soften_infeasible=False))
+    off.run()
+    assert len(off.computed) == 1 and not any(t.user_attrs.get("feasible") for t in off.study.trials)

@@ -73,7 +73,7 @@ class LowRankParams:
     )
     #: keeping less than 80 % of the spectral energy rarely survives a 1 % budget without retraining
     value: float = param(0.9, help="the rank fraction / energy share / ALDS budget, in (0, 1]",
-                         search=Range(0.8, 0.995, step=0.005))
+                         search=Range(0.8, 0.995, step=0.005, gentle="high"))
     alds_measure: Literal["params", "macs"] = param("params", help="what the ALDS budget counts")
     conv_form: Literal["channel", "spatial", "auto"] = param("channel", help="how a Conv weight is flattened for the SVD")
     round_to: int = param(1, help="keep ranks a multiple of N", flag="--round-to")

@@ -70,7 +70,7 @@ class PruneChannelsParams:
         "budget=latency (hit within +-2 %; the achieved value is reported)",
         flag=Flag("--prune", metavar="RATIO", enables=True, parse=parse_prune_flag,
                   help="remove this fraction of prunable MACs (0.3), or keep this share of the measured latency (latency=0.7)"),
-        search=Range(0.05, 0.6, step=0.025),
+        search=Range(0.05, 0.6, step=0.025, gentle="low"),
     )
     budget: Literal["macs", "latency"] = param(
         "macs", help="what `ratio` is a fraction of: prunable MACs, or the conv layers' latency measured on the target",
