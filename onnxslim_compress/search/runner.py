@@ -284,14 +284,21 @@ class TrialLoop:
         return vals
 
     def _soften(self, trial: optuna.Trial, values: dict[str, Any]) -> None:
-        """Queue the backed-off candidate (SearchSpace.gentler) unless it was seen or is queued."""
+        """Queue the backed-off candidate (SearchSpace.gentler) unless it was seen or is queued, or
+        back-offs already hold half the budget: the sampler keeps the other half. (MiniLM-L3, 16
+        trials, uncapped: three chains - prune + int8, prune, low rank - took every trial after the
+        presets, none reached the constraint, and the sampler proposed nothing.)"""
         cand = self.space.gentler(values)
         if cand is None:
             return
         key = self.space.key(cand)
         if key in self._seen_keys():
             return
-        self.study.enqueue_trial(cand)
+        queued = sum(1 for t in self.study.get_trials(deepcopy=False) if "softened_from" in t.user_attrs)
+        if queued >= self.budget // 2:
+            trial.set_user_attr("softened_to", f"not queued: back-offs already hold {queued} of the {self.budget} trials")
+            return
+        self.study.enqueue_trial(cand, user_attrs={"softened_from": trial.number})
         trial.set_user_attr("softened_to", key)
 
     # ------------------------------------------------------------------ the loop

@@ -823,6 +823,13 @@ def test_a_candidate_that_breaks_the_constraint_is_backed_off_toward_the_gentle_
     feasible = [t.user_attrs["feasible"] for t in done]
     assert ranks[:5] == chain and feasible[:5] == [False, False, False, False, True]
     assert trunc.calls[:5] == chain  # each rank built once
+    assert [t.user_attrs.get("softened_from") for t in done[1:5]] == [t.number for t in done[:4]]
+    # back-offs hold at most half the budget: with 4 trials, rank 1 -> 9 -> 13, then the sampler
+    short = TrialLoop(optuna.create_study(sampler=Lowest()), space, TrialBuilder(mm_model, Context()), ev,
+                      LoopSettings(budget=4, max_drop=1e-5, explore_on_repeat=False))
+    short.run()
+    got = [t.params["fake_trunc.rank"] for t in short.study.trials if t.number in short.computed]
+    assert got == [1, 9, 13]  # the sampler's own proposals (rank 1 again) are repeats, not new candidates
     off = TrialLoop(optuna.create_study(sampler=Lowest()), space, TrialBuilder(mm_model, Context()), ev,
                     LoopSettings(budget=8, max_drop=1e-5, explore_on_repeat=False, soften_infeasible=False))
     off.run()
