@@ -488,11 +488,14 @@ def t_search(res: Results) -> str | None:
             prof_txt += f" ({'agrees' if prof['agrees'] else 'differs'}: {abs(prof['claim_over_profile'] - 1):.0%})"
         direct = fin.get("pick_over_preset")
         direct_txt = "-"
+        same = bool(pick and bp and s.get("best_params") == (s.get("best_preset") or {}).get("params"))
         if direct:
             lo, hi = direct["ci95"]
             verdict = "faster" if hi < 1 else ("slower" if lo > 1 else "tie")
+            # the same configuration built twice: what the A/B reads is the timing's own bias
+            verdict = "the preset itself (same configuration rebuilt)" if same else verdict
             direct_txt = f"{direct['ratio']:.3f} ({lo:.3f}-{hi:.3f}): {verdict}"
-        elif pick and bp and s.get("best_params") == (s.get("best_preset") or {}).get("params"):
+        elif same:
             direct_txt = "the preset itself"
         out.append([
             MODEL_NAME.get(name, name), f"{short} drop <= {max_drop:g}", pick_txt, drop_txt, trials, claim_txt, prof_txt,

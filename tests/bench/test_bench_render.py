@@ -153,6 +153,9 @@ def test_search_tables():
         verdicts[want] = got[9].endswith(f": {want}")
         assert got[2] == "low rank 0.812 + int8 percentile, 0.25 of units float (6)"
     assert verdicts == {"faster": True, "tie": True, "slower": True}
+    row["search"]["best_preset"] = {"preset": "lowrank energy 0.9", "params": row["search"]["best_params"]}
+    got = _rows(render.t_search(_res(search={"yolov8n": row})))[0]
+    assert got[9] == "1.030 (1.010-1.050): the preset itself (same configuration rebuilt)"
     cache = _rows(render.t_search_cache(_res(search=SEARCH)))
     assert cache == [["YOLOv8n", "10.8 (17.8, 3.8)", "20.1 (13.3, 15.7)"]]
 
