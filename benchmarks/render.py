@@ -933,8 +933,8 @@ def _zoo_equal(d: dict, order: list[str]) -> str | None:
         fast = vs.get("ratio") is not None and vs["ratio"] <= ZOO_SPEED_BAR
         meets = "yes" if faithful and fast else "no: " + ", ".join(
             x for x, bad in (("less faithful", not faithful), (f"ours / anchor {_f(vs.get('ratio'))} > {ZOO_SPEED_BAR:.3f}", not fast)) if bad)
-        floats = st.get("float_units") or {}
-        kept = f"{st.get('quantized_units', '?')} int8, {sum(floats.values())} float" if floats or "quantized_units" in st else "-"
+        # the sensitivity ranking's float units (the goal's price); isolated/no-neighbour units are in the stats
+        kept = f"{st['quantized_units']} int8, {st.get('kept_float', 0)} kept float" if "quantized_units" in st else "-"
         if "unusable" in note or "not a usable" in note:
             meets += " (anchor not usable)"
         rows.append([name, f"{anchor} ({a_fid}), {_ratio(a_lat.get('ratio'), a_lat.get('ci95'), '[]')}", floor,
@@ -947,7 +947,7 @@ def _zoo_equal(d: dict, order: list[str]) -> str | None:
             "with fp32), checked on the calibration data; fidelity on the eval set; fp32, the anchor and ours timed "
             "in one 3-way interleaved run (latency vs fp32 and the direct ours / anchor ratio, [95% CI]).")
     return "\n".join([head, "", _table(["model", "faster anchor (fidelity), latency", "ours floor = goal", "ours fidelity",
-                                       "ours latency", "ours / anchor", "units", "meets done-when", "anchor note"], rows)])
+                                       "ours latency", "ours / anchor", "units (sensitive kept float)", "meets done-when", "anchor note"], rows)])
 
 
 # ------------------------------------------------------------------------------------------ GPU

@@ -212,7 +212,7 @@ def test_worker_ours_at_a_spec_sets_both_the_floor_and_the_quantize_goal(monkeyp
 
 def test_zoo_equal_fidelity_table_reads_the_done_when_per_row():
     eq_ok = {"anchor": "ort_static", "anchor_note": "ort_static cos 0.9816", "spec": "cosine=0.9815",
-             "fidelity": {"cos": 0.9830}, "stats": {"quantized_units": 240, "float_units": {"sensitive (--min-fidelity)": 11}},
+             "fidelity": {"cos": 0.9830}, "stats": {"quantized_units": 240, "kept_float": 11},
              "latency": {"ratio": 0.38, "ci95": [0.35, 0.41]}, "anchor_latency": {"ratio": 0.37, "ci95": [0.33, 0.4]},
              "vs_anchor": {"ratio": 1.03, "ci95": [1.0, 1.06]}}
     eq_slow = {**eq_ok, "fidelity": {"cos": 0.9800}, "vs_anchor": {"ratio": 1.2, "ci95": [1.1, 1.3]}}
@@ -225,7 +225,7 @@ def test_zoo_equal_fidelity_table_reads_the_done_when_per_row():
     rows = {r[0]: r for r in _rows(eq)}
     assert list(rows) == ["yolov8n", "ddddocr_det", "minilm_l6"]
     assert rows["ddddocr_det"][1:] == ["ORT static (cos 0.9816), 0.37 [0.33-0.40]", "`cosine=0.9815`", "cos 0.9830",
-                                       "0.38 [0.35-0.41]", "1.03 [1.00-1.06]", "240 int8, 11 float", "yes",
+                                       "0.38 [0.35-0.41]", "1.03 [1.00-1.06]", "240 int8, 11 kept float", "yes",
                                        "ort_static cos 0.9816"]
     assert rows["yolov8n"][7] == "no: less faithful, ours / anchor 1.20 > 1.053"
     assert rows["minilm_l6"][3] == "not written: exit 3, fidelity floor not met"
