@@ -221,7 +221,7 @@ def _compress(
     if not keep_src:
         src = None
     norm = normalize(work)
-    pipeline = pipeline or lossless_pipeline()
+    pipeline = guard.split_goal_within_floor(pipeline or lossless_pipeline(), floor)
     lossless = guard.is_lossless(pipeline)
     # the reference is the normalized input (unique names, clamped IR), run before the pipeline
     # consumes it: no second copy of the weights is kept for the checks

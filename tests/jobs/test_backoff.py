@@ -122,3 +122,38 @@ def test_quantize_step_doubles_and_stops_short_of_all_float():
     assert f.margin(rep(0.999, 0.30)) == pytest.approx(-1.0)  # rel_l2 twice its bound: the worse of the two
     assert f.improved(rep(0.95, 0.1), rep(0.96, 0.1)) and not f.improved(rep(0.95, 0.1), rep(0.95, 0.1))
     assert f.margin(rep(float("nan"), 0.1)) == -np.inf and f.improved(rep(float("nan"), 0.1), rep(0.5, 0.1))
+
+
+def test_a_floor_looser_than_the_default_lowers_the_outlier_split_goal_to_its_bound():
+    """quantize's outlier_goal (pearson 0.994) is the margin over the DEFAULT floor (pearson 0.99): kept
+    under a floor of cosine=0.968 (ORT dynamic's fidelity on all-MiniLM-L6) it bought pearson 0.994 with
+    16 split ops, ours / ORT dynamic 1.024; at the floor's own bound no split, 0.990 at cos 0.9937."""
+    def goal(spec, **kw):
+        pipe = guard.split_goal_within_floor(Pipeline([Quantize(mode="int8", **kw)]), guard.FidelityFloor.parse(spec))
+        return pipe.passes[0].params.outlier_goal
+
+    assert goal("cosine=0.968") == pytest.approx(0.968)
+    assert goal("pearson=0.97,rel_l2=0.3") == pytest.approx(0.97)
+    assert goal("cosine=0.98,pearson=0.95") == pytest.approx(0.95)  # the loosest bound the floor reads
+    # the default floor, a stricter one, one with no pearson/cosine bound, none: unchanged
+    for spec in (None, "pearson=0.99", "cosine=0.995", "sequence=0.25", "rel_l2=0.3", "none"):
+        assert goal(spec) == pytest.approx(0.994), spec
+    # a lower explicit outlier_goal stays; None (split every outlier) stays None
+    assert goal("cosine=0.968", outlier_goal=0.95) == pytest.approx(0.95)
+    assert goal("cosine=0.968", outlier_goal=None) is None
+
+
+def test_compress_under_a_loose_floor_runs_quantize_with_the_lowered_split_goal(monkeypatch):
+    seen = []
+    real = Quantize.run
+
+    def spy(self, model, ctx):
+        seen.append(self.params.outlier_goal)
+        return real(self, model, ctx)
+
+    monkeypatch.setattr(Quantize, "run", spy)
+    m = chain(4)
+    calib = [{"x": random_input([1, 8, 6, 6], seed=i)} for i in range(4)]
+    compress(m, pipeline=Pipeline([Quantize(mode="int8", speed_check=False)]), calib=calib, target=CPU1,
+             min_fidelity="cosine=0.9")
+    assert seen == [pytest.approx(0.9)]

@@ -163,8 +163,9 @@ class QuantizeParams:
     #: rows (0.994 on the calibration rows the goal reads: the goal keeps that margin over the 0.99 floor)
     outlier_goal: float | None = param(
         0.994, help="the pearson (worst output vs float, calibration rows) the outlier split aims for: splits are "
-        "added in order of measured gain per added op until it holds (a pearson/cosine --min-fidelity goal replaces "
-        "it, looser or stricter); None: split every outlier activation",
+        "added in order of measured gain per added op until it holds (a pearson/cosine --min-fidelity goal, when "
+        "stricter, wins; a run floor looser than the default lowers it to the floor's bound); None: split every "
+        "outlier activation",
     )
     speed_check: bool = param(
         True, help="CPU int8: time the result against the float model (interleaved) and leave float the units whose "
@@ -720,12 +721,8 @@ class Quantize(Pass):
         p: QuantizeParams = self.params
         goal, metric = p.outlier_goal, "pearson"
         if p.min_fidelity:
-            # the pass's own pearson/cosine goal is the split's goal, looser or stricter: outlier_goal is the
-            # margin over the DEFAULT floor (pearson 0.99), and kept for an asked cosine=0.968 it bought
-            # fidelity nobody asked for with 16 ops (all-MiniLM-L6: 2.4 % slower than ORT dynamic at its
-            # fidelity; BENCHMARKS.md "Zoo", equal fidelity). top1/sequence goals cannot score a split.
             g = qs.parse_min_fidelity(p.min_fidelity)
-            if g.metric in ("pearson", "cosine"):
+            if g.metric in ("pearson", "cosine") and g.value > goal:
                 goal, metric = g.value, g.metric
         by_name = {n.name: n for n in model.graph.node}
         full = {u.node: list(u.outliers) for u in units if u.outliers}
