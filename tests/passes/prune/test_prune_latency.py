@@ -19,7 +19,7 @@ from onnxslim_compress.passes.context import Context
 from onnxslim_compress.passes.prune import prune_channels
 from onnxslim_compress.passes.prune.apply import MacModel
 from onnxslim_compress.passes.prune.groups import analyze
-from onnxslim_compress.passes.prune.latency import conv_layers
+from onnxslim_compress.passes.prune.latency import conv_layers, measure_groups
 from onnxslim_compress.passes.prune.prune_channels import parse_prune_flag
 from onnxslim_compress.passes.quantize.quantize import Quantize
 from onnxslim_compress.runtime.latency_table import SAFE_STEP, ConvSpec, cache_path, isa_tag, probe_alignment
@@ -279,12 +279,69 @@ def test_latency_budget_keeps_that_share_of_the_tables_latency():
     assert res.stats["latency"]["saved_share_estimate"] == pytest.approx(res.stats["ratio_achieved"], abs=1e-3)
 
 
+@pytest.mark.parametrize("budget", ["macs", "latency"])
+def test_the_saving_of_a_layer_both_of_whose_groups_are_pruned_is_not_counted_twice(budget):
+    # conv1 (64 -> 64) sits between two pruned groups: halving both leaves it a quarter of its
+    # time, a saving of 3/4 of it; the per-group curves add 1/2 + 1/2 = all of it (first order)
+    m = _chain(widths=(64, 64, 64))
+    t = StairTable(step=8)
+    res = PruneChannels(ratio=0.5, budget=budget, round_to=8, recover=False)(m, Context(latency_table=t))
+    true_share = 1 - _table_ms(res.model, t) / _table_ms(m, t)
+    assert res.stats["latency"]["saved_share_estimate"] == pytest.approx(true_share, abs=0.005)
+    if budget == "latency":  # and the budget is met on the layers' own time (40/48/40 kept: 0.522)
+        assert true_share == pytest.approx(res.stats["ratio_achieved"], abs=0.005)
+        assert true_share == pytest.approx(0.5, abs=0.025)
+
+
+def _concat_block() -> onnx.ModelProto:
+    """Two branches (32 channels each, one group through the Concat) into one 3x3 conv's input."""
+    b = GraphBuilder(0)
+    x = cbr_dead(b, "x", 3, 32)
+    a, c = cbr_dead(b, x, 32, 32), cbr_dead(b, x, 32, 32)
+    y = cbr_dead(b, b.node("Concat", [a, c], axis=1), 64, 32)
+    out = b.gemm(b.node("Flatten", [b.node("GlobalAveragePool", [y])]), 32, 10)
+    return b.model([("x", [1, 3, 10, 10])], [(out, [1, 10])])
+
+
+def test_a_group_of_two_concatenated_branches_is_estimated_at_each_branchs_width():
+    # the branches' group is timed at some split of its kept count; selection keeps 24 + 16 of
+    # 32 + 32: each branch conv is read at its own width, not at the group's count
+    m = _concat_block()
+    t = StairTable(step=8)
+    res = PruneChannels(ratio=0.5, round_to=8, recover=False)(m, Context(latency_table=t))
+    outs = _outs(res.model)
+    assert outs[1] != outs[2]  # an uneven split of the one group
+    true_share = 1 - _table_ms(res.model, t) / _table_ms(m, t)
+    assert res.stats["latency"]["saved_share_estimate"] == pytest.approx(true_share, abs=0.005)
+
+
 def test_prune_flag_parses_macs_and_latency():
     assert parse_prune_flag("0.3") == {"budget": "macs", "ratio": 0.3}
     assert parse_prune_flag("latency=0.7") == {"budget": "latency", "ratio": 0.3}
     for bad in ("latency=0", "speed=0.3", "x"):
         with pytest.raises(BadInputError):
             parse_prune_flag(bad)
+
+
+def _curves(m: onnx.ModelProto, table, round_to: int):
+    an = analyze(m)
+    cand = ~an.frozen
+    floor = {g: max(1, int((an.group == g).sum()) - int(np.floor(0.8 * (an.group == g).sum()))) for g in range(an.n_groups)}
+    lat = measure_groups(an, table, np.zeros(an.n_units), cand, {g: round_to for g in range(an.n_groups)}, floor)
+    return an, lat
+
+
+def test_a_groups_curve_is_timed_at_the_counts_round_to_can_keep():
+    # 40 channels at round_to 16 can only be kept as 40, 32 or 16 (enforce rounds to multiples of
+    # 16): timing 24 and 8 (40 - 16k) read a 16-stair at 32 and 16 and halve the saving at 32
+    m = _chain(widths=(48, 40, 48))
+    t = StairTable(step=16)
+    an, lat = _curves(m, t, 16)
+    c = next(c for c in lat.curves.values() if c.n == 40)
+    assert c.kept == [16, 32, 40]
+    # exact: conv1 (48 -> k) and conv2 (k -> 48) at 10x10, 3x3; the stair rounds 40 up to 48
+    exact = (48 * 48 - 32 * 48) * 9 * 100 * 1e-6 * 2
+    assert c.at(32) == pytest.approx(exact, rel=1e-9)
 
 
 def test_latency_cost_prefers_channels_that_save_time():
