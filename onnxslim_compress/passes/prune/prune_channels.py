@@ -22,7 +22,7 @@ from onnxslim_compress.graph.io import clamp_ir_version
 from onnxslim_compress.passes.base import Choices, Flag, Pass, PassResult, PerTarget, Range, param
 from onnxslim_compress.passes.prune.apply import MacModel, apply_pruning, new_dim
 from onnxslim_compress.passes.prune.groups import ChannelAnalysis, analyze
-from onnxslim_compress.passes.prune.latency import LatencyModel, measure_groups
+from onnxslim_compress.passes.prune.latency import LatencyModel, measure_groups, timed_share
 from onnxslim_compress.passes.prune.recovery import recover_model
 from onnxslim_compress.passes.prune.refine import refine
 from onnxslim_compress.passes.prune.select import (
@@ -226,6 +226,10 @@ class PruneChannels(Pass):
                                 "saved_ms_estimate": round(lat.saved(an, sel.pruned, cand), 4),
                                 "saved_share_estimate": round(lat.fraction(an, sel.pruned, cand), 4),
                                 "layers_timed": lat.measured}
+            with contextlib.suppress(ProviderError):  # a layer that cannot be timed leaves the estimate alone
+                table = self._table(ctx)
+                stats["latency"]["saved_share_timed"] = round(timed_share(an, table, lat, sel.pruned), 4)
+                self._save(table)
         elif lat_note:
             stats["latency"] = {"skipped": lat_note}
         stats["layers"] = self._layer_rows(an, sel.pruned)

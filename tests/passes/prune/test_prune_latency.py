@@ -288,6 +288,8 @@ def test_the_saving_of_a_layer_both_of_whose_groups_are_pruned_is_not_counted_tw
     res = PruneChannels(ratio=0.5, budget=budget, round_to=8, recover=False)(m, Context(latency_table=t))
     true_share = 1 - _table_ms(res.model, t) / _table_ms(m, t)
     assert res.stats["latency"]["saved_share_estimate"] == pytest.approx(true_share, abs=0.005)
+    # and the selection's layers read off the table at their pruned shapes: the figure itself
+    assert res.stats["latency"]["saved_share_timed"] == pytest.approx(true_share, abs=1e-4)
     if budget == "latency":  # and the budget is met on the layers' own time (40/48/40 kept: 0.522)
         assert true_share == pytest.approx(res.stats["ratio_achieved"], abs=0.005)
         assert true_share == pytest.approx(0.5, abs=0.025)
