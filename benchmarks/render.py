@@ -269,6 +269,7 @@ def t_prune_round_to(res: Results) -> str | None:
 
 #: variants of bench_prune_latency.py, in table order
 PRUNE_LATENCY_VARIANTS = {"one_shot_r8": "one-shot, round_to 8", "one_shot": "one-shot, probed round_to",
+                          "one_shot_latency": "one-shot, probed round_to, cost latency",
                           "gap": "GaP-refined, probed round_to", "int8": "int8 alone",
                           "prune_int8": "prune + int8 (one pipeline)"}
 
@@ -300,6 +301,10 @@ def t_prune_latency(res: Results) -> str | None:
                         f"{t[prim]:.3f} ({o[prim]:.3f})", dp, ref])
         if "gap_vs_one_shot_latency" in r:
             out.append([r["model"], "GaP / one-shot latency", "", "", f"{r['gap_vs_one_shot_latency']:.3f}", "", "", ""])
+        if "cost_latency_vs_one_shot" in r:
+            c = r["cost_latency_vs_one_shot"]
+            out.append([r["model"], "cost latency vs one-shot (speed)", "", "",
+                        f"x{c['speed']:.2f} [{c['speed_ci95'][0]:.2f}-{c['speed_ci95'][1]:.2f}]", "", "", ""])
     return "\n".join(head) + "\n" + _table(["model", "variant", "round_to", "achieved", "fp32 speed vs original (p10-p90, or [95 % CI])",
                                       "top-1 or cos (original)", "mean abs dp", "GaP held-out rel. L2 one-shot -> refined"], out)
 
