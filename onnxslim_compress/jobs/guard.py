@@ -266,10 +266,6 @@ def backed_off(pipeline: Pipeline, floor: FidelityFloor | None, round_no: int,
     return (Pipeline(passes), changes) if changes else None
 
 
-#: the pearson bound of DEFAULT_MIN_FIDELITY: quantize's default outlier_goal (0.994) is its margin over it
-DEFAULT_PEARSON = 0.99
-
-
 def split_goal_within_floor(pipeline: Pipeline, floor: FidelityFloor | None) -> Pipeline:
     """The pipeline with quantize's outlier-split goal lowered to the floor's loosest pearson/cosine
     bound when that bound is looser than the default floor's (pearson 0.99); otherwise unchanged.
@@ -283,7 +279,9 @@ def split_goal_within_floor(pipeline: Pipeline, floor: FidelityFloor | None) -> 
     if floor is None:
         return pipeline
     bounds = [v for m, v in floor.bounds if m in ("pearson", "cosine")]
-    if not bounds or min(bounds) >= DEFAULT_PEARSON:
+    default = FidelityFloor.parse(None)  # quantize's default outlier_goal is a margin over this floor's bound
+    default_bound = min(v for m, v in default.bounds if m in ("pearson", "cosine")) if default else 0.0
+    if not bounds or min(bounds) >= default_bound:
         return pipeline
     passes: list[Pass] = []
     for p in pipeline.passes:

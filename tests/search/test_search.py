@@ -561,30 +561,33 @@ def test_fidelity_goal_enters_the_default_recipe():
         assert dims["quantize.min_fidelity"].choices == (None, "cosine=0.995")
 
 
+class Lowest(optuna.samplers.BaseSampler):
+    """Always proposes the same point: each categorical knob's first choice, each range's low end."""
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, name, dist):
+        return dist.choices[0] if hasattr(dist, "choices") else dist.low
+
+
 def test_a_stubborn_sampler_still_explores(mm_model, mm_eval):
     """A sampler that always proposes the same point: each repeat queues an unseen neighbour, so
     the budget is spent on new candidates, not on copies."""
-    class Stubborn(optuna.samplers.BaseSampler):
-        def infer_relative_search_space(self, study, trial):
-            return {}
-
-        def sample_relative(self, study, trial, search_space):
-            return {}
-
-        def sample_independent(self, study, trial, name, dist):
-            return dist.choices[0] if hasattr(dist, "choices") else dist.low
-
     reg = make_registry()
     space = SearchSpace.from_recipe({"passes": [{"fake_lowrank": {"rank": {"search": [1, N_OUT]}}},
                                                 {"fake_tag": {"tag": {"choices": ["a", "b"]}}}]}, reg)
     ev = Evaluator(mm_model, target=Target(), eval_data=mm_eval, metric="cosine", max_drop=1.0, objective="size")
-    study = optuna.create_study(sampler=Stubborn())
+    study = optuna.create_study(sampler=Lowest())
     loop = TrialLoop(study, space, TrialBuilder(mm_model, Context()), ev, LoopSettings(budget=5, max_drop=1.0))
     loop.run()
     built = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
     assert len(built) == 5 and len({t.user_attrs["key"] for t in built}) == 5
     assert len(study.trials) <= 10  # every repeat was followed by a new candidate
-    off = TrialLoop(optuna.create_study(sampler=Stubborn()), space, TrialBuilder(mm_model, Context()), ev,
+    off = TrialLoop(optuna.create_study(sampler=Lowest()), space, TrialBuilder(mm_model, Context()), ev,
                     LoopSettings(budget=5, max_drop=1.0, explore_on_repeat=False))
     off.run()
     assert len(off.computed) == 1 and len(off.study.trials) == 15  # without it: one candidate, then the cap
@@ -790,16 +793,6 @@ def test_a_candidate_that_breaks_the_constraint_is_backed_off_toward_the_gentle_
     halfway toward the rank's declared gentle end (high), so the loop walks 1 -> 9 -> 13 -> ... to a
     feasible rank within the budget; without the back-off it never leaves rank 1."""
     from onnxslim_compress.passes.base import Range, param
-
-    class Lowest(optuna.samplers.BaseSampler):
-        def infer_relative_search_space(self, study, trial):
-            return {}
-
-        def sample_relative(self, study, trial, search_space):
-            return {}
-
-        def sample_independent(self, study, trial, name, dist):
-            return dist.low
 
     @dataclasses.dataclass
     class TruncParams:
