@@ -32,8 +32,7 @@ floor (pearson 0.99) is what it pays for; a deployment engineer compares at the 
 ours is quantized again (tool `ours@SPEC`) with the floor and the quantize goal both set to that
 anchor's measured fidelity in the model's own metric (ANCHOR_FLOOR: cos -> cosine=, CTC exact ->
 sequence= on the agreement with fp32, top-1 -> top1=), rounded down to 4 decimals - the API form
-of `--min-fidelity cosine=X,cosine=X` (a comma-separated spec is the floor as written, its first
-bound the goal; a lone `cosine=X` keeps the default pearson floor). The floor is read on the
+of `--min-fidelity cosine=X` (the floor as written; its first bound is also quantize's goal). The floor is read on the
 calibration data, as always; the fidelity recorded is the eval set's. Then fp32, the anchor and
 ours@SPEC are timed in one three-way interleaved run (the order rotates through all 6
 permutations), giving ours@SPEC / fp32, anchor / fp32 and the direct ours@SPEC / anchor, each

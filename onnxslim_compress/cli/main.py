@@ -47,6 +47,7 @@ from onnxslim_compress.graph.costs import count_costs, format_table
 from onnxslim_compress.graph.io import check_output_path, load_model, normalize
 from onnxslim_compress.graph.shapes import bind_input_shapes
 from onnxslim_compress.jobs.compress import DROP_METRICS, compress, parse_max_drop
+from onnxslim_compress.jobs.guard import FidelityFloor
 from onnxslim_compress.jobs.verify import VerifySpec
 from onnxslim_compress.passes.base import Pass, Pipeline
 from onnxslim_compress.passes.prune.describe import describe_groups
@@ -62,17 +63,6 @@ from onnxslim_compress.runtime.metrics import (
 from onnxslim_compress.runtime.profiler import compare, measure, op_type_profile
 from onnxslim_compress.runtime.session import cpu_runtime_conflict, make_session, shapes_from_run
 from onnxslim_compress.version import __version__
-
-
-def floor_spec(spec: str | None) -> str | None:
-    """The run's fidelity floor from --min-fidelity. One cosine or top1 bound keeps its documented
-    meaning, the quantize pass's mixed-precision goal (the pass meets it its own way, per sample),
-    and the default floor stays; pearson/rel_l2/sequence bounds, several bounds or `none` set the floor
-    (a sequence bound is both: the pass keeps layers float until the decoded text holds, and the
-    floor checks it - a recognizer's pearson says little about its text)."""
-    if spec is None or "," in spec:
-        return spec
-    return None if spec.partition("=")[0].strip().lower() in ("cosine", "top1") else spec
 
 
 @contextlib.contextmanager
@@ -310,6 +300,13 @@ class CompressCommand(Command):
             help="CI gate, repeatable: exit 3 (nothing written) when the drop measured on --eval against the input "
             f"exceeds V, e.g. accuracy=0.01 (with --labels) or cosine=0.005; METRIC: {', '.join(DROP_METRICS)}",
         )
+        p.add_argument(
+            "--min-fidelity", metavar="M=V[,M=V]",
+            help="fidelity floor of the output against the input on --calib data, never written below (pearson, "
+            "rel_l2, cosine, top1, sequence; default pearson=0.99,rel_l2=0.15; none: no floor): below it the lossy "
+            "passes back off, else exit 3; its first cosine/pearson/top1/sequence bound is also quantize's goal "
+            "unless --quantize-goal is given",
+        )
         p.add_argument("--measure", action="store_true", help="measure latency of output vs input on --target (interleaved)")
         p.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report")
         p.add_argument(
@@ -335,6 +332,7 @@ class CompressCommand(Command):
 
     def run(self, ns: argparse.Namespace) -> int:
         max_drop = parse_max_drop(ns.max_drop)
+        FidelityFloor.parse(ns.min_fidelity)  # a bad floor fails here, before the model is read
         pipeline = self.pipeline()
         if self.recipe.print_only:
             print(dump_recipe(pipeline), end="")
@@ -386,7 +384,7 @@ class CompressCommand(Command):
             input_shapes=self.model.shapes, seed=self.common.seed, progress=self.common.progress(self.out.json), verify=verify,
             measure_latency=ns.measure, eval_labels=self.labels.load(),
             offload={"auto": None, "on": True, "off": False}[ns.offload], max_drop=max_drop,
-            min_fidelity=floor_spec(self.passes.values.get("--min-fidelity")),
+            min_fidelity=ns.min_fidelity,
         )
 
 

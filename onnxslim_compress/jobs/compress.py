@@ -125,7 +125,9 @@ def compress(
     the input on the calibration (else eval, else generated) data before anything is written. A
     lossless pipeline whose outputs differ (shape or value) writes the input graph instead, saying
     why; a lossy one below `min_fidelity` (guard.DEFAULT_MIN_FIDELITY; "none" opts out) backs off
-    and raises AccuracyGateError (exit 3) if that does not reach the floor.
+    and raises AccuracyGateError (exit 3) if that does not reach the floor. A floor given here is
+    also the goal of a quantize pass that has none of its own (its first cosine/pearson/top1/sequence
+    bound, guard.goal_from_floor), so the first round already keeps the layers float it needs.
     """
     if max_drop and eval_data is None:
         raise BadInputError("--max-drop needs --eval data (the drop is measured on it against the input)")
@@ -153,7 +155,8 @@ def compress(
         return _compress(model, src, output, ws, pipeline=pipeline, calib=calib, eval_data=eval_data,
                          eval_labels=eval_labels, target=target, input_shapes=input_shapes, seed=seed,
                          progress=progress, verify=verify, measure_latency=measure_latency,
-                         max_drop=max_drop, floor=guard.FidelityFloor.parse(min_fidelity))
+                         max_drop=max_drop, floor=guard.FidelityFloor.parse(min_fidelity),
+                         floor_given=min_fidelity is not None)
     finally:
         if ws is not None:
             ws.close()
@@ -188,6 +191,7 @@ def _compress(
     input_shapes: dict[str, list[int]] | None, seed: int, progress: bool, verify: Any, measure_latency: bool,
     max_drop: dict[str, float] | None = None,
     floor: guard.FidelityFloor | None,
+    floor_given: bool = False,
 ) -> CompressResult:
     inputs = [model] if not isinstance(model, onnx.ModelProto) else []
     shapes, shape_source = resolve_input_shapes(src, input_shapes, calib, eval_data)
@@ -222,6 +226,8 @@ def _compress(
         src = None
     norm = normalize(work)
     pipeline = guard.split_goal_within_floor(pipeline or lossless_pipeline(), floor)
+    if floor_given:
+        pipeline = guard.goal_from_floor(pipeline, floor)
     lossless = guard.is_lossless(pipeline)
     # the reference is the normalized input (unique names, clamped IR), run before the pipeline
     # consumes it: no second copy of the weights is kept for the checks

@@ -266,6 +266,25 @@ def backed_off(pipeline: Pipeline, floor: FidelityFloor | None, round_no: int,
     return (Pipeline(passes), changes) if changes else None
 
 
+def goal_from_floor(pipeline: Pipeline, floor: FidelityFloor | None) -> Pipeline:
+    """The pipeline with a quantize pass that has no goal of its own aiming at the floor's first
+    cosine/pearson/top1/sequence bound (the bound, not a margin over it: the back-off tightens it).
+
+    Why: with a floor the user chose, the first round should already keep the layers float that the
+    floor needs; otherwise it quantizes everything, fails the floor and pays a back-off round. Called
+    only for a floor given explicitly: the default floor's first round stays all-int8 (its outlier
+    split aims at a margin over it, and the back-off handles what is left)."""
+    goal = next((f"{m}={v:.10g}" for m, v in (floor.bounds if floor else ()) if m in ("pearson", "cosine", "top1", "sequence")), None)
+    if goal is None:
+        return pipeline
+    passes: list[Pass] = []
+    for p in pipeline.passes:
+        if p.name == "quantize" and getattr(p.params, "mode", None) in ("int8", "fp8") and p.params.min_fidelity is None:
+            p = type(p)(dataclasses.replace(p.params, min_fidelity=goal))
+        passes.append(p)
+    return Pipeline(passes)
+
+
 def split_goal_within_floor(pipeline: Pipeline, floor: FidelityFloor | None) -> Pipeline:
     """The pipeline with quantize's outlier-split goal lowered to the floor's loosest pearson/cosine
     bound when that bound is looser than the default floor's (pearson 0.99); otherwise unchanged.
@@ -274,8 +293,8 @@ def split_goal_within_floor(pipeline: Pipeline, floor: FidelityFloor | None) -> 
     of cosine=0.968 (ORT quantize_dynamic's fidelity on all-MiniLM-L6, the equal-fidelity comparison)
     it bought pearson 0.994 with 16 split ops, ours / ORT dynamic 1.024 [1.017-1.034]; at the floor's
     own bound no split is needed (0.990 [0.984-0.995] at cos 0.9937). Done here, not in the pass, because
-    only the run knows its floor: a lone `--min-fidelity cosine=X` is the pass's goal under the default
-    floor, and aiming the splits at X there fails that floor and costs a back-off round."""
+    only the run knows its floor (the pass's goal may be looser than it: `--quantize-goal cosine=X` under
+    the default floor, where aiming the splits at X fails that floor and costs a back-off round)."""
     if floor is None:
         return pipeline
     bounds = [v for m, v in floor.bounds if m in ("pearson", "cosine")]

@@ -188,7 +188,7 @@ def test_worker_ours_at_a_spec_sets_both_the_floor_and_the_quantize_goal(monkeyp
 
     class Res:
         report = {"passes": [{"name": "quantize", "stats": {
-            "quantized_units": 3, "kept_float": ["a"], "float_units": {"sensitive (--min-fidelity)": 1},
+            "quantized_units": 3, "kept_float": ["a"], "float_units": {"sensitive (fidelity goal)": 1},
             "layers": [{"node": "a", "precision": "float"}, {"node": "b", "precision": "int8"}],
             "speed": [{"step": "all", "ratio": 0.5, "ci95": [0.4, 0.6], "extra": 1}]}}],
             "no_harm": {"floor": "cosine=0.98", "attempts": [{"shortfalls": [], "worst": {"cosine": 0.99}}]}}

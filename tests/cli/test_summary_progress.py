@@ -36,7 +36,7 @@ def test_summary_is_a_table_with_names_kept_float_and_verify(files, tmp_path, ca
     assert set(lines[head + 1].split()) == {"-" * len(w) for w in lines[head + 1].split()}  # a rule under the header
     q = next(ln for ln in lines if ln.strip().startswith("quantize:") and "units quantized" in ln)
     n_q, n_total = int(q.split(":")[1].split()[0]), int(q.split(" of ")[1].split()[0])
-    assert n_q < n_total and "sensitive (--min-fidelity)" in q and "integer kernels" in q
+    assert n_q < n_total and "sensitive (fidelity goal)" in q and "integer kernels" in q
     assert "left_float 0" not in out
     assert any("original" in ln and "compressed" in ln and "ms" in ln for ln in lines if ln.strip().startswith("latency"))
     assert "fidelity of compressed vs original" in out

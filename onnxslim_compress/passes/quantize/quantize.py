@@ -102,10 +102,10 @@ class QuantizeParams:
     min_fidelity: str | None = param(
         None, help="e.g. cosine=0.995, pearson=0.99, top1=0.99 or sequence=0.97 (CTC-decoded text equal): keep the "
         "most sensitive layers float until this holds",
-        flag=Flag("--min-fidelity", metavar="M=V[,M=V]", parse=qs.quantize_goal_flag,
-                  help="fidelity floor of the output against the input on --calib data (pearson, rel_l2, cosine, "
-                  "top1; default pearson=0.99,rel_l2=0.15; none: no floor): below it the lossy passes back off, "
-                  "else exit 3; its cosine/pearson/top1 bound also keeps sensitive quantized layers float"),
+        flag=Flag("--quantize-goal", metavar="M=V", parse=qs.quantize_goal_flag,
+                  help="the quantize pass's own goal (cosine, pearson, top1 or sequence): keep the most sensitive "
+                  "layers float until it holds on the calibration rows; default: the --min-fidelity floor's first "
+                  "such bound when --min-fidelity is given, else none (the floor's back-off keeps layers float)"),
         search=When("mode", ("int8",), Choices((None, FIDELITY_GOAL))),
     )
     #: set by the fidelity floor's back-off (jobs/guard.py), which doubles it each round: a goal met on
@@ -637,7 +637,7 @@ class Quantize(Pass):
                 row.update(precision="float", reason=slow[row["node"]])
         n_kept = sum(1 for u in [*units, *body_units] if u.node in kept)
         # every unit that stays float, by reason: the count a reader compares with quantized_units
-        reasons = {"sensitive (--min-fidelity)": n_kept, "excluded": len(excluded),
+        reasons = {"sensitive (fidelity goal)": n_kept, "excluded": len(excluded),
                    "integer kernel measured slower than float (speed check)": len(slow),
                    "isolated (no integer neighbour: Q/DQ would only add rounding)": len(isolated),
                    f"activations={p.activations}: no integer neighbour once MatMuls run dynamic": len(dyn_dropped)}

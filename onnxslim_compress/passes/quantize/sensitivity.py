@@ -40,27 +40,24 @@ def parse_min_fidelity(spec: str) -> FidelityTarget:
     name, sep, val = spec.partition("=")
     name = name.strip().lower()
     if not sep or name not in ("cosine", "pearson", "top1", "sequence"):
-        raise BadInputError(f"--min-fidelity {spec!r}: expected cosine=0.995, pearson=0.99, top1=0.99 or sequence=0.97")
+        raise BadInputError(f"fidelity goal {spec!r}: expected cosine=0.995, pearson=0.99, top1=0.99 or sequence=0.97")
     try:
         v = float(val)
     except ValueError:
-        raise BadInputError(f"--min-fidelity {spec!r}: {val!r} is not a number") from None
+        raise BadInputError(f"fidelity goal {spec!r}: {val!r} is not a number") from None
     if not 0.0 < v <= 1.0:
-        raise BadInputError(f"--min-fidelity {spec!r}: value must be in (0, 1]")
+        raise BadInputError(f"fidelity goal {spec!r}: value must be in (0, 1]")
     return FidelityTarget(name, v)
 
 
 def quantize_goal_flag(spec: str) -> dict[str, str | None]:
-    """--min-fidelity as the quantize pass's mixed-precision goal. The flag is also the run's
-    fidelity floor (jobs/guard.py, which validates the whole spec): 'none' or a floor without a
-    cosine/pearson/top1/sequence bound sets no goal (compress backs the pass off when the floor fails);
-    otherwise its first such bound is the goal."""
-    for part in spec.split(","):
-        name = part.partition("=")[0].strip().lower()
-        if name in ("cosine", "pearson", "top1", "sequence"):
-            parse_min_fidelity(part.strip())
-            return {"min_fidelity": part.strip()}
-    return {"min_fidelity": None}
+    """--quantize-goal: one bound ('none' = no goal of the pass's own). The run's floor is a separate
+    flag (--min-fidelity, jobs/guard.py): one flag with two meanings made `cosine=X` a goal under the
+    default floor and needed `cosine=X,cosine=X` to also be the floor."""
+    if spec.strip().lower() == "none":
+        return {"min_fidelity": None}
+    parse_min_fidelity(spec.strip())
+    return {"min_fidelity": spec.strip()}
 
 
 def run_outputs(model: onnx.ModelProto, feeds: list[Feed], target: Target) -> list[list[np.ndarray]]:

@@ -247,7 +247,7 @@ def test_min_fidelity_keeps_sensitive_layers_float():
     table = res.stats["layer_table"]
     kept = len(res.stats["kept_float"])
     assert len(table) == res.stats["quantized_units"] + kept  # quantized_units: those really int8
-    assert res.stats["float_units"]["sensitive (--min-fidelity)"] == kept
+    assert res.stats["float_units"]["sensitive (fidelity goal)"] == kept
     assert res.stats["left_float"] == sum(res.stats["float_units"].values()) >= kept
     assert [r["sensitivity"] for r in table] == sorted((r["sensitivity"] for r in table), reverse=True)
     assert res.stats["fidelity"]["cosine"] >= 0.99995
