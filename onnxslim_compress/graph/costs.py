@@ -353,6 +353,21 @@ def _node_cost(node: onnx.NodeProto, shapes: ShapeMap, consts: _Constants) -> No
     )
 
 
+def _attention_cost(node: onnx.NodeProto, shapes: ShapeMap) -> NodeCost:
+    """com.microsoft.MultiHeadAttention with separate [B, S, H*D] query / [B, T, H*D] key /
+    [B, T, H*Dv] value: Q K^T is B*S*T*(H*D) MACs and P V is B*S*T*(H*Dv)."""
+    ins = list(node.input)
+    if len(ins) < 3 or not all(ins[:3]):
+        raise _Unknown("MultiHeadAttention without separate query, key and value inputs")
+    q, k, v = (_shape(shapes, ins[i], what) for i, what in ((0, "query"), (1, "key"), (2, "value")))
+    if len(q) != 3 or len(k) != 3 or len(v) != 3:
+        raise _Unknown(f"MultiHeadAttention inputs are not rank 3 ({q}, {k}, {v})")
+    b, s, t = q[0], q[1], k[1]
+    out = node.output[0]
+    return NodeCost(name=node.name or out, op_type=node.op_type, macs=int(b * s * t * (q[2] + v[2])), params=0,
+                    inputs_shapes=[q, k, v], output_shape=shapes.get(out), weights=[])
+
+
 def _is_param_input(node: onnx.NodeProto, k: int, name: str, consts: _Constants) -> bool:
     """A constant consumed by a non-compute node that holds learned values (BN, LayerNorm, Add bias).
 
@@ -402,6 +417,15 @@ def count_costs(model: onnx.ModelProto, input_shapes: ShapeMap | None = None, *,
                     }
                 )
         if node.op_type == "Constant":
+            continue
+        if node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft":
+            try:  # the fused attention (passes/fuse_attention.py) does the two MatMuls it replaced
+                cost = _attention_cost(node, shapes)
+            except _Unknown as e:
+                skipped.append({"node": name, "op_type": node.op_type, "reason": str(e)})
+                continue
+            nodes.append(cost)
+            entry.macs += cost.macs
             continue
         if node.op_type in COMPUTE_OPS and node.domain in DEFAULT_DOMAINS:
             # parameters do not depend on shapes: a node whose MACs are unknown still has weights

@@ -106,7 +106,7 @@ def test_lossless_compress_writes_report_and_keeps_outputs(tmp_path, capsys, mod
     code, stdout, err = call(["compress", model_path, "-o", out, "--json"], capsys)
     assert code == 0, err
     rep = json.loads(stdout)
-    assert [p["name"] for p in rep["passes"]] == ["simplify", "fold_batchnorm", "eliminate_dead"]
+    assert [p["name"] for p in rep["passes"]] == ["simplify", "fold_batchnorm", "fuse_attention", "eliminate_dead"]
     assert rep["passes"][1]["stats"]["folded"] == 6
     assert rep["after"]["nodes"] < rep["before"]["nodes"]
     written = onnx.load(str(out))

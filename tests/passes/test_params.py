@@ -77,7 +77,7 @@ def test_a_new_parameter_appears_in_parser_recipe_validation_and_search_space(ca
     cmd.parse(ns)
     assert cmd.passes.chosen() == {"blur": {"strength": 0.4, "sigma": 5, "sharpen": True, "exclude": ["^x"]}}
     names = [p.name for p in cmd.pipeline().passes]
-    assert names == ["simplify", "fold_batchnorm", "eliminate_dead", "blur"]  # registry order, lossless ones always
+    assert names == ["simplify", "fold_batchnorm", "fuse_attention", "eliminate_dead", "blur"]  # registry order, lossless ones always
     assert "--blur" in cmd.passes.enabling
     ns = parser.parse_args(["compress", "m.onnx", "-o", "o.onnx", "--blur-sigma", "5"])  # no enabling flag: pass off
     cmd.passes.parse(ns)
@@ -113,6 +113,7 @@ def test_default_search_recipe_is_the_one_it_was_before_the_declarations():
                             "round_to": {"choices": [0, 8]}}},  # 0 = probed on the target (issue 17)
         "fold_batchnorm",
         {"low_rank": {"enabled": {"choices": [True, False]}, "mode": "energy", "value": {"search": [0.8, 0.995], "step": 0.005}}},
+        "fuse_attention",  # issue 16: a new lossless pass, so default study names changed with it
         "eliminate_dead",
         {"quantize": {"enabled": {"choices": [True, False]}, "mode": "int8",
                       # auto first (issue 18): the int8 preset is what `compress --quantize int8` does
@@ -151,12 +152,12 @@ def test_registry_lists_every_pass_class_in_pipeline_order_and_fp16_is_a_quantiz
             if issubclass(obj, Pass) and obj is not Pass and obj.__module__ == m.__name__:
                 found[obj.name] = obj
     assert found == REGISTRY
-    assert list(REGISTRY) == ["specialize", "simplify", "prune_channels", "fold_batchnorm", "low_rank", "eliminate_dead", "quantize"]
+    assert list(REGISTRY) == ["specialize", "simplify", "prune_channels", "fold_batchnorm", "low_rank", "fuse_attention", "eliminate_dead", "quantize"]
     assert REGISTRY["quantize"](mode="fp16").params.mode == "fp16"
     with pytest.raises(RecipeError, match="unknown pass 'to_fp16'"):
         pipeline_from_dict({"passes": ["to_fp16"]})
     assert [p.name for p in canonical_pipeline({"quantize": {"mode": "fp16"}, "prune_channels": {}}).passes] == \
-        ["simplify", "prune_channels", "fold_batchnorm", "eliminate_dead", "quantize"]
+        ["simplify", "prune_channels", "fold_batchnorm", "fuse_attention", "eliminate_dead", "quantize"]
 
 
 def test_build_params_checks_declared_choices():
