@@ -196,9 +196,13 @@ def t_lossless(res: Results) -> str | None:
             t = r[tool]
             cells.append(f"{t['nodes']} / {_ratio(t['latency_ratio'], t['ratio_p10_p90'])} / "
                          f"{t['rel_err']:.1e} / {t['seconds']:.1f}")
-        out.append([r["model"], f"{r['nodes']} (BN {r['bn']})", *cells])
+        d = r.get("ours_over_onnxslim")
+        fused = (r["ours"].get("ops") or {}).get("MultiHeadAttention")
+        out.append([r["model"], f"{r['nodes']} (BN {r['bn']})", *cells,
+                    _ratio(d["ratio"], d["ci95"], "[]") if d else "-", f"{fused} attention fused" if fused else "-"])
     return _table(["model", "nodes", "onnxslim: nodes / latency ratio (p10-p90) / rel err / s",
-                   "ours: nodes / latency ratio (p10-p90) / rel err / s"], out)
+                   "ours: nodes / latency ratio (p10-p90) / rel err / s", "ours / onnxslim, direct [95% CI]",
+                   "fused"], out)
 
 
 def _lr_fid(r: dict) -> str:
