@@ -258,7 +258,7 @@ class CompressCommand(Command):
     name = "compress"
     summary = "run passes and write a smaller/faster model"
     epilog = f"""
-        With no pass options, compress runs the lossless passes (simplify, fold_batchnorm, eliminate_dead).
+        With no pass options, compress runs the lossless passes (simplify, fold_batchnorm, fuse_attention, eliminate_dead).
         Pass options build the pipeline simplify -> prune -> fold_batchnorm -> low rank -> eliminate_dead
         -> quantize; --recipe R.yaml gives any pipeline (see --print-recipe). Each pass option sets the
         recipe parameter it names; the others keep the pass's defaults.

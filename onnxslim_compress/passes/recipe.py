@@ -73,7 +73,7 @@ def canonical_pipeline(chosen: Mapping[str, dict[str, Any]], registry: Mapping[s
 
     The registry is listed in pipeline order (passes/__init__.py), so this is the one place the
     order of a pipeline built from CLI flags comes from: with nothing chosen it is the lossless
-    pipeline (simplify, fold_batchnorm, eliminate_dead).
+    pipeline (simplify, fold_batchnorm, fuse_attention, eliminate_dead).
     """
     reg = dict(registry) if registry is not None else pass_registry()
     unknown = sorted(set(chosen) - set(reg))

@@ -376,3 +376,24 @@ def test_alignment_table_names_the_deciding_figure_and_the_old_rule():
     assert _rows(table) == [["2026-12-02 03:40 UTC", "1", "4.0-4.4", "int8", "8 (stair)",
                              "16: +6.3% [+4.5%, +8.5%], resolution 2.1%, 3x3 conv, cin swept (cout 64)",
                              "1,2,4,8,16 / 4,8", "16"]]
+
+
+def test_attention_table_bolds_int8_only_when_faithful_and_faster():
+    def tools(c_dyn, c_ours):
+        base = {"median_ms": 1.0, "vs_fp32": 1.0, "ci95": [1.0, 1.0], "nodes": 1, "attention_kernels": 0}
+        return {"fp32": {**base, "cosine": 1.0}, "onnxslim": {**base, "cosine": 1.0},
+                "ours_lossless": {**base, "cosine": 1.0, "vs_fp32": 0.95, "ci95": [0.93, 0.97]},
+                "ort_dynamic": {**base, "cosine": c_dyn, "vs_fp32": 0.4, "ci95": [0.39, 0.41]},
+                "ours_int8": {**base, "cosine": c_ours, "vs_fp32": 0.36, "ci95": [0.35, 0.37]}}
+    meta = {"machine": {}, "threads": 1, "runs": 300, "loadavg_start": [1.0], "loadavg_end": [1.0], "command": "c"}
+    rows = [{"model": "minilm_l6", "seq": 128, "tokens_mean": 110.2, "fused": 6, "tools": tools(0.968, 0.993),
+             "ours_lossless_over_onnxslim": {"ratio": 0.95, "ci95": [0.94, 0.96]},
+             "ours_int8_over_ort_dynamic": {"ratio": 0.9, "ci95": [0.88, 0.92]}},
+            {"model": "minilm", "seq": 32, "tokens_mean": 23.0, "fused": 3, "tools": tools(0.974, 0.997),
+             "ours_lossless_over_onnxslim": {"ratio": 1.0, "ci95": [0.99, 1.01]},
+             "ours_int8_over_ort_dynamic": {"ratio": 0.98, "ci95": [0.95, 1.02]}}]
+    table = render.t_attention(_res(attention={"_meta": meta, "rows": rows}))
+    got = _rows(table.split("\n\n", 1)[1])
+    assert got[0][1:3] == ["128 (110)", "6"] and got[0][-3:] == ["cos 0.9680, 0.40 [0.39-0.41]", "cos 0.9930, 0.36 [0.35-0.37]",
+                                                                   "**0.90 [0.88-0.92]**"]
+    assert got[1][-1] == "0.98 [0.95-1.02]"  # the interval reaches 1: not shown as a win
