@@ -273,30 +273,43 @@ def mean_fidelity(ref: list[list[np.ndarray]], got: list[list[np.ndarray]], metr
 
 
 def pooled_fidelity(reference: onnx.ModelProto, models: list[onnx.ModelProto], data: Iterable, limit: int) -> list[dict]:
-    """Relative L2 error and cosine of every model's outputs (all of them, as one vector per sample)
-    against the reference's, pooled over the first `limit` samples of `data` (FidelityAccumulator).
+    """Relative L2 error and cosine of every model against the reference over the first `limit`
+    samples of `data`: each output pooled over the samples (FidelityAccumulator), then the worst
+    output (highest rel_l2, lowest cosine), float outputs only when there are any.
+
+    Per output, worst-of, as the run floor (`compress --min-fidelity`) reads them: concatenated into
+    one vector, MiniLM's echo of its int64 input_ids (norm ~11 000) drowned the embedding's (~48),
+    and a real rel_l2 of 0.17 read as 0.0004, so the prune pass thought a lossy selection lossless.
 
     One session at a time (the reference's outputs are kept): on offloaded weights each session maps
     a full copy of the model, and three side by side would triple the peak."""
     tgt = Target(kind="cpu", opt_level="basic")
 
-    def outputs(model: onnx.ModelProto) -> Iterable[np.ndarray]:
+    def outputs(model: onnx.ModelProto) -> Iterable[dict[str, np.ndarray]]:
         s = make_session(model, tgt)
         names = [i.name for i in s.get_inputs()]
+        outs = [o.name for o in s.get_outputs()]
         for k, feed in enumerate(data):
             if k >= limit:
                 break
             f = {n: feed[n] for n in names if n in feed}
-            yield np.concatenate([np.asarray(o, np.float32).reshape(-1) for o in s.run(None, f)])
+            yield dict(zip(outs, s.run(None, f), strict=True))
 
     ref = list(outputs(reference))
+    names = list(ref[0]) if ref else []
+    floats = [n for n in names if np.asarray(ref[0][n]).dtype.kind in "fc"]
+    names = floats or names
     rows = []
     for m in models:
-        acc = FidelityAccumulator(["out"])
+        acc = FidelityAccumulator(names)
         for a, b in zip(ref, outputs(m), strict=False):
-            acc.update({"out": a}, {"out": b})
-        res = acc.result().get("out", {"rel_l2": 0.0, "cosine": 1.0})
-        rows.append({"rel_l2": res["rel_l2"], "cosine": res["cosine"]})
+            acc.update({n: a[n] for n in names}, {n: b[n] for n in names})
+        res = list(acc.result().values())
+        rel = [r["rel_l2"] for r in res]
+        cos = [r["cosine"] for r in res]
+        # a NaN output is the worst one (max/min would skip it depending on the order)
+        rows.append({"rel_l2": math.nan if any(map(math.isnan, rel)) else max(rel, default=0.0),
+                     "cosine": math.nan if any(map(math.isnan, cos)) else min(cos, default=1.0)})
     return rows
 
 
