@@ -197,9 +197,11 @@ class StairTable:
         if self.flat:
             return 1.0
         c = -(-cout // self.step) * self.step
-        cin = -(-spec.cin // self.step) * self.step if spec.group == 1 else spec.cin // spec.group
-        h, w = spec.hw[0] // spec.stride, spec.hw[1] // spec.stride
-        return c * cin * spec.kernel**2 * h * w * 1e-6 + 1e-3
+        group, kernel = getattr(spec, "group", 1), getattr(spec, "kernel", 1)  # a MatMulSpec: 1x1, rows positions
+        hw, stride = getattr(spec, "hw", (1, getattr(spec, "rows", 1))), getattr(spec, "stride", 1)
+        cin = -(-spec.cin // self.step) * self.step if group == 1 else spec.cin // group
+        h, w = hw[0] // stride, hw[1] // stride
+        return c * cin * kernel**2 * h * w * 1e-6 + 1e-3
 
     def repeats(self, spec, cout: int) -> list[float]:
         ms = self.latency(spec, cout)

@@ -19,7 +19,7 @@ import json
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -80,6 +80,10 @@ class ConvSpec:
     group: int = 1
     precision: str = "fp32"
 
+    @property
+    def input_shape(self) -> list[int]:
+        return [1, self.cin, *self.hw]
+
     def key(self, cout: int) -> str:
         tail = "" if self.precision == "fp32" else f":p={self.precision}"
         return (f"conv:cin={self.cin}:hw={self.hw[0]}x{self.hw[1]}:k={self.kernel}:s={self.stride}:g={self.group}"
@@ -115,6 +119,56 @@ class ConvSpec:
         return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
 
 
+@dataclass(frozen=True)
+class MatMulSpec:
+    """One dense layer as a transformer runs it: x [1, rows, cin] times a constant [cin, cout].
+
+    The alignment probe times it for models whose pruned layers are all MatMul/Gemm (BERT-class
+    encoders): ORT runs those on MLAS GEMM kernels, not on the NCHWc convolutions whose channel
+    blocks the conv probe layers measure, so a conv's stair says nothing about them. precision
+    "int8" is the static QDQ form (uint8 activations, int8 per-column weights)."""
+
+    cin: int
+    rows: int = 128
+    precision: str = "fp32"
+
+    @property
+    def input_shape(self) -> list[int]:
+        return [1, self.rows, self.cin]
+
+    def key(self, cout: int) -> str:
+        tail = "" if self.precision == "fp32" else f":p={self.precision}"
+        return f"matmul:cin={self.cin}:rows={self.rows}:cout={cout}{tail}"
+
+    def model(self, cout: int) -> onnx.ModelProto:
+        rng = np.random.default_rng(0)
+        w = (rng.standard_normal((self.cin, cout)) / math.sqrt(self.cin)).astype(np.float32)
+        if self.precision == "int8":
+            scale = (np.abs(w).max(0) / 127).astype(np.float32)
+            q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+            inits = [numpy_helper.from_array(q, "wq"), numpy_helper.from_array(scale, "ws"),
+                     numpy_helper.from_array(np.zeros(cout, np.int8), "wz"),
+                     numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
+                     numpy_helper.from_array(np.array(128, np.uint8), "xz")]
+            nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+                     helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+                     helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1),
+                     helper.make_node("MatMul", ["xd", "w"], ["y"])]
+        else:
+            inits = [numpy_helper.from_array(w, "w")]
+            nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+        g = helper.make_graph(
+            nodes, "layer",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, self.input_shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            inits,
+        )
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+LayerSpec = ConvSpec | MatMulSpec
+
+
 def cache_path(target: Target) -> Path:
     """The table's file: per target kind, thread count and CPU ISA.
 
@@ -134,7 +188,7 @@ class LatencyLookup(Protocol):
     `repeats(spec, cout) -> [ms, ...]` (its independent repeat measurements); the decisions that
     read the table compare savings against that noise, and a table without them counts as exact."""
 
-    def latency(self, spec: ConvSpec, cout: int) -> float: ...
+    def latency(self, spec: LayerSpec, cout: int) -> float: ...
 
 
 #: a singly measured entry's runs are split into this many consecutive blocks; the blocks' minima are
@@ -142,13 +196,13 @@ class LatencyLookup(Protocol):
 BLOCKS = 3
 
 
-def entry_noise(table: object, spec: ConvSpec, cout: int) -> float:
+def entry_noise(table: object, spec: LayerSpec, cout: int) -> float:
     """The measured noise (ms) of one table entry; 0 for a table that records none (exact)."""
     fn = getattr(table, "noise", None)
     return float(fn(spec, cout)) if fn is not None else 0.0
 
 
-def entry_repeats(table: object, spec: ConvSpec, cout: int) -> list[float]:
+def entry_repeats(table: object, spec: LayerSpec, cout: int) -> list[float]:
     """The independent repeat measurements (ms) of one entry; the entry alone for a table without them."""
     fn = getattr(table, "repeats", None)
     if fn is not None:
@@ -187,39 +241,39 @@ class LatencyTable:
             except (ValueError, OSError, AttributeError, TypeError):
                 self.entries, self.reps, self.settled = {}, {}, set()
 
-    def _time(self, spec: ConvSpec, cout: int) -> list[float]:
+    def _time(self, spec: LayerSpec, cout: int) -> list[float]:
         """One measurement: the minima of BLOCKS blocks of `runs` timed runs (ms)."""
         sess = make_session(spec.model(cout), self.target)
-        x = np.random.default_rng(1).standard_normal((1, spec.cin, *spec.hw)).astype(np.float32)
+        x = np.random.default_rng(1).standard_normal(spec.input_shape).astype(np.float32)
         # the fastest run, not the median: a layer of a millisecond on a shared machine is hit by
         # other jobs in many runs, and interference only ever adds time
         stats = measure(sess, {"x": x}, warmup=self.warmup, runs=max(self.runs, BLOCKS))
         self.measured += 1
         return [float(min(b)) for b in np.array_split(np.asarray(stats.runs), BLOCKS)]
 
-    def latency(self, spec: ConvSpec, cout: int) -> float:
+    def latency(self, spec: LayerSpec, cout: int) -> float:
         key = spec.key(cout)
         if key not in self.entries:
             rep = self._time(spec, cout)
             self.entries[key], self.reps[key] = min(rep), rep
         return self.entries[key]
 
-    def repeats(self, spec: ConvSpec, cout: int) -> list[float]:
+    def repeats(self, spec: LayerSpec, cout: int) -> list[float]:
         """The entry's repeat measurements (ms), measuring it first if needed."""
         self.latency(spec, cout)
         return self.reps.get(spec.key(cout)) or [self.entries[spec.key(cout)]]
 
-    def noise(self, spec: ConvSpec, cout: int) -> float:
+    def noise(self, spec: LayerSpec, cout: int) -> float:
         """The entry's measured noise (ms): the gap between its two fastest repeats, i.e. how far the
         entry (their minimum) would move if its luckiest repeat were dropped. Not the full range: the
         slowest repeats carry other jobs' bursts, which the minimum already discards."""
         rep = sorted(self.repeats(spec, cout))
         return float(rep[1] - rep[0]) if len(rep) > 1 else 0.0
 
-    def sweep(self, spec: ConvSpec, couts: list[int]) -> dict[int, float]:
+    def sweep(self, spec: LayerSpec, couts: list[int]) -> dict[int, float]:
         return {c: self.latency(spec, c) for c in couts}
 
-    def settle(self, points: list[tuple[ConvSpec, int]], rounds: int = 5) -> None:
+    def settle(self, points: list[tuple[LayerSpec, int]], rounds: int = 5) -> None:
         """Measure the points again in `rounds` sweeps of alternating order; each round's fastest is
         one repeat of the entry, the entry is the fastest of them.
 
@@ -236,7 +290,7 @@ class LatencyTable:
             self.entries[key], self.reps[key] = min(rep), rep
         self.settled.update(got)
 
-    def best_count(self, spec: ConvSpec, wanted: int, upper: int) -> int:
+    def best_count(self, spec: LayerSpec, wanted: int, upper: int) -> int:
         """The channel count in [wanted, upper] with the lowest latency (ties: fewest channels).
 
         Pruning to `wanted` channels is pointless if `wanted + k` runs faster; this picks that count,
@@ -269,26 +323,32 @@ class ProbeLayer:
     consumers; the two are different dimensions of the kernel's GEMM (int8 VNNI kernels pack the
     input dimension by 4 bytes per lane), so the probe times both."""
 
-    spec: ConvSpec
+    spec: LayerSpec
     vary: str = "cout"
     fixed: int = 64
 
-    def at(self, c: int, precision: str) -> tuple[ConvSpec, int]:
+    def at(self, c: int, precision: str) -> tuple[LayerSpec, int]:
         s = self.spec
         if self.vary == "cin":
+            if isinstance(s, MatMulSpec):
+                return replace(s, cin=c, precision=precision), self.fixed
             return ConvSpec(c, s.hw, s.kernel, s.stride, 1, precision), self.fixed
-        return ConvSpec(s.cin, s.hw, s.kernel, s.stride, s.group, precision), c
+        return replace(s, precision=precision), c
 
     def name(self) -> str:
         s = self.spec
-        return f"{s.kernel}x{s.kernel} conv, {self.vary} swept" + (f" (cin {s.cin})" if self.vary == "cout" else
-                                                                   f" (cout {self.fixed})")
+        layer = f"MatMul ({s.rows} rows)" if isinstance(s, MatMulSpec) else f"{s.kernel}x{s.kernel} conv"
+        return f"{layer}, {self.vary} swept" + (f" (cin {s.cin})" if self.vary == "cout" else f" (cout {self.fixed})")
 
 
 #: layers the alignment probe sweeps at a mid-network size (batch 1): a 3x3 and a 1x1 conv over
 #: output counts, and a 3x3 conv over input counts
 PROBE_LAYERS = (ProbeLayer(ConvSpec(cin=96, hw=(28, 28), kernel=3)), ProbeLayer(ConvSpec(cin=256, hw=(28, 28), kernel=1)),
                 ProbeLayer(ConvSpec(cin=96, hw=(28, 28), kernel=3), vary="cin", fixed=64))
+#: the same sweeps on dense layers (a transformer's FFN and projections, 128 token rows), for models
+#: whose prunable layers are all MatMul/Gemm: output counts into a 384-wide input, input counts
+#: into 384 outputs
+MATMUL_PROBE_LAYERS = (ProbeLayer(MatMulSpec(cin=384)), ProbeLayer(MatMulSpec(cin=384), vary="cin", fixed=384))
 #: channel counts swept: 33..128, so every candidate step and the witness step above the largest
 #: one (64) round every count up inside the range and all costs are averaged over the same counts
 PROBE_COUNTS = range(33, 129)

@@ -33,8 +33,11 @@ from onnxslim_compress.passes.prune.select import (
     unit_importance,
 )
 from onnxslim_compress.runtime.latency_table import (
+    MATMUL_PROBE_LAYERS,
+    PROBE_LAYERS,
     SAFE_STEP,
     LatencyTable,
+    ProbeLayer,
     cpu_isa,
     default_round_to,
     probe_alignment,
@@ -160,6 +163,13 @@ class PruneChannelsParams:
                     raise ValueError(f"override {rx!r}: {k} must be a number")
 
 
+def _probe_layers(an: ChannelAnalysis) -> tuple[ProbeLayer, ...]:
+    """The alignment probe's layers for this model: MatMul sweeps when its prunable layers are all
+    dense (MatMul/Gemm), conv sweeps otherwise."""
+    ops = {an.view.nodes[i].op_type for i in MacModel(an).prunable_nodes()}
+    return MATMUL_PROBE_LAYERS if ops and ops <= {"MatMul", "Gemm"} else PROBE_LAYERS
+
+
 class PruneChannels(Pass):
     name = "prune_channels"
     Params = PruneChannelsParams
@@ -168,7 +178,7 @@ class PruneChannels(Pass):
         p: PruneChannelsParams = self.params
         an = analyze(model, getattr(ctx, "input_shapes", None) or None)
         precision = getattr(ctx, "precision", None) or "fp32"
-        round_to, align = self._round_to(ctx, precision)
+        round_to, align = self._round_to(ctx, precision, an)
         policies, excluded = self._policies(an, round_to)
         act = None
         criterion = p.criterion if p.criterion != "auto" else ("activation" if ctx.calib is not None else "l1")
@@ -282,8 +292,10 @@ class PruneChannels(Pass):
         stats["per_group"] = self._group_rows(an, pruned, cand, lat, errors)
         return PassResult(out, True, stats)
 
-    def _round_to(self, ctx: Any, precision: str) -> tuple[int, dict]:
-        """The given round_to, or (0) the alignment step probed on the target at this precision."""
+    def _round_to(self, ctx: Any, precision: str, an: ChannelAnalysis) -> tuple[int, dict]:
+        """The given round_to, or (0) the alignment step probed on the target at this precision,
+        on the layer kind the model prunes: dense layers (MatMul) when every prunable layer is a
+        MatMul/Gemm, the convs otherwise (MiniLM got its step from 3x3 convs it does not have)."""
         p: PruneChannelsParams = self.params
         if p.round_to > 0:
             return p.round_to, {"source": "given"}
@@ -293,7 +305,7 @@ class PruneChannels(Pass):
             return step, {"source": f"{target.kind} default (tensor cores)", "precision": precision}
         table = self._table(ctx)
         try:
-            al = probe_alignment(table, precision)
+            al = probe_alignment(table, precision, layers=_probe_layers(an))
         except ProviderError as e:
             return SAFE_STEP, {"source": f"fallback {SAFE_STEP}", "reason": f"probe failed: {e}"}
         self._save(table)

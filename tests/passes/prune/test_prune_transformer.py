@@ -181,3 +181,42 @@ def test_recovery_with_a_huge_ridge_is_the_pruned_model_plus_bias_correction():
     before, after = rec["fidelity_before"]["rel_l2"], rec["fidelity_after"]["rel_l2"]
     assert after <= before * 1.001
     assert after >= 0.8 * before
+
+
+class _KindTable:
+    """A latency table whose MatMul layers step every 4 channels and whose convs every 16 (both
+    exact); it records which layer kinds were asked for."""
+
+    def __init__(self):
+        self.kinds: set[str] = set()
+
+    def latency(self, spec, cout: int) -> float:
+        kind = type(spec).__name__
+        self.kinds.add(kind)
+        step = 4 if kind == "MatMulSpec" else 16
+        return (-(-cout // step) * step) * (-(-spec.cin // step) * step) * 1e-5 + 1e-3
+
+    def save(self):
+        return None
+
+
+def test_alignment_probe_times_the_layer_kind_the_model_prunes():
+    table = _KindTable()
+    res = PruneChannels(ratio=0.25, round_to=0, recover=False, latency_check=False, criterion="l1",
+                        sensitivity_samples=0)(_ffn(), Context(latency_table=table))
+    al = res.stats["alignment"]
+    # MiniLM-L3 (MatMul only) had its step from "the 3x3 conv, cin swept"
+    assert table.kinds == {"MatMulSpec"}
+    assert al["source"] == "probe" and al["step"] == 4
+    assert all(row["layer"].startswith("MatMul") for row in al["layers"])
+
+
+def test_matmul_spec_times_a_real_dense_layer():
+    from onnxslim_compress.runtime.latency_table import MatMulSpec
+
+    for precision in ("fp32", "int8"):
+        spec = MatMulSpec(cin=8, rows=4, precision=precision)
+        x = np.random.default_rng(0).standard_normal(spec.input_shape).astype(np.float32)
+        y = run(spec.model(12), {"x": x})[0]
+        assert y.shape == (1, 4, 12)
+    assert MatMulSpec(cin=8).key(12) != MatMulSpec(cin=8, precision="int8").key(12)
