@@ -334,9 +334,28 @@ def rule_shape(g: GraphView, i: int, t: str, a: int) -> Outcome:
         return out
     for j, _ in g.consumers.get(n.output[0], []):
         c = g.nodes[j]
+        if c.op_type == "Slice":
+            picked = _sliced_entries(g, c, end - start)
+            if picked is not None and (a - start) not in picked:
+                continue  # e.g. Slice(Shape(t), 0, 1): the batch size of a flatten, not the channels
+            return out.block((t, a), "Shape reads the channel count")
         v = g.const(c.input[1]) if c.op_type == "Gather" and len(c.input) > 1 else None
         if v is None or attr(c, "axis", 0) != 0 or (a - start) in v.reshape(-1).tolist():
             return out.block((t, a), "Shape reads the channel count")
     return out
+
+
+def _sliced_entries(g: GraphView, n, size: int) -> range | None:
+    """The entries of a 1-D tensor of `size` that Slice (opset >= 10, constant starts/ends) keeps;
+    None when they are not constant."""
+    if len(n.input) < 3:
+        return None
+    starts, ends, axes, steps = (g.const(n.input[k]) if k < len(n.input) and n.input[k] else None for k in range(1, 5))
+    if starts is None or ends is None or starts.size != 1 or ends.size != 1:
+        return None
+    if axes is not None and int(axes.reshape(-1)[0]) not in (0, -1):
+        return None
+    step = 1 if steps is None else int(steps.reshape(-1)[0])
+    return range(size)[slice(int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0]), step)]
 
 
