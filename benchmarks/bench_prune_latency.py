@@ -11,7 +11,10 @@ yolov8n, ppocr_det, ddddocr_det: cosine of the output) at `--prune 0.3 --calib` 
 - fp32 speed of each vs the original: interleaved A/B runs in one process, --threads 1, median
   ratio and p10-p90 (runtime/profiler.compare); GaP vs one-shot as well (equal kept counts, so
   equal latency by construction: the ratio checks it);
-- task loss on the eval split: top-1 (and mean |dp| of the class probabilities) or cosine;
+- task loss on the eval split: top-1 with the paired bootstrap 95 % interval of the loss in points
+  and the samples lost/gained (use --eval 1000: on 200 one sample is half a point), mean |dp| of
+  the class probabilities, or cosine; the output's rel_l2 on the eval set next to the pass's own
+  held-out estimate (recovery, on the logits under a softmax);
 - the CPU ISA flags and the probed alignment, per precision.
 """
 
@@ -106,6 +109,7 @@ def run_model(name: str, args, table: LatencyTable, old: dict | None = None) -> 
     row: dict = {k: v for k, v in (old or {}).items() if k in VARIANTS and k not in args.variants}
     for v in row:
         row[v].setdefault("command", old.get("command", ""))
+        row[v].setdefault("orig", old["orig"])  # its figure is against the original on that run's eval set
     for k, pair in (("gap_vs_one_shot_latency", {"one_shot", "gap"}),
                     ("cost_latency_vs_one_shot", {"one_shot", "one_shot_latency"})):
         if k in (old or {}) and not pair & set(args.variants):

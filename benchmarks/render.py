@@ -316,7 +316,7 @@ def t_prune_latency(res: Results) -> str | None:
             out.append([r["model"], label, str(x["round_to"]), f"{x['achieved']:.3f}",
                         f"x{x['speed']:.2f} " + (f"[{spread[0]:.2f}-{spread[1]:.2f}]" if "speed_ci95" in x
                                                   else f"({spread[0]:.2f}-{spread[1]:.2f})"),
-                        f"{t[prim]:.3f} ({o[prim]:.3f})", loss, dp, est, ref])
+                        f"{t[prim]:.3f} ({x.get('orig', o)[prim]:.3f})", loss, dp, est, ref])
         if "gap_vs_one_shot_latency" in r:
             out.append([r["model"], "GaP / one-shot latency", "", "", f"{r['gap_vs_one_shot_latency']:.3f}", "", "", "", "", ""])
         if "cost_latency_vs_one_shot" in r:

@@ -356,6 +356,9 @@ def test_prune_latency_table_shows_the_loss_interval_and_the_pass_estimate_again
                  "loss_ci95": [-0.1, 0.8], "lost": 4, "gained": 1}})
     rows = _rows(render.t_prune_latency(_res(prune_latency=d)).split("\n\n", 1)[1])
     assert rows[0][5:9] == ["0.996 (1.000)", "0.3 [-0.1, 0.8] on 1000 (-4/+1)", "0.0063", "0.1875 (logits) / 0.0703"]
+    d["results"][0]["gap"]["orig"] = {"top1": 0.965}  # a row kept from a run on another eval set
+    rows = _rows(render.t_prune_latency(_res(prune_latency=d)).split("\n\n", 1)[1])
+    assert rows[1][5] == "0.985 (0.965)"
 
 
 def test_prune_latency_table_records_isa_and_gap():
