@@ -149,7 +149,7 @@ class PruneChannelsParams:
         if min(self.min_channels, self.calib_samples, self.recover_stages, self.refine_partitions) < 1:
             raise ValueError("min_channels, calib_samples, recover_stages and refine_partitions must be >= 1")
         if min(self.round_to, self.refine, self.sensitivity_samples, self.sensitivity_rounds) < 0:
-            raise ValueError("round_to, refine and sensitivity_samples must be >= 0 (round_to 0 = probe)")
+            raise ValueError("round_to, refine, sensitivity_samples and sensitivity_rounds must be >= 0 (round_to 0 = probe)")
         if self.max_group_error is not None and self.max_group_error <= 0:
             raise ValueError("max_group_error must be > 0")
         if self.ridge < 0:
@@ -219,7 +219,7 @@ class PruneChannels(Pass):
                 sel = self._keep_groups_that_save_nothing(an, sel, lat, cand, no_gain, fraction)
         errors: dict[int, float] = {}
         if ctx.calib is not None and p.sensitivity_samples and p.sensitivity_rounds and sel.pruned.any():
-            imp, sel, factors = self._calibrate_importance(an, ctx, sel, imp, cand, policies, excluded, fraction)
+            imp, sel, factors = self._calibrate_importance(an, ctx, sel, imp, policies, excluded, fraction)
             rank = imp / lat.cost_per_unit(an, cand) if lat is not None and p.cost == "latency" else None
             if lat is not None and p.latency_check:
                 sel = self._keep_groups_that_save_nothing(an, sel, lat, cand, no_gain, fraction)
@@ -389,7 +389,7 @@ class PruneChannels(Pass):
         got = fraction(pr, cand) if fraction is not None else (sel.macs_before - after) / max(sel.prunable_macs, 1)
         return Selection(pr, float(got), sel.macs_before, int(after), sel.prunable_macs)
 
-    def _calibrate_importance(self, an, ctx, sel, imp, cand, pol, excluded, fraction):
+    def _calibrate_importance(self, an, ctx, sel, imp, pol, excluded, fraction):
         """Put the groups' importances on one scale: the measured output error of each.
 
         unit_importance normalizes each group to mean 1, so the global ranking compares channels
@@ -450,8 +450,8 @@ class PruneChannels(Pass):
         capped: list[int] = []
         tensors = error_tensors(an.model)
 
-        def measure(gids: list[int]) -> None:
-            masks = {g: sel.pruned & (an.group == g) for g in gids}
+        def measure(pruned: np.ndarray, gids: list[int]) -> None:
+            masks = {g: pruned & (an.group == g) for g in gids}
             models = (apply_pruning(an, masks[g]) for g in gids)
             rows = pooled_fidelity(an.model, models, ctx.calib, p.sensitivity_samples, tensors=tensors)
             errors.update({g: float(r["rel_l2"]) for g, r in zip(gids, rows, strict=True)})
@@ -459,7 +459,7 @@ class PruneChannels(Pass):
 
         for _ in range(3 if p.max_group_error is not None else 1):
             gids = [int(g) for g in np.unique(an.group[sel.pruned]) if int(g) not in errors]
-            measure(gids)
+            measure(sel.pruned, gids)
             over = [g for g in gids if p.max_group_error is not None and errors[g] > p.max_group_error]
             if not over:
                 break
@@ -472,7 +472,7 @@ class PruneChannels(Pass):
                 capped.append(g)
             sel = select_units(an, imp, ratio, p.scope, pol, excluded, rank=rank, fraction=fraction)
         final = [int(g) for g in np.unique(an.group[sel.pruned])]
-        measure([g for g in final if g not in errors or not np.array_equal(sel.pruned & (an.group == g), measured[g])])
+        measure(sel.pruned, [g for g in final if g not in errors or not np.array_equal(sel.pruned & (an.group == g), measured[g])])
         errors = {g: errors[g] for g in final}
         over = sorted(g for g in final if p.max_group_error is not None and errors[g] > p.max_group_error)
         return sel, errors, sorted(set(capped)), over
