@@ -378,6 +378,35 @@ def test_max_group_error_caps_the_sensitive_group():
     assert all(r["error_added"] <= cap for r in res.stats["per_group"] if r["group"] not in over)
 
 
+def _with_softmax(m: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model with a Softmax on its output (the pass then reads its errors on the logits)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    o = out.graph.output[0]
+    out.graph.node.append(onnx.helper.make_node("Softmax", [o.name], ["probs"], axis=-1))
+    o.name = "probs"
+    return out
+
+
+def test_the_cap_is_doubled_where_the_errors_are_read_on_logits():
+    """Logits move more than the probabilities they decide: a cap between a group's logit error and
+    half of it caps that group on a model whose output is the logits, and not under a softmax."""
+    m = _chain()
+    free = PruneChannels(ratio=0.3, round_to=8, recover=False, max_group_error=None)(
+        m, Context(calib=_calib(), latency_table=StairTable()))
+    errs = sorted(r["error_added"] for r in free.stats["per_group"])
+    cap = 0.75 * errs[-1]  # under the worst group's error, over half of it
+    assert errs[-1] / 2 < cap < errs[-1]
+    plain = PruneChannels(ratio=0.3, round_to=8, recover=False, max_group_error=cap)(
+        m, Context(calib=_calib(), latency_table=StairTable()))
+    soft = PruneChannels(ratio=0.3, round_to=8, recover=False, max_group_error=cap)(
+        _with_softmax(m), Context(calib=_calib(), latency_table=StairTable()))
+    assert plain.stats["groups_capped_by_error"]
+    capped_soft = set(soft.stats.get("groups_capped_by_error", []))  # absent: none capped
+    worst = max(free.stats["per_group"], key=lambda r: r["error_added"])["group"]
+    assert worst in set(plain.stats["groups_capped_by_error"]) and worst not in capped_soft
+
+
 def test_per_group_error_is_measured_at_the_final_selection():
     """A cap re-selects the budget, which grows other groups after their error was measured: the
     report measured each group once, at its first mask (PP-OCR cls: a group shown at 0.090 at
