@@ -39,7 +39,7 @@ import onnx
 from onnx import helper
 
 from onnxslim_compress.graph.index import DEFAULT_DOMAINS, GraphIndex, attr
-from onnxslim_compress.graph.shapes import infer_shapes, without_big_weights
+from onnxslim_compress.graph.shapes import dims_of, graph_inputs, infer_shapes, without_big_weights
 from onnxslim_compress.passes.base import NoParams, Pass, PassResult
 from onnxslim_compress.runtime.session import shapes_from_run
 
@@ -48,6 +48,8 @@ MS_DOMAIN = "com.microsoft"
 FUSING_TARGETS = ("cpu", "cuda")
 #: what a -inf mask entry becomes: far below any score, far from float32's -3.4e38 (no overflow when added)
 FINITE_MASK = -1e30
+#: the size of unbound dims in the structural shape run (not 1: see _probe_shapes)
+PROBE_DIM = 8
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,43 @@ class _Matcher:
                               expand_bias=expand)
 
 
+def _probe_shapes(model: onnx.ModelProto, given: dict[str, list[int]] | None) -> dict[str, list[int]]:
+    """Input shapes for the structural shape run: the bound ones, and PROBE_DIM for every dim that
+    nothing bound. Why not the usual 1: a sequence of 1 cannot tell a per-query mask from a broadcast
+    one, so a model compressed without data would never fuse. Only the pattern's shape relations are
+    read at these sizes; the written model is checked by the guard on the run's own inputs."""
+    out = {k: list(v) for k, v in (given or {}).items()}
+    for vi in graph_inputs(model):
+        if vi.name not in out:
+            dims = dims_of(vi)
+            if dims:
+                out[vi.name] = [d if isinstance(d, int) and d > 0 else PROBE_DIM for d in dims]
+    return out
+
+
+def _between_matmuls(idx: GraphIndex, sm: onnx.NodeProto) -> bool:
+    """Cheap structural test, no shapes: a MatMul of two runtime tensors among the first eight
+    producers before the Softmax (through Add/Mul/Div: mask and scale), and a MatMul reading it
+    directly or through the IsNaN guard's Where."""
+    frontier, seen = [sm.input[0]], 0
+    found = False
+    while frontier and seen < 8 and not found:
+        t = frontier.pop(0)
+        seen += 1
+        n = idx.producer.get(t)
+        if n is None:
+            continue
+        if n.op_type == "MatMul" and all(idx.constant(x) is None for x in n.input):
+            found = True
+        elif n.op_type in ("Add", "Mul", "Div"):
+            frontier += [x for x in n.input if idx.constant(x) is None]
+    if not found:
+        return False
+    after = list(idx.consumers.get(sm.output[0], []))
+    after += [c for w in after if w.op_type == "Where" for c in idx.consumers.get(w.output[0], [])]
+    return any(n.op_type == "MatMul" for n in after)
+
+
 def _expand_over_queries(idx: GraphIndex, nodes: list[onnx.NodeProto], bias: str, q: str) -> str:
     """Append nodes expanding a [B|1, H|1, 1, T] bias to [B|1, H|1, S, T], S read off `q` ([B, S, H*D])
     at run time (Shape, Gather, Concat, Expand: valid from opset 8). Returns the expanded tensor."""
@@ -287,7 +326,13 @@ class FuseAttention(Pass):
             return PassResult(model, False, {"fused": 0, "skipped": [{"node": "*", "reason": f"target {kind}: "
                                                                      "no MultiHeadAttention kernel"}]})
         idx = GraphIndex(g)
-        shapes, _, method = infer_shapes(model, getattr(ctx, "input_shapes", None), runner=shapes_from_run)
+        # the shape run costs one ORT session on the whole model: only when a Softmax could be attention
+        softmaxes = [sm for sm in softmaxes if _between_matmuls(idx, sm)]
+        if not softmaxes:
+            return PassResult(model, False, {"fused": 0, "skipped": [{"node": "*", "reason": "no Softmax between "
+                                                                     "a score MatMul and a context MatMul"}]})
+        shapes, _, method = infer_shapes(model, _probe_shapes(model, getattr(ctx, "input_shapes", None)),
+                                         runner=shapes_from_run)
         types = _elem_types(model)
         pos = {id(n): i for i, n in enumerate(g.node)}
         matches: list[AttentionMatch] = []
