@@ -173,3 +173,23 @@ def test_a_model_with_unbound_dims_fuses_without_data():
     assert res.stats["fused"] == 1
     fused = EliminateDead()(res.model, Context()).model
     np.testing.assert_allclose(run(fused, _feeds())[0], run(m, _feeds())[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("ratio", "fused"), [(0.9, 1), (1.0, 0), (1.05, 0)])
+def test_the_fusion_is_kept_only_where_it_measures_faster(ratio, fused):
+    """The kernel is not faster everywhere (MiniLM-L3's classic export at 128 tokens: a tie), so
+    the pass times fused against unfused on the target and keeps the input when it does not win."""
+    m = _attention()
+    calls = []
+
+    def timer(a, b, feed):
+        calls.append((sum(n.op_type == "MultiHeadAttention" for n in a.graph.node),
+                      sum(n.op_type == "MultiHeadAttention" for n in b.graph.node), sorted(feed)))
+        return ratio
+
+    res = FuseAttention()(m, Context(target=Target("cpu"), timer=timer))
+    assert calls == [(0, 1, ["mask", "x"])]  # unfused vs fused, on a generated feed (no calibration data)
+    assert res.stats["fused"] == fused and res.modified == bool(fused)
+    assert sum(n.op_type == "MultiHeadAttention" for n in res.model.graph.node) == fused
+    if not fused:
+        assert "not faster" in res.stats["skipped"][-1]["reason"] and res.stats["timed"]["ratio"] == ratio

@@ -30,6 +30,7 @@ from onnxslim_compress.graph.index import drop_unused_initializers, iter_bodies,
 from onnxslim_compress.graph.io import main_opset, upgrade_opset
 from onnxslim_compress.graph.shapes import bind_input_shapes
 from onnxslim_compress.passes import bodies as bd
+from onnxslim_compress.passes import timing
 from onnxslim_compress.passes.base import (
     FIDELITY_GOAL,
     Choices,
@@ -590,9 +591,9 @@ class Quantize(Pass):
         qmodel = build([*final, *body_final])
         slow: dict[str, str] = {}
         if kind == "cpu" and mode == "int8" and p.speed_check and final and ctx.target.kind == "cpu":
-            timer = qspeed.timer_for(ctx, ctx.target)
+            timer = timing.timer_for(ctx, ctx.target)
             if timer is None:
-                stats["speed_check"] = f"off ({qspeed.NO_SPEED_CHECK_ENV} is set)"
+                stats["speed_check"] = f"off ({timing.NO_SPEED_CHECK_ENV} is set)"
             else:
                 steps = qspeed.ladder(final, qspeed.unit_macs(model, final, first, inits))
                 step, cand, rows = qspeed.fastest(source, steps, lambda s: build([*s, *body_final]), qspeed.sample_feed(data), timer,

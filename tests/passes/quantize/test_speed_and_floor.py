@@ -14,7 +14,7 @@ from onnxslim_compress import Context, Target
 from onnxslim_compress.cli.main import kept_float_lines
 from onnxslim_compress.jobs.compress import compress, flags_pipeline
 from onnxslim_compress.passes.quantize.quantize import Quantize
-from onnxslim_compress.passes.quantize.speed import Timing, as_timing
+from onnxslim_compress.passes.timing import Timing, as_timing
 from onnxslim_compress.runtime.profiler import ab_from_samples
 
 CPU1 = Target("cpu", threads=1)
