@@ -130,7 +130,10 @@ def test_ctrl_c_leaves_no_output(tmp_path):
     cmd = [sys.executable, "-m", "onnxslim_compress", "compress", str(tmp_path / "m.onnx"), "-o", str(out_dir / "o.onnx"),
            "--prune", "0.5", "--lowrank", "ratio=0.5", "--quantize", "int8", "--calib", str(tmp_path / "calib.npz"),
            "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIG_DFL in the child: a test run started in the background (`cmd &`) inherits SIGINT ignored,
+    # and the CLI rightly leaves an inherited disposition alone
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # past the imports and the argument checks: well into the passes
         deadline = time.monotonic() + 60
