@@ -304,8 +304,8 @@ class CompressCommand(Command):
             "--min-fidelity", metavar="M=V[,M=V]",
             help="fidelity floor of the output against the input on --calib data, never written below (pearson, "
             "rel_l2, cosine, top1, sequence; default pearson=0.99,rel_l2=0.15; none: no floor): below it the lossy "
-            "passes back off, else exit 3; its first cosine/pearson/top1/sequence bound is also quantize's goal "
-            "unless --quantize-goal is given",
+            "passes back off, else exit 3; its first cosine/pearson/top1/sequence bound (else the pearson its rel_l2 "
+            "bound implies) is also quantize's goal unless --quantize-goal is given",
         )
         p.add_argument("--measure", action="store_true", help="measure latency of output vs input on --target (interleaved)")
         p.add_argument("--report", metavar="FILE.html", help="write a self-contained HTML report")

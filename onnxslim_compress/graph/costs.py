@@ -418,23 +418,16 @@ def count_costs(model: onnx.ModelProto, input_shapes: ShapeMap | None = None, *,
                 )
         if node.op_type == "Constant":
             continue
-        if node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft":
-            try:  # the fused attention (passes/fuse_attention.py) does the two MatMuls it replaced
-                cost = _attention_cost(node, shapes)
-            except _Unknown as e:
-                skipped.append({"node": name, "op_type": node.op_type, "reason": str(e)})
-                continue
-            nodes.append(cost)
-            entry.macs += cost.macs
-            continue
-        if node.op_type in COMPUTE_OPS and node.domain in DEFAULT_DOMAINS:
+        # the fused attention (passes/fuse_attention.py) does the two MatMuls it replaced
+        attention = node.op_type == "MultiHeadAttention" and node.domain == "com.microsoft"
+        if attention or (node.op_type in COMPUTE_OPS and node.domain in DEFAULT_DOMAINS):
             # parameters do not depend on shapes: a node whose MACs are unknown still has weights
-            for w in _compute_weights(node, consts):
+            for w in [] if attention else _compute_weights(node, consts):
                 if w not in param_tensors:
                     param_tensors[w] = consts.info[w][1]
                     owner_op[w] = key
             try:
-                cost = _node_cost(node, shapes, consts)
+                cost = _attention_cost(node, shapes) if attention else _node_cost(node, shapes, consts)
             except _Unknown as e:
                 skipped.append({"node": name, "op_type": node.op_type, "reason": str(e)})
                 continue

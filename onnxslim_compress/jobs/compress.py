@@ -126,8 +126,7 @@ def compress(
     lossless pipeline whose outputs differ (shape or value) writes the input graph instead, saying
     why; a lossy one below `min_fidelity` (guard.DEFAULT_MIN_FIDELITY; "none" opts out) backs off
     and raises AccuracyGateError (exit 3) if that does not reach the floor. A floor given here is
-    also the goal of a quantize pass that has none of its own (its first cosine/pearson/top1/sequence
-    bound, guard.goal_from_floor), so the first round already keeps the layers float it needs.
+    also the goal of a quantize pass that has none of its own (guard.goal_from_floor), so the first round already keeps the layers float it needs.
     """
     if max_drop and eval_data is None:
         raise BadInputError("--max-drop needs --eval data (the drop is measured on it against the input)")

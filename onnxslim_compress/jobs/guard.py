@@ -267,14 +267,15 @@ def backed_off(pipeline: Pipeline, floor: FidelityFloor | None, round_no: int,
 
 
 def goal_from_floor(pipeline: Pipeline, floor: FidelityFloor | None) -> Pipeline:
-    """The pipeline with a quantize pass that has no goal of its own aiming at the floor's first
-    cosine/pearson/top1/sequence bound (the bound, not a margin over it: the back-off tightens it).
+    """The pipeline with a quantize pass that has no goal of its own aiming at the floor's
+    quantize_goal(0): its first cosine/pearson/top1/sequence bound, else the pearson a rel_l2 bound
+    implies (the bound, not a margin over it: the back-off tightens it).
 
     Why: with a floor the user chose, the first round should already keep the layers float that the
     floor needs; otherwise it quantizes everything, fails the floor and pays a back-off round. Called
     only for a floor given explicitly: the default floor's first round stays all-int8 (its outlier
     split aims at a margin over it, and the back-off handles what is left)."""
-    goal = next((f"{m}={v:.10g}" for m, v in (floor.bounds if floor else ()) if m in ("pearson", "cosine", "top1", "sequence")), None)
+    goal = floor.quantize_goal(0) if floor is not None else None  # the same goal the back-off tightens
     if goal is None:
         return pipeline
     passes: list[Pass] = []

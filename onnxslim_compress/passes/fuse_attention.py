@@ -371,8 +371,11 @@ class FuseAttention(Pass):
             matches.append(m)
         if not matches:
             return PassResult(model, False, {"fused": 0, "skipped": skipped, "shapes": method})
-        before = onnx.ModelProto()
-        before.CopyFrom(model)  # the unfused graph, returned if the fused one measures slower
+        timer = timer_for(ctx, getattr(ctx, "target", None) or Target())
+        before = None
+        if timer is not None:  # the unfused graph, timed against and returned if the fused one is not faster
+            before = onnx.ModelProto()
+            before.CopyFrom(model)
         last = {max(m.nodes): m for m in matches}
         nodes: list[onnx.NodeProto] = []
         expanded: dict[tuple, str] = {}  # one expanded/clamped mask per bias tensor, shared by the layers that read it
@@ -399,9 +402,8 @@ class FuseAttention(Pass):
         g.node.extend(nodes)
         if not any(o.domain == MS_DOMAIN for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-        timer = timer_for(ctx, getattr(ctx, "target", None) or Target())
         timed = None
-        if timer is not None:  # kept only where it measures not slower: the kernel is not faster everywhere
+        if timer is not None and before is not None:  # kept only where it measures not slower: the kernel is not faster everywhere
             t = as_timing(timer(before, model, _timing_feed(before, ctx)))
             timed = {"ratio": round(t.ratio, 3), "ci95": [round(t.lo, 3), round(t.hi, 3)]}
             if t.hi >= 1.0 and t.ratio >= 1.0:

@@ -98,10 +98,7 @@ class ConvSpec:
         if self.precision == "int8":
             scale = (np.abs(w).reshape(cout, -1).max(1) / 127).astype(np.float32)
             q = np.clip(np.round(w / scale[:, None, None, None]), -127, 127).astype(np.int8)
-            inits = [numpy_helper.from_array(q, "wq"), numpy_helper.from_array(scale, "ws"),
-                     numpy_helper.from_array(np.zeros(cout, np.int8), "wz"),
-                     numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
-                     numpy_helper.from_array(np.array(128, np.uint8), "xz")]
+            inits = _qdq_inits(q, scale)
             nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
                      helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
                      helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
@@ -117,6 +114,15 @@ class ConvSpec:
             inits,
         )
         return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _qdq_inits(q: np.ndarray, scale: np.ndarray) -> list[onnx.TensorProto]:
+    """The int8 probe layers' constants: per-channel weights (wq, ws, wz) and one uint8 activation
+    scale/zero point (xs, xz)."""
+    return [numpy_helper.from_array(q, "wq"), numpy_helper.from_array(scale, "ws"),
+            numpy_helper.from_array(np.zeros(scale.size, np.int8), "wz"),
+            numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
+            numpy_helper.from_array(np.array(128, np.uint8), "xz")]
 
 
 @dataclass(frozen=True)
@@ -146,10 +152,7 @@ class MatMulSpec:
         if self.precision == "int8":
             scale = (np.abs(w).max(0) / 127).astype(np.float32)
             q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
-            inits = [numpy_helper.from_array(q, "wq"), numpy_helper.from_array(scale, "ws"),
-                     numpy_helper.from_array(np.zeros(cout, np.int8), "wz"),
-                     numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
-                     numpy_helper.from_array(np.array(128, np.uint8), "xz")]
+            inits = _qdq_inits(q, scale)
             nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
                      helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
                      helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1),

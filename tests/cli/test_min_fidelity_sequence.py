@@ -36,7 +36,8 @@ def test_the_floor_is_the_goal_of_a_quantize_pass_without_one():
     pipe = Pipeline([Quantize(QuantizeParams(mode="int8")), Quantize(QuantizeParams(mode="int8", min_fidelity="top1=0.9"))])
     got = goal_from_floor(pipe, FidelityFloor.parse("rel_l2=0.1,cosine=0.995"))
     assert [p.params.min_fidelity for p in got.passes] == ["cosine=0.995", "top1=0.9"]  # its own goal stays
-    assert goal_from_floor(pipe, FidelityFloor.parse("rel_l2=0.1")) is pipe  # no bound the pass can aim at
+    # a rel_l2 bound alone: the pearson it implies, as the back-off reads it (1 - r^2 / 2)
+    assert goal_from_floor(pipe, FidelityFloor.parse("rel_l2=0.1")).passes[0].params.min_fidelity == "pearson=0.995"
     assert goal_from_floor(pipe, None) is pipe
     fp16 = Pipeline([Quantize(QuantizeParams(mode="fp16"))])
     assert goal_from_floor(fp16, FidelityFloor.parse("cosine=0.9")).passes[0].params.min_fidelity is None
