@@ -8,7 +8,8 @@ checks and exited 0:
   output shape is never trusted over what the graph computes);
 - a lossless pipeline's outputs equal the input's (relative L2 <= LOSSLESS_REL_L2, integer outputs
   exactly);
-- a lossy pipeline stays above a fidelity floor on the calibration data, read with metrics that
+- a lossy pipeline stays above a fidelity floor on the calibration data (and on the eval data when
+  both are given: the passes fit on the calibration data, so it alone is an in-sample read), read with metrics that
   cannot hide destruction. Cosine alone can: on an output with a large mean (a heatmap, a
   probability map) a pruned model kept cosine 0.976 at Pearson 0.02. The default floor is centred
   (Pearson) correlation >= 0.99 and relative L2 <= 0.15 on every float output: a model that

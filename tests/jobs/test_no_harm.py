@@ -18,7 +18,7 @@ from builders import GraphBuilder, StairTable, lstm_net, random_input
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim_compress.cli.main import main
-from onnxslim_compress.errors import BadInputError, CompressError
+from onnxslim_compress.errors import AccuracyGateError, BadInputError, CompressError
 from onnxslim_compress.jobs import guard
 from onnxslim_compress.jobs.compress import compress, flags_pipeline, lossless_pipeline
 from onnxslim_compress.passes import LowRank, PruneChannels, Quantize
@@ -459,3 +459,30 @@ def test_a_lossless_result_is_never_a_bigger_file(tmp_path):
         assert written.ByteSize() <= m.ByteSize(), (k, res.report["no_harm"])
         if k == len(models) - 1:  # 1944 bytes in; 3429 with onnxslim's 40 value_info entries
             assert res.report["no_harm"]["value_info_dropped"].startswith("40 shape annotations dropped")
+
+
+def _rel_l2(a: onnx.ModelProto, b: onnx.ModelProto, feeds: list[dict]) -> float:
+    ya = np.concatenate([_ort(a, f)[0] for f in feeds])
+    yb = np.concatenate([_ort(b, f)[0] for f in feeds])
+    return float(np.linalg.norm(yb - ya) / np.linalg.norm(ya))
+
+
+def test_the_floor_also_holds_on_the_eval_data_the_passes_did_not_fit_on():
+    # the passes fit on the calibration data (int8 ranges here); inputs 30x wider at eval saturate
+    # every range, which the calibration data cannot show: a floor read there alone passed a model
+    # whose eval outputs moved by rel_l2 > 0.5
+    m, calib = wide_net(), _calib(16)
+    held = [{"x": 30.0 * random_input([1, 3, 10, 10], seed=100 + s)} for s in range(8)]
+    pipe = Pipeline([Quantize(mode="int8", calibration="minmax")])
+    blind = compress(m, pipeline=pipe, calib=calib, min_fidelity="none")
+    assert _rel_l2(m, blind.model, held) > 0.15  # what the calibration data cannot see
+    try:
+        res = compress(m, pipeline=pipe, calib=calib, eval_data=held)
+    except AccuracyGateError as e:  # nothing the back-off could reach: said, and nothing written
+        assert "of the eval data" in str(e)
+        return
+    nh = res.report["no_harm"]
+    assert nh["held_out"]["samples"] == 8
+    assert nh["attempts"][0]["shortfalls"] and nh["attempts"][0]["worst_on"] == "eval"
+    assert _rel_l2(m, res.model, held) <= 0.15
+    assert _rel_l2(m, res.model, calib) <= 0.15
